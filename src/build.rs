@@ -1,0 +1,292 @@
+//! The build: gather facts, plan, then run every step the store lacks, in
+//! order, each under its key's lock, and publish the image and manifest.
+//!
+//! The operations layer between the CLI and the stages: it owns the order
+//! of effects, not how any one of them is done.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::fetch;
+use crate::plan::{self, Facts, Plan, Step, StepKind, TOOLS_SUITE};
+use crate::recipe::{BootMode, LayerKind, Recipe};
+use crate::stages::{boot, disk, filesystem, layer, qcow2, rootfs, tarball::Tree, tools_env};
+use crate::store::{self, Store};
+use crate::tools::ToolsEnv;
+
+/// Progress of a build, for people; the CLI decides how to show it.
+pub trait Reporter {
+    fn step_started(&self, step: &Step);
+    fn step_done(&self, step: &Step, cached: bool, seconds: f64);
+    fn note(&self, msg: &str);
+}
+
+/// Gather the facts a plan needs: release hashes and dates, content hashes.
+pub fn facts(recipe: &Recipe) -> Result<(Facts, String)> {
+    let mirror = fetch::debian_mirror()?;
+    let mut f = Facts::default();
+    let mut suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).collect();
+    suites.push(TOOLS_SUITE.to_string());
+    suites.sort();
+    suites.dedup();
+    for s in &suites {
+        let r = fetch::release(&mirror, s)?;
+        if s == recipe.base.suite.as_str() {
+            f.epoch = r.epoch;
+        }
+        if s == TOOLS_SUITE {
+            f.tools_epoch = r.epoch;
+        }
+        f.releases.insert(s.clone(), r.sha256);
+    }
+    for l in &recipe.layers {
+        if let Some(h) = layer::content_hash(l)? {
+            f.contents.insert(l.name.to_string(), h);
+        }
+    }
+    Ok((f, mirror))
+}
+
+/// The manifest written beside an image (format version 1).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    pub recipe: String,
+    /// The image step's key: a pure function of every input.
+    pub recipe_key: String,
+    pub epoch: u64,
+    pub image: store::FileSum,
+    pub steps: Vec<ManifestStep>,
+    pub packages: Vec<rootfs::Package>,
+    pub sizes: BTreeMap<String, u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ManifestStep {
+    pub label: String,
+    pub key: String,
+}
+
+/// What a build did.
+pub struct Outcome {
+    pub image: PathBuf,
+    pub manifest: PathBuf,
+    pub built: usize,
+    pub reused: usize,
+    pub sha256: String,
+}
+
+/// Build `recipe` into `out_dir`.
+pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter) -> Result<Outcome> {
+    let (facts, mirror) = facts(recipe)?;
+    let plan = plan::plan(recipe, &facts);
+    let mut built = 0;
+    let mut reused = 0;
+    for step in &plan.steps {
+        rep.step_started(step);
+        let t0 = Instant::now();
+        if store.has(&step.key) {
+            reused += 1;
+            rep.step_done(step, true, 0.0);
+            continue;
+        }
+        let _lock = store.lock(&step.key)?;
+        if store.has(&step.key) {
+            // Another build made it while we waited.
+            reused += 1;
+            rep.step_done(step, true, 0.0);
+            continue;
+        }
+        let pending = store.begin(&step.key)?;
+        let extra = run_step(step, recipe, &plan, &facts, &mirror, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+        let secs = t0.elapsed().as_secs_f64();
+        store.commit(pending, step, secs, extra)?;
+        built += 1;
+        rep.step_done(step, false, secs);
+    }
+    let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir)?;
+    Ok(Outcome { image, manifest, built, reused, sha256 })
+}
+
+fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, mirror: &str, store: &Store, dir: &Path) -> Result<serde_json::Value> {
+    let epoch = plan.epoch;
+    match step.kind {
+        StepKind::Tools => {
+            tools_env::build(mirror, facts.tools_epoch, dir)?;
+            Ok(json!(null))
+        }
+        StepKind::Rootfs => {
+            let head = plan::head_len(recipe);
+            let pkgs = rootfs::build(recipe, &recipe.layers[..head], mirror, epoch, dir)?;
+            Ok(json!({ "packages": pkgs }))
+        }
+        StepKind::Layer => {
+            let name = &step.layers[0];
+            let l = recipe.layers.iter().find(|l| l.name.as_str() == name).expect("planned from the recipe");
+            let tree = layer::layer_tree(l, epoch)?;
+            tree.write(fs::File::create(dir.join("layer.tar"))?)?;
+            Ok(json!(null))
+        }
+        StepKind::Image => {
+            let tools = ToolsEnv::new(store.path(&plan.steps[0].key).join("root"));
+            image(recipe, plan, step, store, &tools, dir)?;
+            Ok(json!(null))
+        }
+    }
+}
+
+fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &ToolsEnv, dir: &Path) -> Result<()> {
+    let epoch = plan.epoch;
+    let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
+    let mut tree = Tree::read(std::io::BufReader::new(fs::File::open(store.path(rootfs_key).join("rootfs.tar"))?))?;
+    for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
+        let l = Tree::read(std::io::BufReader::new(fs::File::open(store.path(&s.key).join("layer.tar"))?))?;
+        filesystem::merge(&mut tree, l);
+    }
+    let root_uuid = step.key.derive_uuid("root filesystem");
+    let (kernel, initrd) = boot::kernel(&tree)?;
+    filesystem::merge(&mut tree, boot::boot_layer(&root_uuid, &kernel, &initrd, epoch));
+    tree.fix_hardlinks();
+
+    let layout = disk::Layout::new(recipe.disk.size);
+    let raw_path = dir.join("disk.raw");
+    let mut raw = fs::File::create(&raw_path)?;
+    raw.set_len(layout.size)?;
+    let guids = disk::Guids {
+        disk: step.key.derive("disk"),
+        bios: step.key.derive("bios boot partition"),
+        esp: step.key.derive("efi system partition"),
+        root: step.key.derive("root partition"),
+    };
+    disk::write_gpt(&mut raw, &layout, &guids)?;
+
+    let mut esp_files: Vec<(&str, Vec<u8>)> = Vec::new();
+    if recipe.disk.boot.contains(&BootMode::Uefi) {
+        esp_files.push(("EFI/BOOT/BOOTX64.EFI", boot::efi_img(tools, dir, &root_uuid, epoch)?));
+    }
+    let vol = u32::from_le_bytes(step.key.derive("esp volume id")[..4].try_into().expect("4 bytes"));
+    let refs: Vec<(&str, &[u8])> = esp_files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
+    let esp = disk::esp_image(layout.esp.1 - layout.esp.0, vol, &refs)?;
+    raw.seek(SeekFrom::Start(layout.esp.0))?;
+    raw.write_all(&esp)?;
+
+    if recipe.disk.boot.contains(&BootMode::Bios) {
+        let core_lba = layout.bios.0 / disk::SECTOR;
+        let mut core = boot::core_img(tools, dir, &root_uuid, epoch)?;
+        boot::patch_core(&mut core, core_lba)?;
+        raw.seek(SeekFrom::Start(layout.bios.0))?;
+        raw.write_all(&core)?;
+        let mut mbr = vec![0u8; 512];
+        raw.seek(SeekFrom::Start(0))?;
+        std::io::Read::read_exact(&mut raw, &mut mbr)?;
+        boot::patch_mbr(&mut mbr, &boot::boot_img(tools)?, core_lba);
+        raw.seek(SeekFrom::Start(0))?;
+        raw.write_all(&mbr)?;
+    }
+    raw.sync_all()?;
+    drop(raw);
+    filesystem::mkfs(tools, dir, &tree, layout.root.0, layout.root.1 - layout.root.0, &root_uuid, epoch)?;
+    qcow2::convert(tools, dir, epoch)?;
+    fs::remove_file(&raw_path)?;
+    Ok(())
+}
+
+/// Local record of what was last copied to the output directory, so a
+/// no-op build does not copy the image again. Not part of any output.
+#[derive(Serialize, Deserialize, PartialEq, Eq)]
+struct Published {
+    key: String,
+    size: u64,
+    mtime_ns: i128,
+}
+
+fn file_stamp(p: &Path) -> Option<(u64, i128)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = fs::metadata(p).ok()?;
+    Some((m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128))
+}
+
+fn publish(recipe: &Recipe, plan: &Plan, store: &Store, out_dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    let name = recipe.name.as_str();
+    let img = out_dir.join(format!("{name}.qcow2"));
+    let man = out_dir.join(format!("{name}.manifest.json"));
+    let stamp = out_dir.join(format!(".{name}.published"));
+    let key = &plan.image().key;
+    let meta = store.meta(key)?;
+    let sum = meta.files.get("disk.qcow2").cloned().context("the image step has no disk.qcow2")?;
+
+    let up_to_date = fs::read(&stamp)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Published>(&b).ok())
+        .zip(file_stamp(&img))
+        .is_some_and(|(p, (size, mtime_ns))| p == Published { key: key.to_string(), size, mtime_ns })
+        && man.is_file();
+    if up_to_date {
+        return Ok((img, man, sum.sha256));
+    }
+
+    let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
+    let rmeta = store.meta(rootfs_key)?;
+    let packages: Vec<rootfs::Package> = serde_json::from_value(rmeta.extra["packages"].clone()).unwrap_or_default();
+    let mut sizes = BTreeMap::new();
+    sizes.insert("disk".to_string(), recipe.disk.size);
+    sizes.insert("qcow2".to_string(), sum.size);
+    if let Some(r) = rmeta.files.get("rootfs.tar") {
+        sizes.insert("rootfs_tar".to_string(), r.size);
+    }
+    let manifest = Manifest {
+        version: 1,
+        recipe: name.to_string(),
+        recipe_key: key.to_string(),
+        epoch: plan.epoch,
+        image: sum.clone(),
+        steps: plan.steps.iter().map(|s| ManifestStep { label: s.label.clone(), key: s.key.to_string() }).collect(),
+        packages,
+        sizes,
+    };
+    atomic_copy(&store.path(key).join("disk.qcow2"), &img)?;
+    let mut text = serde_json::to_vec_pretty(&manifest)?;
+    text.push(b'\n');
+    atomic_write(&man, &text)?;
+    if let Some((size, mtime_ns)) = file_stamp(&img) {
+        let p = Published { key: key.to_string(), size, mtime_ns };
+        atomic_write(&stamp, &serde_json::to_vec(&p)?)?;
+    }
+    Ok((img, man, sum.sha256))
+}
+
+fn tmp_beside(p: &Path) -> PathBuf {
+    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    p.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+/// Write `data` to `p` by temp file, fsync and rename.
+pub fn atomic_write(p: &Path, data: &[u8]) -> Result<()> {
+    let tmp = tmp_beside(p);
+    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    fs::rename(&tmp, p).with_context(|| format!("cannot rename into {}", p.display()))?;
+    Ok(())
+}
+
+fn atomic_copy(from: &Path, to: &Path) -> Result<()> {
+    let tmp = tmp_beside(to);
+    fs::copy(from, &tmp).with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    fs::File::open(&tmp)?.sync_all()?;
+    fs::rename(&tmp, to).with_context(|| format!("cannot rename into {}", to.display()))?;
+    Ok(())
+}
+
+/// Which steps of a plan the store has.
+pub fn cached(plan: &Plan, store: &Store) -> Vec<bool> {
+    plan.steps.iter().map(|s| store.has(&s.key)).collect()
+}

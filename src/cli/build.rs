@@ -1,0 +1,72 @@
+//! `mimg build RECIPE [--out DIR]`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::Cli;
+use crate::plan::Step;
+
+/// Build a recipe into DIR/NAME.qcow2 and DIR/NAME.manifest.json.
+#[derive(clap::Args)]
+pub struct Args {
+    /// A recipe name in recipes/ or a path to a .toml file.
+    recipe: String,
+    /// Output directory.
+    #[arg(long, default_value = "images")]
+    out: PathBuf,
+}
+
+/// Shows a spinner per step on a terminal, plain lines otherwise.
+struct Progress {
+    bar: Option<ProgressBar>,
+    quiet: bool,
+}
+
+impl crate::build::Reporter for Progress {
+    fn step_started(&self, step: &Step) {
+        if let Some(b) = &self.bar {
+            b.set_message(format!("{} {}", step.label, step.key.short()));
+        }
+    }
+    fn step_done(&self, step: &Step, cached: bool, seconds: f64) {
+        if self.quiet {
+            return;
+        }
+        let line = if cached { format!("  {:<20} {}  cached", step.label, step.key.short()) } else { format!("  {:<20} {}  built in {seconds:.1}s", step.label, step.key.short()) };
+        match &self.bar {
+            Some(b) => b.println(line),
+            None => eprintln!("{line}"),
+        }
+    }
+    fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+pub fn run(cli: &Cli, a: &Args) -> Result<()> {
+    let t0 = Instant::now();
+    let recipe = cli.recipe(&a.recipe)?;
+    let store = cli.store()?;
+    let bar = (!cli.quiet && std::io::stderr().is_terminal()).then(|| {
+        let b = ProgressBar::new_spinner();
+        b.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    });
+    let rep = Progress { bar, quiet: cli.quiet };
+    let out = crate::build::build(&recipe, &store, &a.out, &rep);
+    if let Some(b) = &rep.bar {
+        b.finish_and_clear();
+    }
+    let out = out?;
+    println!("{}  sha256 {}", out.image.display(), out.sha256);
+    println!("{}", out.manifest.display());
+    println!("built {} steps, reused {} in {:.2}s", out.built, out.reused, t0.elapsed().as_secs_f64());
+    Ok(())
+}

@@ -1,0 +1,92 @@
+//! Command line: parse, dispatch, print errors with their causes.
+//! One file per subcommand; each parses options and calls one operation.
+
+mod build;
+mod plan;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Build immutable, bit-reproducible VM images from recipes.
+#[derive(Parser)]
+#[command(name = "mimg", version, about, long_about = None)]
+pub struct Cli {
+    /// Store directory (default: $XDG_CACHE_HOME/mimg or ~/.cache/mimg).
+    #[arg(long, global = true, env = "MIMG_STORE", hide_env_values = true)]
+    store: Option<PathBuf>,
+    /// Directory holding recipes (for names given without a path).
+    #[arg(long, global = true, default_value = "recipes")]
+    recipes: PathBuf,
+    /// Print less: no progress, only results and errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Build(build::Args),
+    Plan(plan::Args),
+}
+
+impl Cli {
+    fn store(&self) -> anyhow::Result<crate::store::Store> {
+        let root = self.store.clone().unwrap_or_else(crate::store::Store::default_root);
+        Ok(crate::store::Store::open(&root)?)
+    }
+
+    fn recipe(&self, arg: &str) -> anyhow::Result<crate::recipe::Recipe> {
+        let path = crate::recipe::locate(arg, &self.recipes)?;
+        Ok(crate::recipe::load(&path)?)
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MIMG_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let res = match &cli.command {
+        Command::Build(a) => build::run(&cli, a),
+        Command::Plan(a) => plan::run(&cli, a),
+    };
+    match res {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            print_error(&e);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `error: ...` then each cause as `caused by: ...`; a `hint:` line in any
+/// message is printed last.
+fn print_error(e: &anyhow::Error) {
+    let mut hints = Vec::new();
+    let mut first = true;
+    for cause in e.chain() {
+        let text = cause.to_string();
+        let mut lines = Vec::new();
+        for l in text.lines() {
+            if l.starts_with("hint:") {
+                hints.push(l.to_string());
+            } else {
+                lines.push(l);
+            }
+        }
+        let body = lines.join("\n");
+        if first {
+            eprintln!("error: {body}");
+            first = false;
+        } else {
+            eprintln!("caused by: {body}");
+        }
+    }
+    for h in hints {
+        eprintln!("{h}");
+    }
+}

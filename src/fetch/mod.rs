@@ -1,0 +1,184 @@
+//! HTTP: the one module that talks to the network. Finds the Debian mirror
+//! from configuration and reads a suite's `InRelease`, whose sha256 pins
+//! what an unlocked build resolves against and whose date is the build epoch.
+//!
+//! The mirror is transport only: its URL never enters a key or an image.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("no Debian mirror configured\nhint: set MIMG_DEBIAN_MIRROR=http://MIRROR/debian or add a deb822 source under /etc/apt/sources.list.d/")]
+    NoMirror,
+    #[error("cannot reach the Debian mirror at {url}: {reason}\nhint: check the network or set MIMG_DEBIAN_MIRROR to a reachable mirror")]
+    Unreachable { url: String, reason: String },
+    #[error("{url}: HTTP status {status}\nhint: is `{suite}` a suite this mirror carries?")]
+    Status { url: String, status: u16, suite: String },
+    #[error("{url}: no `Date:` field in InRelease")]
+    NoDate { url: String },
+}
+
+/// The Debian mirror's base URL: `$MIMG_DEBIAN_MIRROR`, else the first
+/// Debian source of the host's apt configuration.
+pub fn debian_mirror() -> Result<String, FetchError> {
+    if let Ok(m) = std::env::var("MIMG_DEBIAN_MIRROR")
+        && !m.trim().is_empty()
+    {
+        return Ok(m.trim().trim_end_matches('/').to_string());
+    }
+    mirror_from_apt(Path::new("/etc/apt")).ok_or(FetchError::NoMirror)
+}
+
+/// The first `URIs:` (deb822) or `deb URI` (one-line) entry that is not a
+/// security archive.
+pub fn mirror_from_apt(etc_apt: &Path) -> Option<String> {
+    let mut texts = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(etc_apt.join("sources.list.d")) {
+        let mut paths: Vec<_> = rd.flatten().map(|e| e.path()).collect();
+        paths.sort();
+        for p in paths {
+            if p.extension().is_some_and(|e| e == "sources" || e == "list")
+                && let Ok(t) = std::fs::read_to_string(&p)
+            {
+                texts.push(t);
+            }
+        }
+    }
+    if let Ok(t) = std::fs::read_to_string(etc_apt.join("sources.list")) {
+        texts.insert(0, t);
+    }
+    for t in texts {
+        for line in t.lines() {
+            let line = line.trim();
+            let uri = if let Some(rest) = line.strip_prefix("URIs:") {
+                rest.split_whitespace().next()
+            } else if let Some(rest) = line.strip_prefix("deb ") {
+                rest.split_whitespace().find(|w| !w.starts_with('['))
+            } else {
+                None
+            };
+            if let Some(u) = uri
+                && (u.starts_with("http://") || u.starts_with("https://"))
+                && !u.contains("security")
+            {
+                return Some(u.trim_end_matches('/').to_string());
+            }
+        }
+    }
+    None
+}
+
+/// A suite's release file as fetched: its sha256 and its date.
+#[derive(Debug, Clone)]
+pub struct Release {
+    pub sha256: String,
+    pub epoch: u64,
+}
+
+fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("HTTP client builds")
+}
+
+/// Fetch `dists/SUITE/InRelease` from the mirror (three tries).
+pub fn release(mirror: &str, suite: &str) -> Result<Release, FetchError> {
+    let url = format!("{mirror}/dists/{suite}/InRelease");
+    let mut last = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+        }
+        match client().get(&url).send() {
+            Ok(r) if r.status().is_success() => match r.bytes() {
+                Ok(body) => {
+                    let text = String::from_utf8_lossy(&body);
+                    let epoch = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Date:"))
+                        .and_then(|d| parse_rfc2822(d.trim()))
+                        .ok_or_else(|| FetchError::NoDate { url: url.clone() })?;
+                    return Ok(Release { sha256: hex::encode(Sha256::digest(&body)), epoch });
+                }
+                Err(e) => last = e.to_string(),
+            },
+            Ok(r) if r.status().is_client_error() => {
+                return Err(FetchError::Status { url, status: r.status().as_u16(), suite: suite.into() });
+            }
+            Ok(r) => last = format!("HTTP status {}", r.status()),
+            Err(e) => last = error_chain(&e),
+        }
+    }
+    Err(FetchError::Unreachable { url, reason: last })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Seconds since 1970 of a date such as `Sat, 08 Nov 2025 09:07:59 UTC`.
+pub fn parse_rfc2822(s: &str) -> Option<u64> {
+    let s = s.split_once(',').map(|(_, r)| r).unwrap_or(s);
+    let mut it = s.split_whitespace();
+    let day: u64 = it.next()?.parse().ok()?;
+    let mon_name = it.next()?;
+    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == mon_name)? as u64 + 1;
+    let year: u64 = it.next()?.parse().ok()?;
+    let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
+    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    let zone = it.next().unwrap_or("UTC");
+    if !(zone == "UTC" || zone == "GMT" || zone == "+0000") {
+        return None;
+    }
+    Some(days_from_civil(year, mon, day) * 86400 + h * 3600 + m * 60 + sec)
+}
+
+fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
+    // Howard Hinnant's algorithm, for years after 1970.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146097 + doe - 719468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn release_dates() {
+        assert_eq!(parse_rfc2822("Sat, 01 Jan 2000 00:00:00 UTC"), Some(946684800));
+        assert_eq!(parse_rfc2822("Sat, 09 Aug 2025 09:26:03 UTC"), Some(1754731563));
+        assert_eq!(parse_rfc2822("garbage"), None);
+    }
+
+    #[test]
+    fn mirror_from_deb822_and_one_line_sources() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("sources.list.d")).unwrap();
+        std::fs::write(
+            d.path().join("sources.list.d/debian.sources"),
+            "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.invalid/debian-security\n",
+        )
+        .unwrap();
+        assert_eq!(mirror_from_apt(d.path()).as_deref(), Some("http://mirror.invalid/debian"));
+        let e = tempfile::tempdir().unwrap();
+        std::fs::write(e.path().join("sources.list"), "# x\ndeb [arch=amd64] http://m.invalid/debian/ bookworm main\n").unwrap();
+        assert_eq!(mirror_from_apt(e.path()).as_deref(), Some("http://m.invalid/debian"));
+    }
+}

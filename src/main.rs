@@ -1,0 +1,14 @@
+//! mimg: a Nix-style builder of immutable, bit-reproducible VM images.
+
+mod build;
+mod cli;
+mod fetch;
+mod plan;
+mod recipe;
+mod stages;
+mod store;
+mod tools;
+
+fn main() -> std::process::ExitCode {
+    cli::main()
+}

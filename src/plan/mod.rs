@@ -1,0 +1,335 @@
+//! Plan: turn a recipe and the facts it depends on into a graph of steps,
+//! each with a key. Pure: no I/O, no clock, no environment.
+//!
+//! A step key is the sha256 of the canonical JSON of
+//! `{"format": FORMAT, "kind": KIND, "inputs": {...}}` with keys sorted
+//! (`BTreeMap` / `serde_json` with sorted maps). What goes into each key:
+//!
+//! | step       | inputs                                                                          |
+//! |------------|---------------------------------------------------------------------------------|
+//! | `tools`    | tools suite, tools package list, sha256 of that suite's `InRelease`            |
+//! | `rootfs`   | base suite and components, sources, apt packages per source, sha256 of every used suite's `InRelease`, build epoch, every layer up to the last `run` layer (spec + content hash) |
+//! | `layer`    | the layer's spec (kind, target, url, sha256, ...) and the content hash of its files, build epoch |
+//! | `image`    | keys of `tools`, `rootfs` and every later `layer` in order, disk size, boot modes, build epoch |
+//!
+//! Never in a key: the mirror's URL, the store path, the user, time of day,
+//! TZ, umask, locale. The mirror only moves bytes whose hashes are pinned.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::recipe::{Layer, LayerKind, Recipe, Suite};
+
+/// Bumped whenever what a step writes changes for the same inputs.
+pub const FORMAT: u32 = 1;
+
+/// The suite the tools environment comes from, and what it holds.
+pub const TOOLS_SUITE: &str = "trixie";
+pub const TOOLS_PACKAGES: &[&str] = &[
+    "e2fsprogs",
+    "libarchive13t64",
+    "grub-pc-bin",
+    "grub-efi-amd64-bin",
+    "qemu-utils",
+    "fdisk",
+    "mtools",
+    "dosfstools",
+];
+
+/// A step key: 64 lowercase hex digits.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
+#[serde(transparent)]
+pub struct StepKey(String);
+
+impl StepKey {
+    /// The key of `kind` over `inputs`, canonically encoded.
+    pub fn compute(kind: &str, inputs: &BTreeMap<String, Value>) -> StepKey {
+        let doc = json!({ "format": FORMAT, "kind": kind, "inputs": inputs });
+        // serde_json's Map is a BTreeMap (no preserve_order feature): sorted keys.
+        let bytes = serde_json::to_vec(&doc).expect("json values always serialise");
+        StepKey(hex::encode(Sha256::digest(&bytes)))
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// The first 12 digits, for people.
+    pub fn short(&self) -> &str {
+        &self.0[..12]
+    }
+    /// 16 bytes derived from this key for `purpose`: a UUID, a seed, a volume id.
+    pub fn derive(&self, purpose: &str) -> [u8; 16] {
+        let d = Sha256::digest(format!("{}:{purpose}", self.0).as_bytes());
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&d[..16]);
+        // Mark as an RFC 4122 version 4 / variant 1 UUID so tools accept it.
+        out[6] = (out[6] & 0x0f) | 0x40;
+        out[8] = (out[8] & 0x3f) | 0x80;
+        out
+    }
+    /// [`derive`](Self::derive) as the usual text form of a UUID.
+    pub fn derive_uuid(&self, purpose: &str) -> String {
+        uuid_text(&self.derive(purpose))
+    }
+}
+
+impl std::str::FromStr for StepKey {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            Ok(StepKey(s.to_string()))
+        } else {
+            Err(format!("`{s}` is not a step key (64 lowercase hex digits)"))
+        }
+    }
+}
+
+impl std::fmt::Display for StepKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in byte order.
+pub fn uuid_text(b: &[u8; 16]) -> String {
+    let h = hex::encode(b);
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+/// What the plan needs to know about the world, gathered at the edges.
+#[derive(Debug, Clone, Default)]
+pub struct Facts {
+    /// sha256 of each suite's `InRelease`, for every suite the recipe uses
+    /// and the tools suite.
+    pub releases: BTreeMap<String, String>,
+    /// The build epoch (seconds since 1970), from the base suite's release date.
+    pub epoch: u64,
+    /// The tools suite's release date (its own epoch).
+    pub tools_epoch: u64,
+    /// Content hash of each `files` layer's tree, by layer name.
+    pub contents: BTreeMap<String, String>,
+}
+
+/// What a step does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Tools,
+    Rootfs,
+    Layer,
+    Image,
+}
+
+impl StepKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            StepKind::Tools => "tools",
+            StepKind::Rootfs => "rootfs",
+            StepKind::Layer => "layer",
+            StepKind::Image => "image",
+        }
+    }
+}
+
+/// One unit of work with declared inputs.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    pub kind: StepKind,
+    /// For people: `tools`, `rootfs`, `layer:motd`, `image`.
+    pub label: String,
+    pub key: StepKey,
+    pub inputs: BTreeMap<String, Value>,
+    /// Names of the layers this step applies.
+    pub layers: Vec<String>,
+}
+
+impl Step {
+    fn new(kind: StepKind, label: String, inputs: BTreeMap<String, Value>, layers: Vec<String>) -> Step {
+        let key = StepKey::compute(kind.name(), &inputs);
+        Step { kind, label, key, inputs, layers }
+    }
+}
+
+/// Every step of one recipe, in the order they run. The last is the image.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub recipe: String,
+    pub epoch: u64,
+    pub steps: Vec<Step>,
+}
+
+impl Plan {
+    pub fn image(&self) -> &Step {
+        self.steps.last().expect("a plan always ends with the image")
+    }
+    pub fn step(&self, kind: StepKind) -> Option<&Step> {
+        self.steps.iter().find(|s| s.kind == kind)
+    }
+}
+
+/// Which suites a recipe's rootfs reads from.
+pub fn suites(recipe: &Recipe) -> Vec<Suite> {
+    let mut v = vec![recipe.base.suite.clone()];
+    v.extend(recipe.sources.values().map(|s| s.suite.clone()));
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// The spec of one layer as it enters a key, with its content hash.
+fn layer_input(layer: &Layer, facts: &Facts) -> Value {
+    let mut v = serde_json::to_value(layer).expect("layers serialise");
+    if let LayerKind::Files { .. } = layer.kind {
+        v["content"] = json!(facts.contents.get(layer.name.as_str()));
+    }
+    v
+}
+
+/// Index after the last `run` layer: layers before it are applied in the
+/// rootfs step (they may need to run commands over earlier ones).
+pub fn head_len(recipe: &Recipe) -> usize {
+    recipe.layers.iter().rposition(|l| matches!(l.kind, LayerKind::Run { .. })).map(|i| i + 1).unwrap_or(0)
+}
+
+/// Make the plan. Pure: the same recipe and facts give the same keys.
+pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
+    let mut steps = Vec::new();
+
+    let mut tools_in = BTreeMap::new();
+    tools_in.insert("suite".into(), json!(TOOLS_SUITE));
+    tools_in.insert("packages".into(), json!(TOOLS_PACKAGES));
+    tools_in.insert("release".into(), json!(facts.releases.get(TOOLS_SUITE)));
+    let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
+
+    let head = head_len(recipe);
+    let mut apt: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut head_layers = Vec::new();
+    for l in &recipe.layers {
+        if let LayerKind::Apt { packages, source } = &l.kind {
+            let key = source.as_ref().map(|s| s.to_string()).unwrap_or_default();
+            apt.entry(key).or_default().extend(packages.iter().map(|p| p.to_string()));
+        }
+    }
+    for ps in apt.values_mut() {
+        ps.sort();
+        ps.dedup();
+    }
+    for l in &recipe.layers[..head] {
+        if !matches!(l.kind, LayerKind::Apt { .. }) {
+            head_layers.push(layer_input(l, facts));
+        }
+    }
+    let mut root_in = BTreeMap::new();
+    root_in.insert("base".into(), json!(recipe.base));
+    root_in.insert("sources".into(), json!(recipe.sources));
+    root_in.insert("packages".into(), json!(apt));
+    let used: BTreeMap<String, Value> =
+        suites(recipe).iter().map(|s| (s.to_string(), json!(facts.releases.get(s.as_str())))).collect();
+    root_in.insert("releases".into(), json!(used));
+    root_in.insert("epoch".into(), json!(facts.epoch));
+    root_in.insert("layers".into(), json!(head_layers));
+    let head_names = recipe.layers[..head].iter().filter(|l| !matches!(l.kind, LayerKind::Apt { .. })).map(|l| l.name.to_string()).collect();
+    let rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, head_names);
+
+    let mut tail = Vec::new();
+    for l in &recipe.layers[head..] {
+        if matches!(l.kind, LayerKind::Apt { .. }) {
+            continue;
+        }
+        let mut inp = BTreeMap::new();
+        inp.insert("layer".into(), layer_input(l, facts));
+        inp.insert("epoch".into(), json!(facts.epoch));
+        tail.push(Step::new(StepKind::Layer, format!("layer:{}", l.name), inp, vec![l.name.to_string()]));
+    }
+
+    let mut img_in = BTreeMap::new();
+    img_in.insert("tools".into(), json!(tools.key));
+    img_in.insert("rootfs".into(), json!(rootfs.key));
+    img_in.insert("layers".into(), json!(tail.iter().map(|s| &s.key).collect::<Vec<_>>()));
+    img_in.insert("disk".into(), json!(recipe.disk));
+    img_in.insert("epoch".into(), json!(facts.epoch));
+    let image = Step::new(StepKind::Image, "image".into(), img_in, vec![]);
+
+    steps.push(tools);
+    steps.push(rootfs);
+    steps.extend(tail);
+    steps.push(image);
+    Plan { recipe: recipe.name.to_string(), epoch: facts.epoch, steps }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recipe(dir: &std::path::Path, text: &str) -> Recipe {
+        std::fs::create_dir_all(dir.join("files")).unwrap();
+        let p = dir.join("r.toml");
+        std::fs::write(&p, text).unwrap();
+        crate::recipe::load(&p).unwrap()
+    }
+
+    const R: &str = "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"sys\"\nkind = \"apt\"\npackages = [\"b\", \"a\"]\n[[layer]]\nname = \"motd\"\nkind = \"files\"\nfrom = \"files\"\n";
+
+    fn facts(content: &str) -> Facts {
+        let mut f = Facts { epoch: 1_700_000_000, ..Default::default() };
+        f.releases.insert("trixie".into(), "00".repeat(32));
+        f.contents.insert("motd".into(), content.into());
+        f
+    }
+
+    #[test]
+    fn keys_are_stable_and_pinned() {
+        let d = tempfile::tempdir().unwrap();
+        let r = recipe(d.path(), R);
+        let a = plan(&r, &facts("x"));
+        let b = plan(&r, &facts("x"));
+        let ka: Vec<_> = a.steps.iter().map(|s| s.key.clone()).collect();
+        let kb: Vec<_> = b.steps.iter().map(|s| s.key.clone()).collect();
+        assert_eq!(ka, kb);
+        let labels: Vec<_> = a.steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["tools", "rootfs", "layer:motd", "image"]);
+    }
+
+    #[test]
+    fn a_files_change_keeps_rootfs_and_changes_the_layer_and_image() {
+        let d = tempfile::tempdir().unwrap();
+        let r = recipe(d.path(), R);
+        let a = plan(&r, &facts("x"));
+        let b = plan(&r, &facts("y"));
+        assert_eq!(a.steps[0].key, b.steps[0].key);
+        assert_eq!(a.steps[1].key, b.steps[1].key);
+        assert_ne!(a.steps[2].key, b.steps[2].key);
+        assert_ne!(a.image().key, b.image().key);
+    }
+
+    #[test]
+    fn the_host_does_not_reach_keys() {
+        // The layer's host path differs between two checkouts; its key must not.
+        let d1 = tempfile::tempdir().unwrap();
+        let d2 = tempfile::tempdir().unwrap();
+        let a = plan(&recipe(d1.path(), R), &facts("x"));
+        let b = plan(&recipe(d2.path(), R), &facts("x"));
+        assert_eq!(a.image().key, b.image().key);
+    }
+
+    #[test]
+    fn layers_before_a_run_layer_go_into_the_rootfs() {
+        let d = tempfile::tempdir().unwrap();
+        let r = recipe(d.path(), &format!("{R}[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\n"));
+        let p = plan(&r, &facts("x"));
+        let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["tools", "rootfs", "image"]);
+        assert_eq!(p.steps[1].layers, ["motd", "en"]);
+    }
+
+    #[test]
+    fn derived_uuids_are_valid_v4() {
+        let k = StepKey::compute("x", &BTreeMap::new());
+        let u = k.derive_uuid("root");
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
+        assert_ne!(u, k.derive_uuid("esp"));
+    }
+}

@@ -1,0 +1,11 @@
+//! The stages of a build: each receives what it needs and returns or
+//! writes what it made. They run tools only through [`crate::tools`].
+
+pub mod boot;
+pub mod disk;
+pub mod filesystem;
+pub mod layer;
+pub mod qcow2;
+pub mod rootfs;
+pub mod tarball;
+pub mod tools_env;

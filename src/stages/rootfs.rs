@@ -1,0 +1,223 @@
+//! The rootfs step: mmdebstrap installs every apt layer's packages from the
+//! recipe's suites, applies the layers up to the last `run` layer through
+//! mmdebstrap hooks, and the result is scrubbed and rewritten as a
+//! canonical tar (see [`super::tarball`]).
+//!
+//! Scrubbed, because they are host facts, secrets or clocks: ssh host keys,
+//! the snakeoil certificate, logs, apt lists and caches, ldconfig's
+//! aux-cache, the random seed, device nodes (devtmpfs provides them), the
+//! host's hostname and resolv.conf, and the mirror URL in apt's sources.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use super::layer::layer_tree;
+use super::tarball::{Entry, Kind, Tree};
+use crate::recipe::{Layer, LayerKind, Recipe};
+use crate::tools;
+
+/// One installed Debian package.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Package {
+    pub name: String,
+    pub version: String,
+    pub arch: String,
+}
+
+/// The apt source lines for mmdebstrap (with the mirror: transport only).
+fn source_lines(recipe: &Recipe, mirror: &str) -> Vec<String> {
+    let comps = |c: &[crate::recipe::Component]| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" ");
+    let mut v = vec![format!("deb {mirror} {} {}", recipe.base.suite, comps(&recipe.base.components))];
+    for s in recipe.sources.values() {
+        let opts = s.keyring.as_ref().map(|k| format!("[signed-by={}] ", k.display())).unwrap_or_default();
+        v.push(format!("deb {opts}{mirror} {} {}", s.suite, comps(&s.components)));
+    }
+    v
+}
+
+/// The packages to install, those of a named source as `name/suite`.
+fn includes(recipe: &Recipe) -> Vec<String> {
+    let mut v = Vec::new();
+    for l in &recipe.layers {
+        if let LayerKind::Apt { packages, source } = &l.kind {
+            for p in packages {
+                match source.as_ref().and_then(|s| recipe.sources.get(s)) {
+                    Some(src) => v.push(format!("{p}/{}", src.suite)),
+                    None => v.push(p.to_string()),
+                }
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Build the rootfs tar into `out/rootfs.tar`; returns the installed packages.
+pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Path) -> Result<Vec<Package>> {
+    let raw = out.join("mmdebstrap.tar");
+    let mut cmd = tools::mmdebstrap(epoch)?;
+    cmd.arg("--variant=apt").arg("--format=tar");
+    let inc = includes(recipe);
+    if !inc.is_empty() {
+        cmd.arg(format!("--include={}", inc.join(",")));
+    }
+    for (i, l) in head.iter().enumerate() {
+        match &l.kind {
+            LayerKind::Apt { .. } => {}
+            LayerKind::Run { script } => {
+                let f = out.join(format!("run-{i}.sh"));
+                fs::write(&f, script)?;
+                cmd.arg(format!("--customize-hook=copy-in {} /tmp", f.display()));
+                cmd.arg(format!("--customize-hook=unshare -n chroot \"$1\" /bin/sh -e /tmp/run-{i}.sh"));
+                cmd.arg(format!("--customize-hook=rm -f \"$1/tmp/run-{i}.sh\""));
+            }
+            _ => {
+                let f = out.join(format!("layer-{i}.tar"));
+                layer_tree(l, epoch)?.write(fs::File::create(&f)?)?;
+                cmd.arg(format!("--customize-hook=tar-in {} /", f.display()));
+            }
+        }
+    }
+    cmd.arg(recipe.base.suite.as_str()).arg(&raw);
+    cmd.args(source_lines(recipe, mirror));
+    tools::run(cmd, "mmdebstrap").map_err(|e| explain(e, &inc))?;
+
+    let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?).context("reading mmdebstrap's tar")?;
+    fs::remove_file(&raw)?;
+    for i in 0..head.len() {
+        let _ = fs::remove_file(out.join(format!("run-{i}.sh")));
+        let _ = fs::remove_file(out.join(format!("layer-{i}.tar")));
+    }
+    scrub(&mut tree, recipe, epoch);
+    tree.fix_hardlinks();
+    tree.clamp(epoch);
+    let packages = installed(&tree)?;
+    let f = fs::File::create(out.join("rootfs.tar"))?;
+    let mut w = std::io::BufWriter::new(f);
+    tree.write(&mut w)?;
+    std::io::Write::flush(&mut w)?;
+    Ok(packages)
+}
+
+/// Turn mmdebstrap's failure into one that names the cause.
+fn explain(e: tools::ToolError, includes: &[String]) -> anyhow::Error {
+    if let tools::ToolError::Failed { stderr, .. } = &e {
+        for line in stderr.lines() {
+            if let Some(rest) = line.split("Unable to locate package ").nth(1) {
+                return anyhow::anyhow!("unknown package `{}`: no suite of the recipe has it\nhint: check the name in the recipe's apt layers (`apt-cache policy NAME`)", rest.trim());
+            }
+            if line.contains("has no installation candidate") || line.contains("Couldn't find any package") {
+                return anyhow::anyhow!("{}\nhint: check the package names in the recipe's apt layers", line.trim());
+            }
+        }
+        if stderr.contains("Failed to fetch") || stderr.contains("Could not resolve") || stderr.contains("Could not connect") {
+            return anyhow::anyhow!("the Debian mirror could not be reached by apt:\n{stderr}\nhint: check the network or MIMG_DEBIAN_MIRROR");
+        }
+        if stderr.contains("subuid") || stderr.contains("newuidmap") {
+            return anyhow::anyhow!("{e}\nhint: a rootless build needs ranges in /etc/subuid and /etc/subgid for this user (and the uidmap package)");
+        }
+    }
+    let _ = includes;
+    anyhow::Error::new(e)
+}
+
+const DROP_PREFIXES: &[&str] = &["dev/", "var/log/", "var/lib/apt/lists/", "var/cache/apt/", "tmp/", "run/"];
+const DROP_EXACT: &[&str] = &[
+    "var/cache/ldconfig/aux-cache",
+    "var/lib/systemd/random-seed",
+    "etc/ssl/private/ssl-cert-snakeoil.key",
+    "etc/ssl/certs/ssl-cert-snakeoil.pem",
+    "var/lib/dpkg/available-old",
+    "var/lib/dpkg/status-old",
+    "var/lib/dpkg/diversions-old",
+    "var/lib/dpkg/statoverride-old",
+    "etc/shadow-",
+    "etc/gshadow-",
+    "etc/passwd-",
+    "etc/group-",
+    "etc/subuid-",
+    "etc/subgid-",
+];
+
+/// Remove what must not be in an image, replace what names the host.
+pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
+    let paths: Vec<String> = tree.paths().collect();
+    for p in paths {
+        let e = tree.get(&p).expect("listed");
+        let is_dir = e.kind == Kind::Dir;
+        let dropped_prefix = DROP_PREFIXES.iter().any(|d| p.starts_with(d)) && !(is_dir && keep_dir(&p));
+        let ssh_key = p.starts_with("etc/ssh/ssh_host_");
+        let snakeoil_link = matches!(&e.kind, Kind::Symlink(t) if t.contains("ssl-cert-snakeoil"));
+        let cache_file = (p.starts_with("var/cache/") && (p.ends_with(".bin") || p.ends_with("-old"))) || p.ends_with(".pyc") && p.contains("__pycache__/");
+        if dropped_prefix || ssh_key || snakeoil_link || cache_file || DROP_EXACT.contains(&p.as_str()) {
+            tree.remove(&p);
+        }
+    }
+    let file = |text: &str| Entry::file(text.as_bytes().to_vec(), 0o644, mtime);
+    tree.insert("etc/hostname", file("localhost\n"));
+    tree.insert("etc/resolv.conf", file(""));
+    tree.insert("etc/machine-id", Entry { mode: 0o444, ..file("") });
+    tree.insert(
+        "etc/apt/sources.list",
+        file(&format!(
+            "# Written by mimg. The mirror is configuration, not image content:\n# list mirror URLs, one per line, in /etc/apt/mirrors/debian.list\ndeb mirror+file:/etc/apt/mirrors/debian.list {} {}\n",
+            recipe.base.suite,
+            recipe.base.components.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" ")
+        )),
+    );
+    if tree.get("etc/apt/mirrors").is_none() {
+        tree.insert("etc/apt/mirrors", Entry::dir(0o755, mtime));
+    }
+    tree.insert("etc/apt/mirrors/debian.list", file("# one Debian mirror URL per line\n"));
+}
+
+/// Directories under dropped prefixes that packages expect to exist.
+fn keep_dir(p: &str) -> bool {
+    !p.starts_with("dev/")
+}
+
+/// The installed packages, from dpkg's status file.
+pub fn installed(tree: &Tree) -> Result<Vec<Package>> {
+    let Some(Entry { kind: Kind::File(data), .. }) = tree.get("var/lib/dpkg/status") else {
+        bail!("the rootfs has no /var/lib/dpkg/status")
+    };
+    let text = String::from_utf8_lossy(data);
+    let mut out = Vec::new();
+    for block in text.split("\n\n") {
+        let mut f = BTreeMap::new();
+        for line in block.lines() {
+            if let Some((k, v)) = line.split_once(": ") {
+                f.insert(k, v);
+            }
+        }
+        if f.get("Status").is_some_and(|s| s.ends_with(" installed"))
+            && let (Some(n), Some(v)) = (f.get("Package"), f.get("Version"))
+        {
+            out.push(Package { name: n.to_string(), version: v.to_string(), arch: f.get("Architecture").unwrap_or(&"").to_string() });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dpkg_status_is_read() {
+        let mut t = Tree::default();
+        t.insert(
+            "var/lib/dpkg/status",
+            Entry::file(b"Package: b\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2\n\nPackage: a\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: a0\nStatus: install ok installed\nArchitecture: all\nVersion: 1:0.1-2\n".to_vec(), 0o644, 0),
+        );
+        let p = installed(&t).unwrap();
+        assert_eq!(p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["a0", "b"]);
+        assert_eq!(p[0].version, "1:0.1-2");
+    }
+}

@@ -1,0 +1,43 @@
+//! The tools step: a Debian root (suite and packages fixed in
+//! [`crate::plan`]) holding every tool that writes image bytes, made by the
+//! host's mmdebstrap and unpacked into the store as `root/`.
+
+use std::fs;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
+use crate::tools;
+
+/// Make the tools root at `out/root`.
+pub fn build(mirror: &str, epoch: u64, out: &Path) -> Result<()> {
+    let tar = out.join("tools.tar");
+    let mut cmd = tools::mmdebstrap(epoch)?;
+    cmd.arg("--variant=apt").arg("--format=tar").arg(format!("--include={}", TOOLS_PACKAGES.join(",")));
+    cmd.arg(TOOLS_SUITE).arg(&tar).arg(format!("deb {mirror} {TOOLS_SUITE} main"));
+    tools::run(cmd, "mmdebstrap (tools environment)")?;
+    let root = out.join("root");
+    fs::create_dir_all(&root)?;
+    unpack(&tar, &root).context("unpacking the tools environment")?;
+    fs::remove_file(&tar)?;
+    Ok(())
+}
+
+/// Unpack without device nodes (bwrap provides /dev) and without owners
+/// (a rootless build cannot set them; the tools only need to run).
+fn unpack(tar: &Path, root: &Path) -> Result<()> {
+    let mut ar = tar::Archive::new(fs::File::open(tar)?);
+    ar.set_preserve_ownerships(false);
+    ar.set_preserve_permissions(true);
+    ar.set_unpack_xattrs(false);
+    for e in ar.entries()? {
+        let mut e = e?;
+        let t = e.header().entry_type();
+        if matches!(t, tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo) {
+            continue;
+        }
+        e.unpack_in(root)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,326 @@
+//! The content-addressed store: immutable step outputs under their keys.
+//!
+//! Owns every write under `$MIMG_STORE`. Layout (format version 1):
+//!
+//! ```text
+//! $MIMG_STORE/v1/
+//!   steps/<key>/          one finished step, never changed once renamed here
+//!     meta.json           kind, label, inputs, files (name -> sha256, size), duration
+//!     <outputs>           the step's files (rootfs.tar, layer.tar, disk.qcow2, root/ ...)
+//!   tmp/<key>.<pid>.<n>/  a step being built; renamed into steps/ when complete
+//!   locks/<key>.lock      held while a step is built, so two builds do not race
+//! ```
+//!
+//! A step directory appears by `rename(2)` only after its outputs and
+//! `meta.json` are written and synced, so a build killed at any point leaves
+//! either no entry or a complete one; leftovers in `tmp/` are never read and
+//! are removed by the next build that takes that key's lock.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+use crate::plan::{Step, StepKey};
+
+/// Store layout version, part of every path.
+pub const LAYOUT: &str = "v1";
+
+/// What the store knows about one finished step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Meta {
+    pub version: u32,
+    pub kind: String,
+    pub label: String,
+    pub key: StepKey,
+    pub inputs: BTreeMap<String, serde_json::Value>,
+    /// Output files (relative path -> sha256 and size); directories are not listed.
+    pub files: BTreeMap<String, FileSum>,
+    pub seconds: f64,
+    /// Step-specific facts (installed packages, ...).
+    #[serde(default)]
+    pub extra: serde_json::Value,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileSum {
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store at {}: {what}: {source}", root.display())]
+    Io { root: PathBuf, what: String, source: io::Error },
+    #[error("store entry {key} is damaged: {what}\nhint: remove {path} and build again")]
+    Damaged { key: String, what: String, path: PathBuf },
+}
+
+/// A handle on the store directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A held lock on one key; released on drop.
+pub struct KeyLock {
+    _file: File,
+}
+
+/// A step being built: write outputs into [`dir`](Self::dir), then commit.
+pub struct Pending {
+    dir: PathBuf,
+    final_dir: PathBuf,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Store {
+    /// The store named by `$MIMG_STORE`, else `$XDG_CACHE_HOME/mimg`, else `~/.cache/mimg`.
+    pub fn default_root() -> PathBuf {
+        if let Some(p) = std::env::var_os("MIMG_STORE").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p);
+        }
+        if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
+            return PathBuf::from(p).join("mimg");
+        }
+        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        home.join(".cache").join("mimg")
+    }
+
+    /// Open (and create) the store at `root`.
+    pub fn open(root: &Path) -> Result<Store, StoreError> {
+        let s = Store { root: root.to_path_buf() };
+        for d in ["steps", "tmp", "locks"] {
+            fs::create_dir_all(s.base().join(d)).map_err(|e| s.io(format!("create {d}/"), e))?;
+        }
+        Ok(s)
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn base(&self) -> PathBuf {
+        self.root.join(LAYOUT)
+    }
+
+    fn io(&self, what: impl Into<String>, source: io::Error) -> StoreError {
+        StoreError::Io { root: self.root.clone(), what: what.into(), source }
+    }
+
+    /// The directory of a finished step.
+    pub fn path(&self, key: &StepKey) -> PathBuf {
+        self.base().join("steps").join(key.as_str())
+    }
+
+    /// Whether a finished step with this key is in the store.
+    pub fn has(&self, key: &StepKey) -> bool {
+        self.path(key).join("meta.json").is_file()
+    }
+
+    /// The metadata of a finished step.
+    pub fn meta(&self, key: &StepKey) -> Result<Meta, StoreError> {
+        let p = self.path(key).join("meta.json");
+        let text = fs::read(&p).map_err(|e| self.io(format!("read {}", p.display()), e))?;
+        serde_json::from_slice(&text).map_err(|e| StoreError::Damaged { key: key.to_string(), what: format!("meta.json: {e}"), path: self.path(key) })
+    }
+
+    /// Every finished step's key.
+    pub fn keys(&self) -> Result<Vec<StepKey>, StoreError> {
+        let mut out = Vec::new();
+        let dir = self.base().join("steps");
+        for e in fs::read_dir(&dir).map_err(|e| self.io("list steps/", e))? {
+            let e = e.map_err(|e| self.io("list steps/", e))?;
+            if let Some(k) = e.file_name().to_str().and_then(|n| n.parse().ok()) {
+                out.push(k);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Take the build lock of `key`, waiting for another build that holds it.
+    pub fn lock(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
+        let p = self.base().join("locks").join(format!("{key}.lock"));
+        let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| self.io("open lock", e))?;
+        f.lock().map_err(|e| self.io("take lock", e))?;
+        Ok(KeyLock { _file: f })
+    }
+
+    /// Start building `key` (hold its lock first). Clears leftovers of
+    /// killed builds of the same key.
+    pub fn begin(&self, key: &StepKey) -> Result<Pending, StoreError> {
+        let tmp = self.base().join("tmp");
+        if let Ok(rd) = fs::read_dir(&tmp) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with(key.as_str()) {
+                    remove_all(&e.path());
+                }
+            }
+        }
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let dir = tmp.join(format!("{key}.{}.{n}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| self.io("create tmp dir", e))?;
+        Ok(Pending { dir, final_dir: self.path(key) })
+    }
+
+    /// Finish a step: hash its files, write `meta.json`, sync, rename into place.
+    pub fn commit(&self, pending: Pending, step: &Step, seconds: f64, extra: serde_json::Value) -> Result<Meta, StoreError> {
+        let mut files = BTreeMap::new();
+        sum_tree(&pending.dir, &pending.dir, &mut files).map_err(|e| self.io("hash outputs", e))?;
+        let meta = Meta {
+            version: 1,
+            kind: step.kind.name().into(),
+            label: step.label.clone(),
+            key: step.key.clone(),
+            inputs: step.inputs.clone(),
+            files,
+            seconds,
+            extra,
+        };
+        let mp = pending.dir.join("meta.json");
+        let mut text = serde_json::to_vec_pretty(&meta).expect("meta serialises");
+        text.push(b'\n');
+        fs::write(&mp, &text).map_err(|e| self.io("write meta.json", e))?;
+        sync_tree(&pending.dir).map_err(|e| self.io("sync outputs", e))?;
+        if pending.final_dir.exists() {
+            // A concurrent build without our lock cannot happen; a damaged
+            // entry (no meta.json) is replaced.
+            remove_all(&pending.final_dir);
+        }
+        fs::rename(&pending.dir, &pending.final_dir).map_err(|e| self.io("rename into steps/", e))?;
+        if let Some(parent) = pending.final_dir.parent() {
+            File::open(parent).and_then(|d| d.sync_all()).map_err(|e| self.io("sync steps/", e))?;
+        }
+        Ok(meta)
+    }
+}
+
+impl Pending {
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        // Not committed (an error): leave nothing behind.
+        if self.dir.exists() {
+            remove_all(&self.dir);
+        }
+    }
+}
+
+fn remove_all(p: &Path) {
+    // Trees extracted as root may hold read-only directories.
+    let _ = make_writable(p);
+    let _ = fs::remove_dir_all(p);
+}
+
+fn make_writable(p: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let md = fs::symlink_metadata(p)?;
+    if md.is_dir() {
+        let mut perm = md.permissions();
+        perm.set_mode(perm.mode() | 0o700);
+        fs::set_permissions(p, perm)?;
+        for e in fs::read_dir(p)? {
+            make_writable(&e?.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// sha256 and size of each regular file directly named by a step (not of
+/// trees such as the tools root, which are too many to list).
+fn sum_tree(base: &Path, dir: &Path, out: &mut BTreeMap<String, FileSum>) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        if ft.is_file() {
+            let rel = e.path().strip_prefix(base).expect("under base").to_string_lossy().into_owned();
+            out.insert(rel, hash_file(&e.path())?);
+        }
+    }
+    Ok(())
+}
+
+/// sha256 and size of one file.
+pub fn hash_file(p: &Path) -> io::Result<FileSum> {
+    use sha2::{Digest, Sha256};
+    let mut f = File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = io::Read::read(&mut f, &mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(FileSum { sha256: hex::encode(h.finalize()), size })
+}
+
+fn sync_tree(dir: &Path) -> io::Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_file() {
+            File::open(e.path())?.sync_all()?;
+        }
+    }
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{StepKind, StepKey};
+
+    fn step(n: &str) -> Step {
+        let mut inputs = BTreeMap::new();
+        inputs.insert("n".into(), serde_json::json!(n));
+        Step { kind: StepKind::Layer, label: n.into(), key: StepKey::compute("layer", &inputs), inputs, layers: vec![] }
+    }
+
+    #[test]
+    fn commit_is_all_or_nothing() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let st = step("a");
+        assert!(!s.has(&st.key));
+        {
+            let _l = s.lock(&st.key).unwrap();
+            let p = s.begin(&st.key).unwrap();
+            fs::write(p.dir().join("layer.tar"), b"x").unwrap();
+            // dropped without commit: as if the build failed
+        }
+        assert!(!s.has(&st.key));
+        assert_eq!(fs::read_dir(d.path().join("v1/tmp")).unwrap().count(), 0);
+        let _l = s.lock(&st.key).unwrap();
+        let p = s.begin(&st.key).unwrap();
+        fs::write(p.dir().join("layer.tar"), b"x").unwrap();
+        let m = s.commit(p, &st, 0.1, serde_json::Value::Null).unwrap();
+        assert!(s.has(&st.key));
+        assert_eq!(m.files["layer.tar"].size, 1);
+        assert_eq!(s.meta(&st.key).unwrap().files, m.files);
+        assert_eq!(s.keys().unwrap(), vec![st.key.clone()]);
+    }
+
+    #[test]
+    fn leftovers_of_a_killed_build_are_cleared() {
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let st = step("b");
+        let stale = d.path().join(format!("v1/tmp/{}.999.0", st.key));
+        fs::create_dir_all(&stale).unwrap();
+        let _l = s.lock(&st.key).unwrap();
+        let _p = s.begin(&st.key).unwrap();
+        assert!(!stale.exists());
+    }
+}

@@ -1,0 +1,126 @@
+//! The one place that spawns processes.
+//!
+//! Two kinds of tool run here: the host's `mmdebstrap` (to bootstrap the
+//! tools environment and the rootfs; it only drives apt and dpkg, whose
+//! bytes come from the pinned suites), and everything that writes image bytes
+//! (mkfs.ext4, grub-mkimage, qemu-img), which runs from the tools
+//! environment through `bwrap`, so the host's versions never reach an image.
+//! Every child gets a clean environment: `LC_ALL=C.UTF-8`, `TZ=UTC`,
+//! umask 022 and `SOURCE_DATE_EPOCH`; nothing else of the caller's leaks.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ToolError {
+    #[error("`{tool}` is not installed on this host\nhint: run `make deps` (or apt-get install {package})")]
+    Missing { tool: String, package: String },
+    #[error("cannot start `{tool}`: {source}")]
+    Spawn { tool: String, source: std::io::Error },
+    #[error("`{tool}` failed ({status}):\n{stderr}")]
+    Failed { tool: String, status: ExitStatus, stderr: String },
+}
+
+/// Whether we run as root (else rootless, through user namespaces).
+pub fn is_root() -> bool {
+    // SAFETY-free: the effective uid is readable from /proc without libc.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|u| u == "0"))
+        .unwrap_or(false)
+}
+
+/// Find `tool` on the host's PATH.
+pub fn which(tool: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).map(|d| d.join(tool)).find(|p| p.is_file())
+}
+
+fn require(tool: &str, package: &str) -> Result<PathBuf, ToolError> {
+    which(tool).ok_or_else(|| ToolError::Missing { tool: tool.into(), package: package.into() })
+}
+
+/// A command with the clean environment every tool gets.
+fn clean(program: &Path, epoch: u64) -> Command {
+    let mut c = Command::new("/bin/sh");
+    c.arg("-c").arg("umask 022; exec \"$@\"").arg("sh").arg(program);
+    c.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LC_ALL", "C.UTF-8")
+        .env("TZ", "UTC")
+        .env("SOURCE_DATE_EPOCH", epoch.to_string());
+    if let Some(home) = std::env::var_os("HOME") {
+        c.env("HOME", home);
+    }
+    c
+}
+
+/// Run to the end; on failure the error carries the last lines of stderr.
+pub fn run(mut cmd: Command, tool: &str) -> Result<(), ToolError> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|source| ToolError::Spawn { tool: tool.into(), source })?;
+    wait(child, tool)
+}
+
+/// Wait for a spawned child whose stderr is piped.
+pub fn wait(mut child: Child, tool: &str) -> Result<(), ToolError> {
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let status = child.wait().map_err(|source| ToolError::Spawn { tool: tool.into(), source })?;
+    if status.success() {
+        Ok(())
+    } else {
+        let lines: Vec<&str> = err.lines().collect();
+        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
+        Err(ToolError::Failed { tool: tool.into(), status, stderr: tail })
+    }
+}
+
+/// The host's mmdebstrap, in root mode as root and unshare mode otherwise.
+pub fn mmdebstrap(epoch: u64) -> Result<Command, ToolError> {
+    let p = require("mmdebstrap", "mmdebstrap")?;
+    let mut c = clean(&p, epoch);
+    c.arg(if is_root() { "--mode=root" } else { "--mode=unshare" });
+    c.arg("--quiet");
+    Ok(c)
+}
+
+/// A finished tools environment: a Debian root in the store.
+#[derive(Debug, Clone)]
+pub struct ToolsEnv {
+    root: PathBuf,
+}
+
+impl ToolsEnv {
+    pub fn new(root: PathBuf) -> ToolsEnv {
+        ToolsEnv { root }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `program` from the tools environment, with `work` at `/w` (read-write)
+    /// and nothing else of the host visible.
+    pub fn command(&self, program: &str, work: &Path, epoch: u64) -> Result<Command, ToolError> {
+        let bwrap = require("bwrap", "bubblewrap")?;
+        let mut c = Command::new(bwrap);
+        c.env_clear()
+            .arg("--ro-bind")
+            .arg(&self.root)
+            .arg("/")
+            .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+            .arg("--bind")
+            .arg(work)
+            .arg("/w")
+            .args(["--chdir", "/w", "--unshare-all", "--die-with-parent", "--clearenv"])
+            .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
+            .args(["--setenv", "LC_ALL", "C.UTF-8", "--setenv", "TZ", "UTC", "--setenv", "HOME", "/tmp"])
+            .args(["--setenv", "SOURCE_DATE_EPOCH", &epoch.to_string()])
+            .args(["--", "/bin/sh", "-c", "umask 022; exec \"$@\"", "sh", program]);
+        Ok(c)
+    }
+}
