@@ -157,7 +157,7 @@ fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &Tools
 
     let layout = disk::Layout::new(recipe.disk.size);
     let raw_path = dir.join("disk.raw");
-    let mut raw = fs::File::create(&raw_path)?;
+    let mut raw = fs::File::options().read(true).write(true).create(true).truncate(true).open(&raw_path)?;
     raw.set_len(layout.size)?;
     let guids = disk::Guids {
         disk: step.key.derive("disk"),

@@ -84,7 +84,7 @@ fn early_cfg(root_uuid: &str) -> String {
 fn mkimage(tools: &ToolsEnv, work: &Path, format: &str, extra: &[&str], root_uuid: &str, epoch: u64) -> Result<Vec<u8>> {
     std::fs::write(work.join("early.cfg"), early_cfg(root_uuid))?;
     let mut cmd = tools.command("grub-mkimage", work, epoch)?;
-    cmd.args(["-O", format, "-o", "/w/grub.img", "-c", "/w/early.cfg", "-p", "/boot/grub"]).args(MODULES).args(extra);
+    cmd.args(["-O", format, "-o", "/mnt/grub.img", "-c", "/mnt/early.cfg", "-p", "/boot/grub"]).args(MODULES).args(extra);
     tools::run(cmd, "grub-mkimage")?;
     let img = std::fs::read(work.join("grub.img")).context("reading grub-mkimage's output")?;
     std::fs::remove_file(work.join("grub.img"))?;

@@ -43,7 +43,7 @@ pub fn mkfs(tools: &ToolsEnv, work: &Path, tree: &Tree, offset: u64, bytes: u64,
     cmd.args(["-q", "-F", "-d", "-", "-L", "root", "-b", "4096", "-I", "256", "-U", uuid])
         .arg("-E")
         .arg(format!("hash_seed={uuid},offset={offset},root_owner=0:0"))
-        .arg("/w/disk.raw")
+        .arg("/mnt/disk.raw")
         .arg(format!("{}k", bytes / 1024));
     cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().context("cannot start mkfs.ext4 in the tools environment")?;

@@ -103,7 +103,7 @@ impl ToolsEnv {
         &self.root
     }
 
-    /// `program` from the tools environment, with `work` at `/w` (read-write)
+    /// `program` from the tools environment, with `work` at `/mnt` (read-write)
     /// and nothing else of the host visible.
     pub fn command(&self, program: &str, work: &Path, epoch: u64) -> Result<Command, ToolError> {
         let bwrap = require("bwrap", "bubblewrap")?;
@@ -115,8 +115,8 @@ impl ToolsEnv {
             .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
             .arg("--bind")
             .arg(work)
-            .arg("/w")
-            .args(["--chdir", "/w", "--unshare-all", "--die-with-parent", "--clearenv"])
+            .arg("/mnt")
+            .args(["--chdir", "/mnt", "--unshare-all", "--die-with-parent", "--clearenv"])
             .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
             .args(["--setenv", "LC_ALL", "C.UTF-8", "--setenv", "TZ", "UTC", "--setenv", "HOME", "/tmp"])
             .args(["--setenv", "SOURCE_DATE_EPOCH", &epoch.to_string()])
