@@ -1,0 +1,140 @@
+//! Helpers shared by the integration tests: run the real binary, share one
+//! cold build of `minimal` between tests, boot images with QEMU.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A scratch directory under target/, emptied first.
+pub fn work(name: &str) -> PathBuf {
+    let p = repo().join("target/test-work").join(name);
+    let _ = Command::new("rm").arg("-rf").arg(&p).status();
+    std::fs::create_dir_all(&p).unwrap();
+    p
+}
+
+pub fn mimg() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mimg"));
+    c.current_dir(repo());
+    c
+}
+
+/// Run and return output; print it so failures are readable.
+pub fn run(mut c: Command) -> Output {
+    let out = c.stdin(Stdio::null()).output().expect("mimg runs");
+    eprintln!("--- {:?}\n{}{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+pub fn sha256(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+}
+
+/// Build `recipe` into `store` and `out`; panics unless it succeeds.
+pub fn build(recipe: &str, store: &Path, out: &Path) -> Output {
+    let mut c = mimg();
+    c.args(["build", recipe, "--out"]).arg(out).env("MIMG_STORE", store);
+    let o = run(c);
+    assert!(o.status.success(), "build of {recipe} failed");
+    o
+}
+
+pub struct Built {
+    pub store: PathBuf,
+    pub out: PathBuf,
+    pub image: PathBuf,
+    pub sha: String,
+}
+
+/// One cold build of `minimal`, shared by the tests of this binary.
+pub fn minimal() -> &'static Built {
+    static B: OnceLock<Built> = OnceLock::new();
+    B.get_or_init(|| {
+        let w = work("minimal-a");
+        let store = w.join("store");
+        let out = w.join("out");
+        let o = build("minimal", &store, &out);
+        assert!(stdout(&o).contains("built 4 steps, reused 0"), "a cold build runs every step");
+        let image = out.join("minimal.qcow2");
+        let sha = sha256(&image);
+        Built { store, out, image, sha }
+    })
+}
+
+/// Firmware for [`boot`].
+#[derive(Clone, Copy, Debug)]
+pub enum Firmware {
+    SeaBios,
+    Ovmf,
+}
+
+/// Boot `image` (through a throw-away overlay) with TCG until `want`
+/// appears on the serial console; returns the seconds it took and the log.
+pub fn boot(image: &Path, fw: Firmware, extra: &[&str], want: &str, limit: Duration) -> (Option<f64>, String) {
+    let w = work(&format!("boot-{fw:?}-{}", std::process::id()));
+    let overlay = w.join("overlay.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(image)
+        .arg(&overlay)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let serial = w.join("serial.log");
+    let mut c = Command::new("qemu-system-x86_64");
+    c.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-monitor", "none", "-display", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", serial.display()))
+        .arg("-drive")
+        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+        .args(["-nic", "user,model=virtio-net-pci"]);
+    if let Firmware::Ovmf = fw {
+        let vars = w.join("vars.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf is installed (make deps)");
+        c.args(["-machine", "q35"])
+            .arg("-drive")
+            .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
+            .arg("-drive")
+            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+    }
+    c.args(extra);
+    let mut child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("qemu-system-x86_64 runs");
+    let t0 = Instant::now();
+    let mut found = None;
+    while t0.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(500));
+        let log = std::fs::read_to_string(&serial).unwrap_or_default();
+        if log.contains(want) {
+            found = Some(t0.elapsed().as_secs_f64());
+            break;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let mut err = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        let _ = e.read_to_string(&mut err);
+    }
+    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    (found, format!("{log}\n--- qemu stderr:\n{err}"))
+}
