@@ -3,8 +3,10 @@
 mod build;
 mod cli;
 mod fetch;
+mod overlay;
 mod plan;
 mod recipe;
+mod seed;
 mod stages;
 mod store;
 mod tools;

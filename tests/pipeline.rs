@@ -201,3 +201,84 @@ fn a_killed_build_leaves_the_store_consistent() {
         }
     }
 }
+
+/// The minimal image's root, unpacked once, to run its own tools (cloud-init).
+fn minimal_root() -> std::path::PathBuf {
+    let a = minimal();
+    let root = work("minimal-root");
+    let rootfs = std::fs::read_dir(a.store.join("v1/steps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("rootfs.tar"))
+        .find(|p| p.exists())
+        .expect("a rootfs in the store");
+    let st = Command::new("tar").arg("-xf").arg(&rootfs).arg("-C").arg(&root).status().unwrap();
+    assert!(st.success());
+    root
+}
+
+#[test]
+fn cloud_init_schema_accepts_every_seed_file() {
+    let root = minimal_root();
+    let w = work("seed-schema");
+    let mut c = mimg();
+    c.args(["seed", "overlays/example.toml", "--out"]).arg(w.join("seed.img"));
+    assert!(run(c).status.success());
+    for f in ["user-data", "network-config", "meta-data"] {
+        let st = Command::new("mcopy").arg("-i").arg(w.join("seed.img")).arg(format!("::{f}")).arg(root.join("tmp").join(f)).status().unwrap();
+        assert!(st.success());
+    }
+    let schema = |args: &[&str]| {
+        let o = Command::new("bwrap")
+            .arg("--bind")
+            .arg(&root)
+            .arg("/")
+            .args(["--dev", "/dev", "--proc", "/proc", "--unshare-all", "--"])
+            .args(["cloud-init", "schema"])
+            .args(args)
+            .output()
+            .unwrap();
+        eprintln!("{args:?}: {}{}", stdout(&o), stderr(&o));
+        o
+    };
+    let o = schema(&["--config-file", "/tmp/user-data"]);
+    assert!(o.status.success() && stdout(&o).contains("Valid schema"), "user-data refused by cloud-init schema");
+    let o = schema(&["--schema-type", "network-config", "--config-file", "/tmp/network-config"]);
+    assert!(o.status.success() && stdout(&o).contains("Valid schema"), "network-config refused by cloud-init schema");
+    // The check can fail: a broken cloud-config is refused.
+    std::fs::write(root.join("tmp/broken"), "#cloud-config\nwrite_files: 7\n").unwrap();
+    assert!(!schema(&["--config-file", "/tmp/broken"]).status.success());
+}
+
+#[test]
+fn no_secret_of_the_example_is_in_the_image() {
+    let a = minimal();
+    let bytes = std::fs::read(&a.image).unwrap();
+    for f in ["turn.secret", "admin.password", "mattermost.token"] {
+        let s = std::fs::read_to_string(repo().join("overlays/example-secrets").join(f)).unwrap();
+        let s = s.trim().as_bytes();
+        assert!(!bytes.windows(s.len()).any(|w| w == s), "{f} found in the image");
+    }
+}
+
+#[test]
+fn a_seed_configures_the_vm_at_first_boot() {
+    let a = minimal();
+    let w = work("seed-boot");
+    // QEMU's user network offers IPv6 on fec0::/64 with the gateway at fec0::2.
+    let text = std::fs::read_to_string(repo().join("overlays/example.toml"))
+        .unwrap()
+        .replace("customer = \"example\"", "customer = \"seedtest\"")
+        .replace("2001:db8:10::20/64", "fec0::20/64")
+        .replace("2001:db8:10::1", "fec0::2")
+        .replace("2001:db8::53", "fec0::3")
+        .replace("example-secrets/", &format!("{}/overlays/example-secrets/", repo().display()));
+    std::fs::write(w.join("seedtest.toml"), text).unwrap();
+    let mut c = mimg();
+    c.arg("seed").arg(w.join("seedtest.toml")).arg("--out").arg(w.join("seed.img"));
+    assert!(run(c).status.success());
+    let drive = format!("file={},if=virtio,format=raw,readonly=on", w.join("seed.img").display());
+    let (t, log) = boot(&a.image, Firmware::SeaBios, &["-drive", &drive], "seedtest login:", Duration::from_secs(300));
+    assert!(t.is_some(), "the VM did not take its hostname from the seed:\n{log}");
+    eprintln!("seeded boot: login prompt after {:.1}s", t.unwrap());
+}

@@ -2,7 +2,9 @@
 //! One file per subcommand; each parses options and calls one operation.
 
 mod build;
+mod overlay;
 mod plan;
+mod seed;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,8 +30,14 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a recipe into a qcow2 image and its manifest.
     Build(build::Args),
+    /// Show every step of a build, its key and whether it is cached.
     Plan(plan::Args),
+    /// Render a customer overlay into a cloud-init seed volume.
+    Seed(seed::Args),
+    /// Check customer overlays.
+    Overlay(overlay::Args),
 }
 
 impl Cli {
@@ -53,6 +61,8 @@ pub fn main() -> ExitCode {
     let res = match &cli.command {
         Command::Build(a) => build::run(&cli, a),
         Command::Plan(a) => plan::run(&cli, a),
+        Command::Seed(a) => seed::run(&cli, a),
+        Command::Overlay(a) => overlay::run(&cli, a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -260,12 +260,17 @@ struct SourceText {
     text: std::sync::Arc<str>,
 }
 
+/// The file, line and column of byte `span.start` of `text`.
+pub fn span_loc(path: &Path, text: &str, span: std::ops::Range<usize>) -> Loc {
+    let upto = &text[..span.start.min(text.len())];
+    let line = upto.matches('\n').count() + 1;
+    let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
+    Loc { file: path.to_path_buf(), line, col }
+}
+
 impl SourceText {
     fn loc(&self, span: std::ops::Range<usize>) -> Loc {
-        let upto = &self.text[..span.start.min(self.text.len())];
-        let line = upto.matches('\n').count() + 1;
-        let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-        Loc { file: self.path.clone(), line, col }
+        span_loc(&self.path, &self.text, span)
     }
     fn dir(&self) -> PathBuf {
         self.path.parent().map(Path::to_path_buf).unwrap_or_default()

@@ -85,13 +85,20 @@ pub fn write_gpt<W: std::io::Read + Write + Seek>(disk: &mut W, layout: &Layout,
 
 /// A FAT16 EFI system partition of `bytes` holding `files` (path, data).
 pub fn esp_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+    fat_image(bytes, *b"EFI        ", volume_id, fatfs::FatType::Fat16, files)
+}
+
+/// A FAT volume of `bytes` holding `files` (path, data). File times are
+/// fatfs's fixed 1980-01-01 (no clock is read), so the bytes depend only
+/// on the arguments.
+pub fn fat_image(bytes: u64, label: [u8; 11], volume_id: u32, fat_type: fatfs::FatType, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
     let mut img = vec![0u8; bytes as usize];
     {
         let mut cur = Cursor::new(&mut img[..]);
-        let opts = fatfs::FormatVolumeOptions::new().volume_id(volume_id).volume_label(*b"EFI        ").fat_type(fatfs::FatType::Fat16);
-        fatfs::format_volume(&mut cur, opts).context("formatting the EFI system partition")?;
+        let opts = fatfs::FormatVolumeOptions::new().volume_id(volume_id).volume_label(label).fat_type(fat_type);
+        fatfs::format_volume(&mut cur, opts).context("formatting a FAT volume")?;
         cur.seek(SeekFrom::Start(0))?;
-        let fs = fatfs::FileSystem::new(cur, fatfs::FsOptions::new()).context("opening the EFI system partition")?;
+        let fs = fatfs::FileSystem::new(cur, fatfs::FsOptions::new()).context("opening a FAT volume")?;
         for (path, data) in files {
             let mut dir = fs.root_dir();
             let parts: Vec<&str> = path.trim_matches('/').split('/').collect();

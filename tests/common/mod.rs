@@ -120,7 +120,7 @@ pub fn boot(image: &Path, fw: Firmware, extra: &[&str], want: &str, limit: Durat
     let mut found = None;
     while t0.elapsed() < limit {
         std::thread::sleep(Duration::from_millis(500));
-        let log = std::fs::read_to_string(&serial).unwrap_or_default();
+        let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
         if log.contains(want) {
             found = Some(t0.elapsed().as_secs_f64());
             break;
@@ -135,6 +135,6 @@ pub fn boot(image: &Path, fw: Firmware, extra: &[&str], want: &str, limit: Durat
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let log = std::fs::read_to_string(&serial).unwrap_or_default();
+    let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
     (found, format!("{log}\n--- qemu stderr:\n{err}"))
 }

@@ -1,0 +1,313 @@
+//! Overlays: `overlays/CUSTOMER.toml`, one customer's values, parsed and
+//! validated into an [`Overlay`] whose every field is checked.
+//!
+//! Owns the overlay file format. Reads the overlay and the secret files it
+//! names; renders nothing (that is [`crate::seed`]). Secrets are held as
+//! [`Secret`] values that never print.
+
+pub mod values;
+
+use std::collections::BTreeSet;
+use std::net::Ipv6Addr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use values::*;
+
+use crate::recipe::{Loc, span_loc};
+
+/// An overlay that cannot be used: says file, line, key and why.
+#[derive(Debug, thiserror::Error)]
+pub enum OverlayError {
+    #[error("cannot read overlay {}: {source}", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{loc}: {msg}")]
+    Syntax { loc: Loc, msg: String },
+    #[error("{loc}: key `{key}`: {msg}")]
+    Invalid { loc: Loc, key: String, msg: String },
+}
+
+/// Where TLS for the three names ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// In front of the VM (a proxy or load balancer); the VM speaks HTTP.
+    External,
+    /// On the VM, certificates from Let's Encrypt by certbot at first boot.
+    Acme,
+}
+
+/// Who may register accounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Registration {
+    Closed,
+    Open,
+    Token,
+}
+
+#[derive(Debug, Clone)]
+pub struct Turn {
+    pub uris: Vec<TurnUri>,
+    pub secret: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub user: Localpart,
+    pub password: Secret,
+}
+
+#[derive(Debug, Clone)]
+pub struct Network {
+    pub address: Ipv6Net,
+    pub gateway: Ipv6Addr,
+    pub dns: Vec<Ipv6Addr>,
+    /// The guest's interface name (default `ens3`, QEMU's first virtio NIC).
+    pub interface: Ident,
+    /// Match the NIC by MAC address instead of by name.
+    pub mac: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Mattermost {
+    pub url: HttpsUrl,
+    pub team: Ident,
+    pub token: Secret,
+}
+
+/// One customer's validated values.
+#[derive(Debug, Clone)]
+pub struct Overlay {
+    pub file: PathBuf,
+    pub customer: Customer,
+    pub server_name: DomainName,
+    pub homeserver: DomainName,
+    pub web_client: DomainName,
+    pub tls: Tls,
+    pub registration: Registration,
+    pub max_upload: Size,
+    pub turn: Option<Turn>,
+    pub admins: Vec<Admin>,
+    pub network: Network,
+    pub data_disk: DevicePath,
+    pub mattermost: Option<Mattermost>,
+    pub ssh_authorized_keys: Vec<SshKey>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Raw {
+    customer: Spanned<String>,
+    server_name: Spanned<String>,
+    homeserver: Spanned<String>,
+    web_client: Spanned<String>,
+    tls: Option<Spanned<String>>,
+    registration: Option<Spanned<String>>,
+    max_upload: Option<Spanned<String>>,
+    turn: Option<RawTurn>,
+    #[serde(default)]
+    admin: Vec<RawAdmin>,
+    network: RawNetwork,
+    data_disk: Option<RawDisk>,
+    bridge: Option<RawBridge>,
+    #[serde(default)]
+    ssh_authorized_keys: Vec<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTurn {
+    uris: Vec<Spanned<String>>,
+    secret_file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    user: Spanned<String>,
+    password_file: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNetwork {
+    address: Spanned<String>,
+    gateway: Spanned<String>,
+    #[serde(default)]
+    dns: Vec<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisk {
+    device: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBridge {
+    mattermost: Option<RawMattermost>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMattermost {
+    url: Spanned<String>,
+    team: Spanned<String>,
+    token_file: Spanned<String>,
+}
+
+/// Reads values with their place in the file.
+struct Ctx<'a> {
+    path: &'a Path,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err(&self, v: &Spanned<impl Sized>, key: &str, msg: impl Into<String>) -> OverlayError {
+        OverlayError::Invalid { loc: span_loc(self.path, self.text, v.span()), key: key.into(), msg: msg.into() }
+    }
+
+    fn parse<T: std::str::FromStr<Err = Refused>>(&self, v: &Spanned<String>, key: &str) -> Result<T, OverlayError> {
+        v.get_ref().parse::<T>().map_err(|e| self.err(v, key, e.0))
+    }
+
+    /// A secret from a file named relative to the overlay.
+    fn secret(&self, v: &Spanned<String>, key: &str) -> Result<Secret, OverlayError> {
+        let name = v.get_ref();
+        if name.is_empty() || name.contains('\0') {
+            return Err(self.err(v, key, "must name a file"));
+        }
+        let p = self.path.parent().unwrap_or(Path::new(".")).join(name);
+        let text = std::fs::read_to_string(&p).map_err(|e| self.err(v, key, format!("cannot read secret file {}: {e}", p.display())))?;
+        Secret::parse(&text).map_err(|e| self.err(v, key, format!("{}: {}", p.display(), e.0)))
+    }
+
+    fn choice<T: Copy>(&self, v: &Option<Spanned<String>>, key: &str, default: T, options: &[(&str, T)]) -> Result<T, OverlayError> {
+        let Some(v) = v else { return Ok(default) };
+        options.iter().find(|(n, _)| *n == v.get_ref()).map(|(_, t)| *t).ok_or_else(|| {
+            let names: Vec<_> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+            self.err(v, key, format!("`{}` is not one of {}", v.get_ref().escape_debug(), names.join(", ")))
+        })
+    }
+}
+
+/// Load and validate the overlay at `path`.
+pub fn load(path: &Path) -> Result<Overlay, OverlayError> {
+    let text = std::fs::read_to_string(path).map_err(|source| OverlayError::Read { path: path.to_path_buf(), source })?;
+    parse(path, &text)
+}
+
+/// Validate overlay `text` as if read from `path` (secret files are read
+/// relative to it).
+pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
+    let raw: Raw = toml::from_str(text).map_err(|e| OverlayError::Syntax { loc: span_loc(path, text, e.span().unwrap_or(0..0)), msg: e.message().trim().to_string() })?;
+    let c = Ctx { path, text };
+    let customer: Customer = c.parse(&raw.customer, "customer")?;
+    let server_name: DomainName = c.parse(&raw.server_name, "server_name")?;
+    let homeserver: DomainName = c.parse(&raw.homeserver, "homeserver")?;
+    let web_client: DomainName = c.parse(&raw.web_client, "web_client")?;
+    if web_client == homeserver || web_client == server_name {
+        return Err(c.err(&raw.web_client, "web_client", "the web client needs a domain of its own (not the homeserver's or the server name)"));
+    }
+    let tls = c.choice(&raw.tls, "tls", Tls::External, &[("external", Tls::External), ("acme", Tls::Acme)])?;
+    let registration =
+        c.choice(&raw.registration, "registration", Registration::Closed, &[("closed", Registration::Closed), ("open", Registration::Open), ("token", Registration::Token)])?;
+    let max_upload = match &raw.max_upload {
+        Some(v) => c.parse(v, "max_upload")?,
+        None => Size { bytes: 50 << 20 },
+    };
+    let turn = match &raw.turn {
+        Some(t) => {
+            if t.uris.is_empty() {
+                return Err(c.err(&t.secret_file, "turn.uris", "needs at least one TURN URI"));
+            }
+            let uris = t.uris.iter().map(|u| c.parse(u, "turn.uris")).collect::<Result<Vec<TurnUri>, _>>()?;
+            Some(Turn { uris, secret: c.secret(&t.secret_file, "turn.secret_file")? })
+        }
+        None => None,
+    };
+    let mut admins = Vec::new();
+    let mut seen = BTreeSet::new();
+    for a in &raw.admin {
+        let user: Localpart = c.parse(&a.user, "admin.user")?;
+        if !seen.insert(user.clone()) {
+            return Err(c.err(&a.user, "admin.user", format!("`{user}` is listed twice")));
+        }
+        admins.push(Admin { user, password: c.secret(&a.password_file, "admin.password_file")? });
+    }
+    let n = &raw.network;
+    let address: Ipv6Net = c.parse(&n.address, "network.address")?;
+    let gateway = parse_ipv6(n.gateway.get_ref()).map_err(|e| c.err(&n.gateway, "network.gateway", e.0))?;
+    let link_local = (gateway.segments()[0] & 0xffc0) == 0xfe80;
+    if !link_local && !same_prefix(address.addr, gateway, address.prefix) {
+        return Err(c.err(&n.gateway, "network.gateway", format!("{gateway} is neither in {address}'s network nor link-local")));
+    }
+    if gateway == address.addr {
+        return Err(c.err(&n.gateway, "network.gateway", "the gateway cannot be the VM's own address"));
+    }
+    let dns = n.dns.iter().map(|d| parse_ipv6(d.get_ref()).map_err(|e| c.err(d, "network.dns", e.0))).collect::<Result<Vec<_>, _>>()?;
+    let interface = match &n.interface {
+        Some(i) => {
+            let id: Ident = c.parse(i, "network.interface")?;
+            if id.as_str().len() > 15 {
+                return Err(c.err(i, "network.interface", "an interface name has at most 15 characters"));
+            }
+            id
+        }
+        None => "ens3".parse().expect("valid"),
+    };
+    let mac = match &n.mac {
+        Some(m) => {
+            let ok = m.get_ref().len() == 17 && m.get_ref().split(':').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            if !ok {
+                return Err(c.err(m, "network.mac", "must be a lowercase MAC address like \"52:54:00:12:34:56\""));
+            }
+            Some(m.get_ref().clone())
+        }
+        None => None,
+    };
+    let network = Network { address, gateway, dns, interface, mac };
+    let data_disk = match &raw.data_disk {
+        Some(d) => c.parse(&d.device, "data_disk.device")?,
+        None => "/dev/vdb".parse().expect("valid"),
+    };
+    let mattermost = match raw.bridge.as_ref().and_then(|b| b.mattermost.as_ref()) {
+        Some(m) => Some(Mattermost {
+            url: c.parse(&m.url, "bridge.mattermost.url")?,
+            team: c.parse(&m.team, "bridge.mattermost.team")?,
+            token: c.secret(&m.token_file, "bridge.mattermost.token_file")?,
+        }),
+        None => None,
+    };
+    let ssh_authorized_keys = raw.ssh_authorized_keys.iter().map(|k| c.parse(k, "ssh_authorized_keys")).collect::<Result<Vec<SshKey>, _>>()?;
+    Ok(Overlay {
+        file: path.to_path_buf(),
+        customer,
+        server_name,
+        homeserver,
+        web_client,
+        tls,
+        registration,
+        max_upload,
+        turn,
+        admins,
+        network,
+        data_disk,
+        mattermost,
+        ssh_authorized_keys,
+    })
+}
+
+fn same_prefix(a: Ipv6Addr, b: Ipv6Addr, prefix: u8) -> bool {
+    let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix as u32) };
+    (u128::from(a) & mask) == (u128::from(b) & mask)
+}
+
+#[cfg(test)]
+mod tests;
