@@ -10,11 +10,12 @@ use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use crate::fetch;
+use crate::lock::{self, Lock};
 use crate::plan::{self, Facts, Plan, Step, StepKind, TOOLS_SUITE};
 use crate::recipe::{BootMode, LayerKind, Recipe};
 use crate::stages::{boot, disk, filesystem, layer, qcow2, rootfs, tarball::Tree, tools_env};
@@ -28,10 +29,30 @@ pub trait Reporter {
     fn note(&self, msg: &str);
 }
 
-/// Gather the facts a plan needs: release hashes and dates, content hashes.
-pub fn facts(recipe: &Recipe) -> Result<(Facts, String)> {
+/// How a build may reach the network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Never touch the network; fail naming the first thing missing.
+    pub offline: bool,
+    /// Fail when the recipe changed since its lock (or has none).
+    pub locked: bool,
+}
+
+/// Content hashes of the recipe's local inputs (`files` layers).
+pub fn contents(recipe: &Recipe) -> Result<BTreeMap<String, String>> {
+    let mut c = BTreeMap::new();
+    for l in &recipe.layers {
+        if let Some(h) = layer::content_hash(l)? {
+            c.insert(l.name.to_string(), h);
+        }
+    }
+    Ok(c)
+}
+
+/// Live facts: every used suite's InRelease from the mirror.
+pub fn live_facts(recipe: &Recipe) -> Result<Facts> {
     let mirror = fetch::debian_mirror()?;
-    let mut f = Facts::default();
+    let mut f = Facts { contents: contents(recipe)?, ..Facts::default() };
     let mut suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).collect();
     suites.push(TOOLS_SUITE.to_string());
     suites.sort();
@@ -46,12 +67,94 @@ pub fn facts(recipe: &Recipe) -> Result<(Facts, String)> {
         }
         f.releases.insert(s.clone(), r.sha256);
     }
-    for l in &recipe.layers {
-        if let Some(h) = layer::content_hash(l)? {
-            f.contents.insert(l.name.to_string(), h);
+    Ok(f)
+}
+
+/// The facts a plan needs: from the lock when there is one, else live.
+pub fn facts(recipe: &Recipe, opts: Options) -> Result<(Facts, Option<Lock>)> {
+    let lock = lock::read(recipe)?;
+    match lock {
+        Some(l) => {
+            let f = lock::facts(&l, contents(recipe)?);
+            for s in plan::suites(recipe).iter().map(|s| s.to_string()).chain([TOOLS_SUITE.to_string()]) {
+                if !l.releases.contains_key(&s) {
+                    bail!("{} does not pin suite `{s}`, which the recipe uses\nhint: run `mimg lock {}`", recipe.lock_path().display(), recipe.name);
+                }
+            }
+            let changes = lock::changes(&l, recipe, &f);
+            if opts.locked && !changes.is_empty() {
+                bail!(
+                    "{} is out of date (--locked): {}\nhint: run `mimg lock {}` and commit the lock",
+                    recipe.lock_path().display(),
+                    changes.join("; "),
+                    recipe.name
+                );
+            }
+            Ok((f, Some(l)))
+        }
+        None if opts.locked || opts.offline => bail!(
+            "{} has no lock ({} missing); {} needs one\nhint: run `mimg lock {}` while online",
+            recipe.name,
+            recipe.lock_path().display(),
+            if opts.offline { "--offline" } else { "--locked" },
+            recipe.name
+        ),
+        None => Ok((live_facts(recipe)?, None)),
+    }
+}
+
+/// The mirror, for steps that install packages. With a lock, the mirror
+/// must still serve the locked release files.
+fn mirror_for(step: &Step, suites: &[String], facts: &Facts, locked: bool, opts: Options) -> Result<String> {
+    if opts.offline {
+        bail!("--offline: step {} ({}) is not in the store and needs the Debian mirror\nhint: build once online with the same lock, or copy a store that has it", step.label, step.key.short());
+    }
+    let mirror = fetch::debian_mirror()?;
+    if locked {
+        for s in suites {
+            let r = fetch::release(&mirror, s)?;
+            if facts.releases.get(s) != Some(&r.sha256) {
+                bail!(
+                    "the mirror's {s} release is no longer the one locked (locked {}, now {})\nhint: the suite moved on; run `mimg lock --update` to build against today's archive",
+                    facts.releases.get(s).map(String::as_str).unwrap_or("none"),
+                    r.sha256
+                );
+            }
         }
     }
-    Ok((f, mirror))
+    Ok(mirror)
+}
+
+/// The bytes of a pinned file: from the store (re-hashed), or downloaded into it.
+pub fn blob(store: &Store, url: &str, sha: &crate::recipe::Sha256Hex, opts: Options) -> Result<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let name = url.rsplit('/').next().unwrap_or(url);
+    let path = store.blob(sha.as_str());
+    if path.exists() {
+        let data = fs::read(&path)?;
+        let got = hex::encode(Sha256::digest(&data));
+        if got != sha.as_str() {
+            bail!("the store's copy of {name} is damaged: expected sha256 {sha}, got {got}\nhint: remove {} and build again, or `mimg store add` a good copy", path.display());
+        }
+        return Ok(data);
+    }
+    if opts.offline {
+        bail!("--offline: {name} (sha256 {sha}) is not in the store\nhint: `mimg store add FILE` with a copy of it");
+    }
+    let tmp = store.blob_tmp(sha.as_str());
+    let shown = std::cell::Cell::new(0u64);
+    let progress = |got: u64, total: Option<u64>| {
+        if got - shown.get() >= 8 << 20 {
+            shown.set(got);
+            tracing::info!("{name}: {} of {:?} bytes", got, total);
+        }
+    };
+    if let Err(e) = fetch::download(url, sha.as_str(), &tmp, &progress) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    store.put_blob(&tmp, sha.as_str())?;
+    Ok(fs::read(&path)?)
 }
 
 /// The manifest written beside an image (format version 1).
@@ -84,8 +187,9 @@ pub struct Outcome {
 }
 
 /// Build `recipe` into `out_dir`.
-pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter) -> Result<Outcome> {
-    let (facts, mirror) = facts(recipe)?;
+pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter, opts: Options) -> Result<Outcome> {
+    let (facts, lock) = facts(recipe, opts)?;
+    let locked = lock.is_some();
     let plan = plan::plan(recipe, &facts);
     let mut built = 0;
     let mut reused = 0;
@@ -105,7 +209,7 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter)
             continue;
         }
         let pending = store.begin(&step.key)?;
-        let extra = run_step(step, recipe, &plan, &facts, &mirror, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+        let extra = run_step(step, recipe, &plan, &facts, locked, opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
         let secs = t0.elapsed().as_secs_f64();
         store.commit(pending, step, secs, extra)?;
         built += 1;
@@ -115,22 +219,28 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter)
     Ok(Outcome { image, manifest, built, reused, sha256 })
 }
 
-fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, mirror: &str, store: &Store, dir: &Path) -> Result<serde_json::Value> {
+#[allow(clippy::too_many_arguments)]
+fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, locked: bool, opts: Options, store: &Store, dir: &Path) -> Result<serde_json::Value> {
     let epoch = plan.epoch;
     match step.kind {
         StepKind::Tools => {
-            tools_env::build(mirror, facts.tools_epoch, dir)?;
+            let mirror = mirror_for(step, &[TOOLS_SUITE.to_string()], facts, locked, opts)?;
+            tools_env::build(&mirror, facts.tools_epoch, dir)?;
             Ok(json!(null))
         }
         StepKind::Rootfs => {
             let head = plan::head_len(recipe);
-            let pkgs = rootfs::build(recipe, &recipe.layers[..head], mirror, epoch, dir)?;
+            let suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).collect();
+            let mirror = mirror_for(step, &suites, facts, locked, opts)?;
+            let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
+            let pkgs = rootfs::build(recipe, &recipe.layers[..head], &mirror, epoch, dir, &blobs)?;
             Ok(json!({ "packages": pkgs }))
         }
         StepKind::Layer => {
             let name = &step.layers[0];
             let l = recipe.layers.iter().find(|l| l.name.as_str() == name).expect("planned from the recipe");
-            let tree = layer::layer_tree(l, epoch)?;
+            let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
+            let tree = layer::layer_tree(l, epoch, &blobs)?;
             tree.write(fs::File::create(dir.join("layer.tar"))?)?;
             Ok(json!(null))
         }
@@ -145,9 +255,9 @@ fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, mirror: &s
 fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &ToolsEnv, dir: &Path) -> Result<()> {
     let epoch = plan.epoch;
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
-    let mut tree = Tree::read(std::io::BufReader::new(fs::File::open(store.path(rootfs_key).join("rootfs.tar"))?))?;
+    let mut tree = Tree::read(read_verified(store, rootfs_key, "rootfs.tar")?.as_slice())?;
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
-        let l = Tree::read(std::io::BufReader::new(fs::File::open(store.path(&s.key).join("layer.tar"))?))?;
+        let l = Tree::read(read_verified(store, &s.key, "layer.tar")?.as_slice())?;
         filesystem::merge(&mut tree, l);
     }
     let root_uuid = step.key.derive_uuid("root filesystem");
@@ -196,6 +306,21 @@ fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &Tools
     qcow2::convert(tools, dir, epoch)?;
     fs::remove_file(&raw_path)?;
     Ok(())
+}
+
+/// A step output's bytes, checked against the sha256 the store recorded:
+/// a damaged entry is never used.
+fn read_verified(store: &Store, key: &plan::StepKey, name: &str) -> Result<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let meta = store.meta(key)?;
+    let want = meta.files.get(name).with_context(|| format!("store entry {key} has no {name}"))?;
+    let path = store.path(key).join(name);
+    let data = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let got = hex::encode(Sha256::digest(&data));
+    if got != want.sha256 {
+        bail!("store entry {key} is damaged: {name} has sha256 {got}, recorded {}\nhint: run `mimg store verify`, remove the damaged entry and build again", want.sha256);
+    }
+    Ok(data)
 }
 
 /// Local record of what was last copied to the output directory, so a

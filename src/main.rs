@@ -3,6 +3,7 @@
 mod build;
 mod cli;
 mod fetch;
+mod lock;
 mod overlay;
 mod plan;
 mod recipe;

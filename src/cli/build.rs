@@ -18,6 +18,12 @@ pub struct Args {
     /// Output directory.
     #[arg(long, default_value = "images")]
     out: PathBuf,
+    /// Fail if the recipe changed since its lock (or has no lock).
+    #[arg(long)]
+    locked: bool,
+    /// Never touch the network: use the lock and the store only.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Shows a spinner per step on a terminal, plain lines otherwise.
@@ -60,7 +66,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         b
     });
     let rep = Progress { bar, quiet: cli.quiet };
-    let out = crate::build::build(&recipe, &store, &a.out, &rep);
+    let out = crate::build::build(&recipe, &store, &a.out, &rep, crate::build::Options { offline: a.offline, locked: a.locked });
     if let Some(b) = &rep.bar {
         b.finish_and_clear();
     }

@@ -2,9 +2,11 @@
 //! One file per subcommand; each parses options and calls one operation.
 
 mod build;
+mod lock;
 mod overlay;
 mod plan;
 mod seed;
+mod store;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,12 +34,16 @@ pub struct Cli {
 enum Command {
     /// Build a recipe into a qcow2 image and its manifest.
     Build(build::Args),
+    /// Pin a recipe's release files and epoch in NAME.lock.
+    Lock(lock::Args),
     /// Show every step of a build, its key and whether it is cached.
     Plan(plan::Args),
     /// Render a customer overlay into a cloud-init seed volume.
     Seed(seed::Args),
     /// Check customer overlays.
     Overlay(overlay::Args),
+    /// Inspect, verify, clean and fill the store.
+    Store(store::Args),
 }
 
 impl Cli {
@@ -61,8 +67,10 @@ pub fn main() -> ExitCode {
     let res = match &cli.command {
         Command::Build(a) => build::run(&cli, a),
         Command::Plan(a) => plan::run(&cli, a),
+        Command::Lock(a) => lock::run(&cli, a),
         Command::Seed(a) => seed::run(&cli, a),
         Command::Overlay(a) => overlay::run(&cli, a),
+        Command::Store(a) => store::run(&cli, a),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,12 +12,15 @@ pub struct Args {
     /// Print the plan as JSON (steps with their inputs).
     #[arg(long)]
     json: bool,
+    /// Plan from the lock only; never touch the network.
+    #[arg(long)]
+    offline: bool,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
-    let (facts, _) = crate::build::facts(&recipe)?;
+    let (facts, _) = crate::build::facts(&recipe, crate::build::Options { offline: a.offline, locked: false })?;
     let plan = crate::plan::plan(&recipe, &facts);
     let cached = crate::build::cached(&plan, &store);
     if a.json {

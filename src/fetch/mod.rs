@@ -182,3 +182,82 @@ mod tests {
         assert_eq!(mirror_from_apt(e.path()).as_deref(), Some("http://m.invalid/debian"));
     }
 }
+
+/// Why a pinned file could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("the sha256 of {name} did not match: expected {expected}, got {got}\nhint: the upstream file changed or the download was cut; check the pin in the recipe")]
+    Mismatch { name: String, expected: String, got: String },
+    #[error("cannot download {url}: {reason}\nhint: fetch the file elsewhere and put it in the store with `mimg store add FILE` (it must have sha256 {sha256})")]
+    Failed { url: String, sha256: String, reason: String },
+    #[error("{url}: the transfer was cut after {got} of {expected} bytes")]
+    Truncated { url: String, got: u64, expected: u64 },
+    #[error("writing {}: {source}", path.display())]
+    Write { path: std::path::PathBuf, source: std::io::Error },
+}
+
+/// Download `url` into `dest`, hashing while streaming; the file is left
+/// only if its sha256 is `expected`. Three tries for network failures;
+/// `progress` gets (bytes so far, total if known).
+pub fn download(url: &str, expected: &str, dest: &Path, progress: &dyn Fn(u64, Option<u64>)) -> Result<(), DownloadError> {
+    use std::io::{Read, Write};
+    let name = url.rsplit('/').next().unwrap_or(url).to_string();
+    let mut last = String::new();
+    for attempt in 0..3u64 {
+        if attempt > 0 {
+            std::thread::sleep(Duration::from_millis(500 * attempt));
+        }
+        let resp = match client().get(url).send() {
+            Ok(r) if r.status().is_success() => r,
+            Ok(r) if r.status().is_client_error() => {
+                return Err(DownloadError::Failed { url: url.into(), sha256: expected.into(), reason: format!("HTTP status {}", r.status()) });
+            }
+            Ok(r) => {
+                last = format!("HTTP status {}", r.status());
+                continue;
+            }
+            Err(e) => {
+                last = error_chain(&e);
+                continue;
+            }
+        };
+        let total = resp.content_length();
+        let mut f = std::fs::File::create(dest).map_err(|source| DownloadError::Write { path: dest.into(), source })?;
+        let mut h = Sha256::new();
+        let mut got = 0u64;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut r = resp;
+        let res: Result<(), String> = loop {
+            match r.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => {
+                    h.update(&buf[..n]);
+                    f.write_all(&buf[..n]).map_err(|source| DownloadError::Write { path: dest.into(), source })?;
+                    got += n as u64;
+                    progress(got, total);
+                }
+                Err(e) => break Err(e.to_string()),
+            }
+        };
+        if let Err(e) = res {
+            last = e;
+            let _ = std::fs::remove_file(dest);
+            continue;
+        }
+        if let Some(t) = total
+            && t != got
+        {
+            let _ = std::fs::remove_file(dest);
+            last = DownloadError::Truncated { url: url.into(), got, expected: t }.to_string();
+            continue;
+        }
+        let sum = hex::encode(h.finalize());
+        if sum != expected {
+            let _ = std::fs::remove_file(dest);
+            return Err(DownloadError::Mismatch { name, expected: expected.into(), got: sum });
+        }
+        f.sync_all().map_err(|source| DownloadError::Write { path: dest.into(), source })?;
+        return Ok(());
+    }
+    Err(DownloadError::Failed { url: url.into(), sha256: expected.into(), reason: last })
+}

@@ -104,6 +104,8 @@ pub enum LayerKind {
         script: String,
     },
     Fetch {
+        /// Transport only: not part of any key (the sha256 pins the content).
+        #[serde(skip)]
         url: String,
         sha256: Sha256Hex,
         to: ImagePath,

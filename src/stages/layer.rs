@@ -70,12 +70,22 @@ fn host_entry(p: &Path, mtime: u64) -> Result<Entry> {
     }
 }
 
+/// Gives the bytes of a pinned file (from the store, or fetched into it).
+pub type Blobs<'a> = &'a dyn Fn(&str, &crate::recipe::Sha256Hex) -> Result<Vec<u8>>;
+
 /// The tree a layer adds (not for `apt` and `run` layers, which act in the rootfs).
-pub fn layer_tree(layer: &Layer, mtime: u64) -> Result<Tree> {
+pub fn layer_tree(layer: &Layer, mtime: u64, blobs: Blobs) -> Result<Tree> {
     match &layer.kind {
         LayerKind::Files { from, to } => files_tree(from, to.as_str(), mtime).with_context(|| format!("layer `{}`", layer.name)),
-        LayerKind::Fetch { .. } | LayerKind::Pip { .. } => {
-            bail!("layer `{}`: `{}` layers are not built yet (see the lock-file issue)", layer.name, layer.kind.name())
+        LayerKind::Fetch { url, sha256, to, strip, unpack, mode } => {
+            let data = blobs(url, sha256).with_context(|| format!("layer `{}`", layer.name))?;
+            let name = url.rsplit('/').next().unwrap_or(url);
+            let kind = if *unpack { crate::recipe::archive_kind(url) } else { None };
+            let p = super::fetched::Placement { name, to: to.as_str(), strip: *strip, unpack: kind, mode: *mode };
+            super::fetched::tree(&data, &p, mtime).with_context(|| format!("layer `{}`", layer.name))
+        }
+        LayerKind::Pip { .. } => {
+            bail!("layer `{}`: `pip` layers are not built yet (they need `mimg lock`, not written yet)", layer.name)
         }
         LayerKind::Apt { .. } | LayerKind::Run { .. } => unreachable!("apt and run layers act inside the rootfs step"),
     }
@@ -86,7 +96,8 @@ pub fn content_hash(layer: &Layer) -> Result<Option<String>> {
     use sha2::{Digest, Sha256};
     match &layer.kind {
         LayerKind::Files { .. } => {
-            let bytes = layer_tree(layer, 0)?.write(Vec::new())?;
+            let no_blobs = |_: &str, _: &crate::recipe::Sha256Hex| -> Result<Vec<u8>> { unreachable!("files layers fetch nothing") };
+            let bytes = layer_tree(layer, 0, &no_blobs)?.write(Vec::new())?;
             Ok(Some(hex::encode(Sha256::digest(&bytes))))
         }
         _ => Ok(None),

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod disk;
+pub mod fetched;
 pub mod filesystem;
 pub mod layer;
 pub mod qcow2;

@@ -58,7 +58,7 @@ fn includes(recipe: &Recipe) -> Vec<String> {
 }
 
 /// Build the rootfs tar into `out/rootfs.tar`; returns the installed packages.
-pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Path) -> Result<Vec<Package>> {
+pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Path, blobs: super::layer::Blobs) -> Result<Vec<Package>> {
     let raw = out.join("mmdebstrap.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
     cmd.arg("--variant=apt").arg("--format=tar");
@@ -78,7 +78,7 @@ pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Pa
             }
             _ => {
                 let f = out.join(format!("layer-{i}.tar"));
-                layer_tree(l, epoch)?.write(fs::File::create(&f)?)?;
+                layer_tree(l, epoch, blobs)?.write(fs::File::create(&f)?)?;
                 cmd.arg(format!("--customize-hook=tar-in {} /", f.display()));
             }
         }

@@ -9,6 +9,7 @@
 //!     <outputs>           the step's files (rootfs.tar, layer.tar, disk.qcow2, root/ ...)
 //!   tmp/<key>.<pid>.<n>/  a step being built; renamed into steps/ when complete
 //!   locks/<key>.lock      held while a step is built, so two builds do not race
+//!   blobs/<sha256>        fetched files by content (tarballs, binaries, wheels)
 //! ```
 //!
 //! A step directory appears by `rename(2)` only after its outputs and
@@ -94,7 +95,7 @@ impl Store {
     /// Open (and create) the store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let s = Store { root: root.to_path_buf() };
-        for d in ["steps", "tmp", "locks"] {
+        for d in ["steps", "tmp", "locks", "blobs"] {
             fs::create_dir_all(s.base().join(d)).map_err(|e| s.io(format!("create {d}/"), e))?;
         }
         Ok(s)
@@ -197,6 +198,88 @@ impl Store {
             File::open(parent).and_then(|d| d.sync_all()).map_err(|e| self.io("sync steps/", e))?;
         }
         Ok(meta)
+    }
+}
+
+impl Store {
+    /// Where the blob with this sha256 lives (whether or not it is there).
+    pub fn blob(&self, sha256: &str) -> PathBuf {
+        self.base().join("blobs").join(sha256)
+    }
+
+    /// Every blob's name (its sha256 as named; not re-hashed).
+    pub fn blobs(&self) -> Result<Vec<String>, StoreError> {
+        let mut v: Vec<String> = fs::read_dir(self.base().join("blobs"))
+            .map_err(|e| self.io("list blobs/", e))?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// A temporary path for a blob being written.
+    pub fn blob_tmp(&self, sha256: &str) -> PathBuf {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.base().join("tmp").join(format!("blob-{sha256}.{}.{n}", std::process::id()))
+    }
+
+    /// Move a verified temporary file into `blobs/` (atomic rename).
+    pub fn put_blob(&self, tmp: &Path, sha256: &str) -> Result<PathBuf, StoreError> {
+        let dest = self.blob(sha256);
+        fs::rename(tmp, &dest).map_err(|e| self.io("rename into blobs/", e))?;
+        Ok(dest)
+    }
+
+    /// Add a local file by content; returns its sha256.
+    pub fn add_file(&self, path: &Path) -> Result<FileSum, StoreError> {
+        let sum = hash_file(path).map_err(|e| self.io(format!("read {}", path.display()), e))?;
+        let tmp = self.blob_tmp(&sum.sha256);
+        fs::copy(path, &tmp).map_err(|e| self.io(format!("copy {}", path.display()), e))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| self.io("sync blob", e))?;
+        let again = hash_file(&tmp).map_err(|e| self.io("re-read blob", e))?;
+        if again != sum {
+            let _ = fs::remove_file(&tmp);
+            return Err(self.io(format!("{} changed while it was copied", path.display()), io::Error::other("content changed")));
+        }
+        self.put_blob(&tmp, &sum.sha256)?;
+        Ok(sum)
+    }
+
+    /// Re-hash every step output and blob; returns what is damaged.
+    pub fn verify(&self) -> Result<Vec<String>, StoreError> {
+        let mut bad = Vec::new();
+        for key in self.keys()? {
+            match self.meta(&key) {
+                Ok(m) => {
+                    for (name, sum) in &m.files {
+                        match hash_file(&self.path(&key).join(name)) {
+                            Ok(s) if &s == sum => {}
+                            Ok(s) => bad.push(format!("step {key}: {name}: expected sha256 {}, got {}", sum.sha256, s.sha256)),
+                            Err(e) => bad.push(format!("step {key}: {name}: {e}")),
+                        }
+                    }
+                }
+                Err(e) => bad.push(e.to_string()),
+            }
+        }
+        for b in self.blobs()? {
+            match hash_file(&self.blob(&b)) {
+                Ok(s) if s.sha256 == b => {}
+                Ok(s) => bad.push(format!("blob {b}: content has sha256 {}", s.sha256)),
+                Err(e) => bad.push(format!("blob {b}: {e}")),
+            }
+        }
+        Ok(bad)
+    }
+
+    /// Remove a step or blob (for gc).
+    pub fn remove_step(&self, key: &StepKey) {
+        remove_all(&self.path(key));
+    }
+
+    pub fn remove_blob(&self, sha256: &str) {
+        let _ = fs::remove_file(self.blob(sha256));
     }
 }
 

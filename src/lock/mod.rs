@@ -1,0 +1,119 @@
+//! Lock files: `recipes/NAME.lock` beside the recipe (TOML, `version = 1`,
+//! committed to git) pin what an unlocked build would look up live:
+//!
+//! | field       | what it pins                                                    |
+//! |-------------|-----------------------------------------------------------------|
+//! | `epoch`     | the build epoch (SOURCE_DATE_EPOCH): the base suite's release date |
+//! | `releases`  | sha256 of each suite's `InRelease` (the base, every source, tools) |
+//! | `tools_epoch` | the tools suite's release date                                |
+//! | `layers`    | sha256 of each layer's inputs, to say which changed (`--locked`) |
+//!
+//! With a lock, planning needs no network: a build whose steps are all in
+//! the store runs offline. A step that must install packages checks that
+//! the mirror still serves the locked `InRelease`; when it has moved on the
+//! build stops and says so (pinning every .deb is not done yet).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::plan::Facts;
+use crate::recipe::Recipe;
+
+pub const VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Lock {
+    pub version: u32,
+    pub recipe: String,
+    pub epoch: u64,
+    pub tools_epoch: u64,
+    pub releases: BTreeMap<String, String>,
+    pub layers: BTreeMap<String, String>,
+    /// sha256 of the recipe's base, sources and disk.
+    pub recipe_sha256: String,
+}
+
+/// sha256 of each layer's inputs (spec and content).
+pub fn layer_hashes(recipe: &Recipe, facts: &Facts) -> BTreeMap<String, String> {
+    recipe
+        .layers
+        .iter()
+        .map(|l| {
+            let mut v = serde_json::to_value(l).expect("layers serialise");
+            v["content"] = serde_json::json!(facts.contents.get(l.name.as_str()));
+            (l.name.to_string(), hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json"))))
+        })
+        .collect()
+}
+
+fn recipe_sha256(recipe: &Recipe) -> String {
+    let v = serde_json::json!({ "base": recipe.base, "sources": recipe.sources, "disk": recipe.disk });
+    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
+}
+
+/// Make the lock of `recipe` from live facts.
+pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
+    Lock {
+        version: VERSION,
+        recipe: recipe.name.to_string(),
+        epoch: facts.epoch,
+        tools_epoch: facts.tools_epoch,
+        releases: facts.releases.clone(),
+        layers: layer_hashes(recipe, facts),
+        recipe_sha256: recipe_sha256(recipe),
+    }
+}
+
+/// Read the lock beside the recipe, if there is one.
+pub fn read(recipe: &Recipe) -> Result<Option<Lock>> {
+    let p = recipe.lock_path();
+    if !p.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let lock: Lock = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
+    if lock.version != VERSION {
+        bail!("{}: lock version {} is not supported (this mimg reads version {VERSION})\nhint: run `mimg lock {}`", p.display(), lock.version, recipe.name);
+    }
+    Ok(Some(lock))
+}
+
+/// Write the lock atomically beside the recipe.
+pub fn write(recipe: &Recipe, lock: &Lock) -> Result<std::path::PathBuf> {
+    let p = recipe.lock_path();
+    let text = format!("# Written by `mimg lock {}`. Commit it; refresh with `mimg lock {} --update`.\n{}", recipe.name, recipe.name, toml::to_string(lock)?);
+    crate::build::atomic_write(&p, text.as_bytes())?;
+    Ok(p)
+}
+
+/// Facts for planning, from the lock and local files only.
+pub fn facts(lock: &Lock, contents: BTreeMap<String, String>) -> Facts {
+    Facts { releases: lock.releases.clone(), epoch: lock.epoch, tools_epoch: lock.tools_epoch, contents }
+}
+
+/// What changed in the recipe since the lock was written; empty if nothing.
+pub fn changes(lock: &Lock, recipe: &Recipe, facts: &Facts) -> Vec<String> {
+    let mut v = Vec::new();
+    if lock.recipe_sha256 != recipe_sha256(recipe) {
+        v.push("[base], [sources] or [disk] changed".to_string());
+    }
+    let now = layer_hashes(recipe, facts);
+    for (name, h) in &now {
+        match lock.layers.get(name) {
+            None => v.push(format!("layer `{name}` is new")),
+            Some(old) if old != h => v.push(format!("layer `{name}` changed")),
+            _ => {}
+        }
+    }
+    for name in lock.layers.keys() {
+        if !now.contains_key(name) {
+            v.push(format!("layer `{name}` was removed"));
+        }
+    }
+    v
+}
