@@ -18,6 +18,7 @@ use crate::fetch;
 use crate::lock::{self, Lock};
 use crate::plan::{self, Facts, Plan, Step, StepKind, TOOLS_SUITE};
 use crate::recipe::{BootMode, LayerKind, Recipe};
+use crate::stages::wheels::{self, Wheel};
 use crate::stages::{boot, disk, filesystem, layer, qcow2, rootfs, tarball::Tree, tools_env};
 use crate::store::{self, Store};
 use crate::tools::ToolsEnv;
@@ -70,12 +71,78 @@ pub fn live_facts(recipe: &Recipe) -> Result<Facts> {
     Ok(f)
 }
 
+/// The Python version of a pip layer.
+pub fn python_of(recipe: &Recipe, python: &str) -> Result<String> {
+    if !python.is_empty() {
+        return Ok(python.to_string());
+    }
+    wheels::suite_python(recipe.base.suite.as_str())
+        .map(str::to_string)
+        .with_context(|| format!("cannot tell the Python version of suite `{}`; set `python = \"3.X\"` in the pip layer", recipe.base.suite))
+}
+
+/// Resolve every pip layer's requirements to wheels with the host's pip,
+/// putting each wheel in the store. For `mimg lock`.
+pub fn resolve_pip(recipe: &Recipe, store: &Store) -> Result<BTreeMap<String, Vec<Wheel>>> {
+    let mut out = BTreeMap::new();
+    for l in &recipe.layers {
+        if let LayerKind::Pip { requirements, python, .. } = &l.kind {
+            let py = python_of(recipe, python)?;
+            let dir = tempfile::tempdir()?;
+            crate::tools::pip_download(requirements, &py, false, dir.path()).with_context(|| format!("resolving pip layer `{}`", l.name))?;
+            let mut wheels = Vec::new();
+            for e in fs::read_dir(dir.path())?.flatten() {
+                let file = e.file_name().to_string_lossy().into_owned();
+                let sum = store.add_file(&e.path())?;
+                wheels.push(Wheel::from_file(&file, &sum.sha256)?);
+            }
+            wheels.sort_by(|a, b| a.file.cmp(&b.file));
+            out.insert(l.name.to_string(), wheels);
+        }
+    }
+    Ok(out)
+}
+
+/// A locked wheel's bytes: from the store, else downloaded again and checked.
+fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<Vec<u8>> {
+    use sha2::{Digest, Sha256};
+    let path = store.blob(&w.sha256);
+    if !path.exists() {
+        if opts.offline {
+            bail!("--offline: wheel {} (sha256 {}) is not in the store\nhint: `mimg store add {}` with a copy of it", w.file, w.sha256, w.file);
+        }
+        let dir = tempfile::tempdir()?;
+        crate::tools::pip_download(&[format!("{}=={}", w.name, w.version)], python, true, dir.path())?;
+        let got = dir.path().join(&w.file);
+        if !got.exists() {
+            bail!("pip did not download {} again\nhint: `mimg store add {}` with a copy of it", w.file, w.file);
+        }
+        let sum = store.add_file(&got)?;
+        if sum.sha256 != w.sha256 {
+            store.remove_blob(&sum.sha256);
+            bail!("the sha256 of {} did not match: expected {}, got {}", w.file, w.sha256, sum.sha256);
+        }
+    }
+    let data = fs::read(&path)?;
+    let got = hex::encode(Sha256::digest(&data));
+    if got != w.sha256 {
+        bail!("the store's copy of {} is damaged: expected sha256 {}, got {got}\nhint: remove {} and build again", w.file, w.sha256, path.display());
+    }
+    Ok(data)
+}
+
 /// The facts a plan needs: from the lock when there is one, else live.
 pub fn facts(recipe: &Recipe, opts: Options) -> Result<(Facts, Option<Lock>)> {
     let lock = lock::read(recipe)?;
+    let pip_layers: Vec<String> = recipe.layers.iter().filter(|l| matches!(l.kind, LayerKind::Pip { .. })).map(|l| l.name.to_string()).collect();
     match lock {
         Some(l) => {
-            let f = lock::facts(&l, contents(recipe)?);
+            let mut c = contents(recipe)?;
+            for name in &pip_layers {
+                let w = l.pip.get(name).with_context(|| format!("{} has no wheels for pip layer `{name}`\nhint: run `mimg lock {}`", recipe.lock_path().display(), recipe.name))?;
+                c.insert(name.clone(), lock::wheels_hash(w));
+            }
+            let f = lock::facts(&l, c);
             for s in plan::suites(recipe).iter().map(|s| s.to_string()).chain([TOOLS_SUITE.to_string()]) {
                 if !l.releases.contains_key(&s) {
                     bail!("{} does not pin suite `{s}`, which the recipe uses\nhint: run `mimg lock {}`", recipe.lock_path().display(), recipe.name);
@@ -97,6 +164,11 @@ pub fn facts(recipe: &Recipe, opts: Options) -> Result<(Facts, Option<Lock>)> {
             recipe.name,
             recipe.lock_path().display(),
             if opts.offline { "--offline" } else { "--locked" },
+            recipe.name
+        ),
+        None if !pip_layers.is_empty() => bail!(
+            "pip layer `{}` needs a lock: its wheels are resolved by `mimg lock`\nhint: run `mimg lock {}`",
+            pip_layers[0],
             recipe.name
         ),
         None => Ok((live_facts(recipe)?, None)),
@@ -209,7 +281,7 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
             continue;
         }
         let pending = store.begin(&step.key)?;
-        let extra = run_step(step, recipe, &plan, &facts, locked, opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+        let extra = run_step(step, recipe, &plan, &facts, lock.as_ref(), opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
         let secs = t0.elapsed().as_secs_f64();
         store.commit(pending, step, secs, extra)?;
         built += 1;
@@ -220,8 +292,9 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, locked: bool, opts: Options, store: &Store, dir: &Path) -> Result<serde_json::Value> {
+fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, lock: Option<&Lock>, opts: Options, store: &Store, dir: &Path) -> Result<serde_json::Value> {
     let epoch = plan.epoch;
+    let locked = lock.is_some();
     match step.kind {
         StepKind::Tools => {
             let mirror = mirror_for(step, &[TOOLS_SUITE.to_string()], facts, locked, opts)?;
@@ -239,8 +312,18 @@ fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, locked: bo
         StepKind::Layer => {
             let name = &step.layers[0];
             let l = recipe.layers.iter().find(|l| l.name.as_str() == name).expect("planned from the recipe");
-            let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
-            let tree = layer::layer_tree(l, epoch, &blobs)?;
+            let tree = if let LayerKind::Pip { venv, python, .. } = &l.kind {
+                let py = python_of(recipe, python)?;
+                let wheels = lock.and_then(|k| k.pip.get(name)).context("pip layers need a lock")?;
+                let mut files = Vec::new();
+                for w in wheels {
+                    files.push((w.file.clone(), wheel_blob(store, w, &py, opts)?));
+                }
+                wheels::venv_tree(venv.as_str(), &py, &files, epoch).with_context(|| format!("layer `{name}`"))?
+            } else {
+                let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
+                layer::layer_tree(l, epoch, &blobs)?
+            };
             tree.write(fs::File::create(dir.join("layer.tar"))?)?;
             Ok(json!(null))
         }

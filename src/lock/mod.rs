@@ -36,6 +36,12 @@ pub struct Lock {
     pub layers: BTreeMap<String, String>,
     /// sha256 of the recipe's base, sources and disk.
     pub recipe_sha256: String,
+    /// The wheels of each `pip` layer.
+    #[serde(default)]
+    pub pip: BTreeMap<String, Vec<crate::stages::wheels::Wheel>>,
+    /// The requirements each pip layer's wheels were resolved from.
+    #[serde(default)]
+    pub pip_requirements: BTreeMap<String, Vec<String>>,
 }
 
 /// sha256 of each layer's inputs (spec and content).
@@ -66,7 +72,14 @@ pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
         releases: facts.releases.clone(),
         layers: layer_hashes(recipe, facts),
         recipe_sha256: recipe_sha256(recipe),
+        pip: BTreeMap::new(),
+        pip_requirements: BTreeMap::new(),
     }
+}
+
+/// The content hash of a pip layer: its locked wheels.
+pub fn wheels_hash(wheels: &[crate::stages::wheels::Wheel]) -> String {
+    hex::encode(Sha256::digest(serde_json::to_vec(wheels).expect("json")))
 }
 
 /// Read the lock beside the recipe, if there is one.

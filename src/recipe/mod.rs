@@ -116,6 +116,8 @@ pub enum LayerKind {
     Pip {
         requirements: Vec<String>,
         venv: ImagePath,
+        /// The image's Python (`3.13`); empty: the base suite's.
+        python: String,
     },
 }
 
@@ -253,6 +255,7 @@ struct RawLayer {
     mode: Option<Spanned<String>>,
     requirements: Option<Spanned<Vec<String>>>,
     venv: Option<Spanned<String>>,
+    python: Option<Spanned<String>>,
 }
 
 /// The text of one recipe file, to turn spans into lines.
@@ -524,7 +527,7 @@ fn allowed_keys(kind: &str) -> Option<&'static [&'static str]> {
         "files" => &["from", "to"],
         "run" => &["script"],
         "fetch" => &["url", "sha256", "to", "strip", "unpack", "mode"],
-        "pip" => &["requirements", "venv"],
+        "pip" => &["requirements", "venv", "python"],
         _ => return None,
     })
 }
@@ -539,7 +542,8 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
     let allowed = allowed_keys(kind)
         .ok_or_else(|| at(&raw.kind).invalid(&key("kind"), format!("unknown layer kind `{kind}`; use apt, fetch, pip, files or run")))?;
     // Keys that belong to other kinds are mistakes: say which.
-    let present: [(&str, Option<std::ops::Range<usize>>); 12] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 13] = [
+        ("python", raw.python.as_ref().map(|v| v.span())),
         ("packages", raw.packages.as_ref().map(|v| v.span())),
         ("source", raw.source.as_ref().map(|v| v.span())),
         ("from", raw.from.as_ref().map(|v| v.span())),
@@ -649,11 +653,56 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
                 msg: "a `pip` layer needs `requirements`".into(),
             })?;
             let venv = parse_at(&need(&raw.venv, "venv")?, &key("venv"), raw.venv.as_ref().map(|t| t.get_ref().as_str()).unwrap_or(""))?;
-            LayerKind::Pip { requirements: r.get_ref().clone(), venv }
+            let reqs = At { value: r.clone(), src: src.clone() };
+            if r.get_ref().is_empty() {
+                return Err(reqs.invalid(&key("requirements"), "must list at least one requirement"));
+            }
+            for req in r.get_ref() {
+                if !valid_requirement(req) {
+                    return Err(reqs.invalid(&key("requirements"), format!("`{}` is not a requirement like \"name==1.2\" or \"name[extra]>=1\" (no options, URLs or spaces)", req.escape_debug())));
+                }
+            }
+            let python = match &raw.python {
+                Some(p) if p.get_ref().split('.').count() == 2 && p.get_ref().split('.').all(|x| !x.is_empty() && x.len() <= 2 && x.bytes().all(|b| b.is_ascii_digit())) => p.get_ref().clone(),
+                Some(p) => return Err(at(p).invalid(&key("python"), "must be a Python version such as \"3.13\"")),
+                None => String::new(),
+            };
+            LayerKind::Pip { requirements: r.get_ref().clone(), venv, python }
         }
         _ => unreachable!("checked by allowed_keys"),
     };
     Ok(Layer { name, kind, loc: l.loc() })
+}
+
+/// A PEP 508 requirement without markers, URLs or options:
+/// `name`, `name[extra,...]`, each optionally with version clauses.
+pub fn valid_requirement(r: &str) -> bool {
+    let name_len = r.bytes().take_while(|b| b.is_ascii_alphanumeric() || b"._-".contains(b)).count();
+    if name_len == 0 || !r.as_bytes()[0].is_ascii_alphanumeric() {
+        return false;
+    }
+    let mut rest = &r[name_len..];
+    if let Some(after) = rest.strip_prefix('[') {
+        let Some(end) = after.find(']') else { return false };
+        let extras = &after[..end];
+        if extras.is_empty() || !extras.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-,".contains(&b)) {
+            return false;
+        }
+        rest = &after[end + 1..];
+    }
+    if rest.is_empty() {
+        return true;
+    }
+    rest.split(',').all(|clause| {
+        let op = ["===", "==", ">=", "<=", "~=", "!=", "<", ">"].iter().find(|op| clause.starts_with(**op));
+        match op {
+            Some(op) => {
+                let v = &clause[op.len()..];
+                !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".*+!_-".contains(&b))
+            }
+            None => false,
+        }
+    })
 }
 
 /// The archive type of a fetched file, from its name.

@@ -10,3 +10,4 @@ pub mod qcow2;
 pub mod rootfs;
 pub mod tarball;
 pub mod tools_env;
+pub mod wheels;

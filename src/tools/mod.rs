@@ -124,3 +124,20 @@ impl ToolsEnv {
         Ok(c)
     }
 }
+
+/// `pip download` of binary wheels for Python `python` on x86_64 Linux
+/// into `dest`, with the host's pip and its configuration (index, proxy,
+/// certificates: transport only, the lock pins every wheel by sha256).
+pub fn pip_download(requirements: &[String], python: &str, no_deps: bool, dest: &Path) -> Result<(), ToolError> {
+    let py = which("python3").filter(|p| p.starts_with("/usr")).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
+    let mut c = Command::new(py);
+    c.args(["-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp", "--python-version", python]);
+    for plat in ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"] {
+        c.args(["--platform", plat]);
+    }
+    if no_deps {
+        c.arg("--no-deps");
+    }
+    c.arg("--dest").arg(dest).arg("--").args(requirements);
+    run(c, "pip download")
+}
