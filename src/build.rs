@@ -103,6 +103,30 @@ pub fn resolve_pip(recipe: &Recipe, store: &Store) -> Result<BTreeMap<String, Ve
     Ok(out)
 }
 
+/// Download every locked wheel the store lacks with one pip call (pip
+/// resolves nothing: `--no-deps`, exact versions); each is checked by
+/// [`wheel_blob`] as it is used.
+fn prefetch_wheels(store: &Store, wheels: &[Wheel], python: &str, opts: Options) -> Result<()> {
+    let missing: Vec<&Wheel> = wheels.iter().filter(|w| !store.blob(&w.sha256).exists()).collect();
+    if missing.is_empty() || opts.offline {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let reqs: Vec<String> = missing.iter().map(|w| format!("{}=={}", w.name, w.version)).collect();
+    crate::tools::pip_download(&reqs, python, true, dir.path()).context("downloading locked wheels")?;
+    for w in missing {
+        let p = dir.path().join(&w.file);
+        if p.exists() {
+            let sum = store.add_file(&p)?;
+            if sum.sha256 != w.sha256 {
+                store.remove_blob(&sum.sha256);
+                bail!("the sha256 of {} did not match: expected {}, got {}\nhint: the index serves another file under that name; check the lock", w.file, w.sha256, sum.sha256);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A locked wheel's bytes: from the store, else downloaded again and checked.
 fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<Vec<u8>> {
     use sha2::{Digest, Sha256};
@@ -315,6 +339,7 @@ fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, lock: Opti
             let tree = if let LayerKind::Pip { venv, python, .. } = &l.kind {
                 let py = python_of(recipe, python)?;
                 let wheels = lock.and_then(|k| k.pip.get(name)).context("pip layers need a lock")?;
+                prefetch_wheels(store, wheels, &py, opts)?;
                 let mut files = Vec::new();
                 for w in wheels {
                     files.push((w.file.clone(), wheel_blob(store, w, &py, opts)?));

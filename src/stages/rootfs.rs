@@ -5,7 +5,7 @@
 //!
 //! Scrubbed, because they are host facts, secrets or clocks: ssh host keys,
 //! the snakeoil certificate, logs, apt lists and caches, ldconfig's
-//! aux-cache, the random seed, device nodes (devtmpfs provides them), the
+//! aux-cache, the random seed, PostgreSQL clusters, device nodes (devtmpfs provides them), the
 //! host's hostname and resolv.conf, and the mirror URL in apt's sources.
 
 use std::collections::BTreeMap;
@@ -153,8 +153,11 @@ pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
         let dropped_prefix = DROP_PREFIXES.iter().any(|d| p.starts_with(d)) && !(is_dir && keep_dir(&p));
         let ssh_key = p.starts_with("etc/ssh/ssh_host_");
         let snakeoil_link = matches!(&e.kind, Kind::Symlink(t) if t.contains("ssl-cert-snakeoil"));
+        // A PostgreSQL cluster has a random system identifier: it is made at
+        // first boot on the data disk, never at build time.
+        let pg_cluster = (p.starts_with("var/lib/postgresql/") || p.starts_with("etc/postgresql/")) && p.split('/').count() >= 4;
         let cache_file = (p.starts_with("var/cache/") && (p.ends_with(".bin") || p.ends_with("-old"))) || p.ends_with(".pyc") && p.contains("__pycache__/");
-        if dropped_prefix || ssh_key || snakeoil_link || cache_file || DROP_EXACT.contains(&p.as_str()) {
+        if dropped_prefix || pg_cluster || ssh_key || snakeoil_link || cache_file || DROP_EXACT.contains(&p.as_str()) {
             tree.remove(&p);
         }
     }
