@@ -8,7 +8,8 @@ RECIPE ?= minimal
 # it; QEMU and OVMF boot images in tests; the rest checks images.
 APT_PACKAGES := mmdebstrap bubblewrap uidmap debian-archive-keyring \
 	qemu-system-x86 qemu-utils ovmf fdisk e2fsprogs dosfstools mtools \
-	passwd util-linux ca-certificates curl build-essential pkg-config
+	passwd util-linux ca-certificates curl build-essential pkg-config \
+	python3 python3-pip tar
 
 .PHONY: deps build test test-unit test-integration image bench clean
 

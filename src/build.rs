@@ -155,47 +155,100 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
     Ok(data)
 }
 
-/// The facts a plan needs: from the lock when there is one, else live.
-pub fn facts(recipe: &Recipe, opts: Options) -> Result<(Facts, Option<Lock>)> {
-    let lock = lock::read(recipe)?;
-    let pip_layers: Vec<String> = recipe.layers.iter().filter(|l| matches!(l.kind, LayerKind::Pip { .. })).map(|l| l.name.to_string()).collect();
-    match lock {
-        Some(l) => {
-            let mut c = contents(recipe)?;
-            for name in &pip_layers {
-                let w = l.pip.get(name).with_context(|| format!("{} has no wheels for pip layer `{name}`\nhint: run `mimg lock {}`", recipe.lock_path().display(), recipe.name))?;
-                c.insert(name.clone(), lock::wheels_hash(w));
+/// What a build pins: plan facts, the wheels of pip layers, and whether
+/// the facts came from a lock (then the mirror must still match it).
+pub struct Resolved {
+    pub facts: Facts,
+    pub wheels: BTreeMap<String, Vec<Wheel>>,
+    pub lock: Option<Lock>,
+}
+
+fn pip_requirements(recipe: &Recipe) -> BTreeMap<String, Vec<String>> {
+    recipe
+        .layers
+        .iter()
+        .filter_map(|l| match &l.kind {
+            LayerKind::Pip { requirements, .. } => Some((l.name.to_string(), requirements.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The facts a plan needs: from the recipe's lock; else from the lock of
+/// a recipe it extends (when that pins every suite it uses); else live.
+/// Pip layers no lock covers are resolved live with pip (online only).
+pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> {
+    let own = lock::read(recipe)?;
+    let suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).chain([TOOLS_SUITE.to_string()]).collect();
+    let covers = |l: &Lock| suites.iter().all(|s| l.releases.contains_key(s));
+    if let Some(l) = &own
+        && !covers(l)
+    {
+        let missing: Vec<&String> = suites.iter().filter(|s| !l.releases.contains_key(*s)).collect();
+        bail!("{} does not pin suite `{}`, which the recipe uses\nhint: run `mimg lock {}`", recipe.lock_path().display(), missing[0], recipe.name);
+    }
+    if own.is_none() && opts.locked {
+        bail!("{} has no lock ({} missing); --locked needs one\nhint: run `mimg lock {}` while online", recipe.name, recipe.lock_path().display(), recipe.name);
+    }
+    let chosen = match own {
+        Some(l) => Some(l),
+        None => lock::read_inherited(recipe)?.filter(|l| covers(l)),
+    };
+    let reqs = pip_requirements(recipe);
+    let mut wheels = BTreeMap::new();
+    let mut unresolved = Vec::new();
+    for (name, r) in &reqs {
+        match &chosen {
+            Some(l) if l.pip_requirements.get(name) == Some(r) && l.pip.contains_key(name) => {
+                wheels.insert(name.clone(), l.pip[name].clone());
             }
+            _ => unresolved.push(name.clone()),
+        }
+    }
+    if !unresolved.is_empty() {
+        if opts.offline || opts.locked {
+            bail!(
+                "pip layer `{}` has no locked wheels for its requirements\nhint: run `mimg lock {}` while online",
+                unresolved[0],
+                recipe.name
+            );
+        }
+        let live = resolve_pip(recipe, store)?;
+        for n in unresolved {
+            wheels.insert(n.clone(), live[&n].clone());
+        }
+    }
+    let mut c = contents(recipe)?;
+    for (name, w) in &wheels {
+        c.insert(name.clone(), lock::wheels_hash(w));
+    }
+    match chosen {
+        Some(l) => {
             let f = lock::facts(&l, c);
-            for s in plan::suites(recipe).iter().map(|s| s.to_string()).chain([TOOLS_SUITE.to_string()]) {
-                if !l.releases.contains_key(&s) {
-                    bail!("{} does not pin suite `{s}`, which the recipe uses\nhint: run `mimg lock {}`", recipe.lock_path().display(), recipe.name);
+            if opts.locked {
+                let changes = lock::changes(&l, recipe, &f);
+                if !changes.is_empty() {
+                    bail!(
+                        "{} is out of date (--locked): {}\nhint: run `mimg lock {}` and commit the lock",
+                        recipe.lock_path().display(),
+                        changes.join("; "),
+                        recipe.name
+                    );
                 }
             }
-            let changes = lock::changes(&l, recipe, &f);
-            if opts.locked && !changes.is_empty() {
-                bail!(
-                    "{} is out of date (--locked): {}\nhint: run `mimg lock {}` and commit the lock",
-                    recipe.lock_path().display(),
-                    changes.join("; "),
-                    recipe.name
-                );
-            }
-            Ok((f, Some(l)))
+            Ok(Resolved { facts: f, wheels, lock: Some(l) })
         }
-        None if opts.locked || opts.offline => bail!(
-            "{} has no lock ({} missing); {} needs one\nhint: run `mimg lock {}` while online",
+        None if opts.offline => bail!(
+            "{} has no lock ({} missing); --offline needs one\nhint: run `mimg lock {}` while online",
             recipe.name,
             recipe.lock_path().display(),
-            if opts.offline { "--offline" } else { "--locked" },
             recipe.name
         ),
-        None if !pip_layers.is_empty() => bail!(
-            "pip layer `{}` needs a lock: its wheels are resolved by `mimg lock`\nhint: run `mimg lock {}`",
-            pip_layers[0],
-            recipe.name
-        ),
-        None => Ok((live_facts(recipe)?, None)),
+        None => {
+            let mut f = live_facts(recipe)?;
+            f.contents = c;
+            Ok(Resolved { facts: f, wheels, lock: None })
+        }
     }
 }
 
@@ -284,9 +337,9 @@ pub struct Outcome {
 
 /// Build `recipe` into `out_dir`.
 pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter, opts: Options) -> Result<Outcome> {
-    let (facts, lock) = facts(recipe, opts)?;
-    let locked = lock.is_some();
-    let plan = plan::plan(recipe, &facts);
+    let resolved = facts(recipe, opts, store)?;
+    let facts = &resolved.facts;
+    let plan = plan::plan(recipe, facts);
     let mut built = 0;
     let mut reused = 0;
     for step in &plan.steps {
@@ -305,7 +358,7 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
             continue;
         }
         let pending = store.begin(&step.key)?;
-        let extra = run_step(step, recipe, &plan, &facts, lock.as_ref(), opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+        let extra = run_step(step, recipe, &plan, &resolved, opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
         let secs = t0.elapsed().as_secs_f64();
         store.commit(pending, step, secs, extra)?;
         built += 1;
@@ -316,9 +369,10 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, lock: Option<&Lock>, opts: Options, store: &Store, dir: &Path) -> Result<serde_json::Value> {
+fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts: Options, store: &Store, dir: &Path) -> Result<serde_json::Value> {
     let epoch = plan.epoch;
-    let locked = lock.is_some();
+    let facts = &resolved.facts;
+    let locked = resolved.lock.is_some();
     match step.kind {
         StepKind::Tools => {
             let mirror = mirror_for(step, &[TOOLS_SUITE.to_string()], facts, locked, opts)?;
@@ -338,7 +392,7 @@ fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, facts: &Facts, lock: Opti
             let l = recipe.layers.iter().find(|l| l.name.as_str() == name).expect("planned from the recipe");
             let tree = if let LayerKind::Pip { venv, python, .. } = &l.kind {
                 let py = python_of(recipe, python)?;
-                let wheels = lock.and_then(|k| k.pip.get(name)).context("pip layers need a lock")?;
+                let wheels = resolved.wheels.get(name).context("pip layer without resolved wheels")?;
                 prefetch_wheels(store, wheels, &py, opts)?;
                 let mut files = Vec::new();
                 for w in wheels {

@@ -11,6 +11,7 @@ mod seed;
 mod stages;
 mod store;
 mod tools;
+mod vm;
 
 fn main() -> std::process::ExitCode {
     cli::main()

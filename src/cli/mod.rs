@@ -5,6 +5,7 @@ mod build;
 mod lock;
 mod overlay;
 mod plan;
+mod run;
 mod seed;
 mod store;
 
@@ -44,6 +45,11 @@ enum Command {
     Overlay(overlay::Args),
     /// Inspect, verify, clean and fill the store.
     Store(store::Args),
+    /// Boot an image with a seed and a data disk in QEMU.
+    Run(run::Args),
+    /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
+    #[command(name = "__relay", hide = true)]
+    Relay { target: String },
 }
 
 impl Cli {
@@ -71,6 +77,8 @@ pub fn main() -> ExitCode {
         Command::Seed(a) => seed::run(&cli, a),
         Command::Overlay(a) => overlay::run(&cli, a),
         Command::Store(a) => store::run(&cli, a),
+        Command::Run(a) => run::run(&cli, a),
+        Command::Relay { target } => crate::vm::relay_stdio(target),
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

@@ -20,8 +20,8 @@ pub struct Args {
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
-    let (facts, _) = crate::build::facts(&recipe, crate::build::Options { offline: a.offline, locked: false })?;
-    let plan = crate::plan::plan(&recipe, &facts);
+    let resolved = crate::build::facts(&recipe, crate::build::Options { offline: a.offline, locked: false }, &store)?;
+    let plan = crate::plan::plan(&recipe, &resolved.facts);
     let cached = crate::build::cached(&plan, &store);
     if a.json {
         let steps: Vec<_> = plan

@@ -14,7 +14,6 @@
 //! build stops and says so (pinning every .deb is not done yet).
 
 use std::collections::BTreeMap;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -94,6 +93,21 @@ pub fn read(recipe: &Recipe) -> Result<Option<Lock>> {
         bail!("{}: lock version {} is not supported (this mimg reads version {VERSION})\nhint: run `mimg lock {}`", p.display(), lock.version, recipe.name);
     }
     Ok(Some(lock))
+}
+
+/// The lock of the nearest recipe this one extends, if any.
+pub fn read_inherited(recipe: &Recipe) -> Result<Option<Lock>> {
+    for f in recipe.files.iter().skip(1) {
+        let p = f.with_extension("lock");
+        if p.is_file() {
+            let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+            let lock: Lock = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
+            if lock.version == VERSION {
+                return Ok(Some(lock));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Write the lock atomically beside the recipe.

@@ -333,3 +333,51 @@ mod tests {
         assert_ne!(u, k.derive_uuid("esp"));
     }
 }
+
+#[cfg(test)]
+mod recipe_tests {
+    use super::*;
+
+    fn repo_recipe(name: &str) -> Recipe {
+        crate::recipe::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(format!("{name}.toml"))).unwrap()
+    }
+
+    fn facts_for(r: &Recipe) -> Facts {
+        let mut f = Facts { epoch: 1_593_000_000, tools_epoch: 1_700_000_000, ..Default::default() };
+        for s in suites(r) {
+            f.releases.insert(s.to_string(), "11".repeat(32));
+        }
+        f.releases.insert(TOOLS_SUITE.into(), "22".repeat(32));
+        f
+    }
+
+    #[test]
+    fn the_2020_buster_image_parses_and_plans() {
+        let r = repo_recipe("ungleich-prod-buster");
+        assert_eq!(r.base.suite.as_str(), "buster");
+        let backports = r.layers.iter().find(|l| l.name.as_str() == "synapse").unwrap();
+        match &backports.kind {
+            LayerKind::Apt { packages, source } => {
+                assert_eq!(packages.iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["matrix-synapse", "python3-psycopg2"]);
+                assert_eq!(r.sources[source.as_ref().unwrap()].suite.as_str(), "buster-backports");
+            }
+            other => panic!("{other:?}"),
+        }
+        let p = plan(&r, &facts_for(&r));
+        let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(labels, ["tools", "rootfs", "layer:base-config", "layer:element", "image"]);
+        assert_eq!(p.steps[1].inputs["packages"]["backports"], json!(["matrix-synapse", "python3-psycopg2"]));
+    }
+
+    #[test]
+    fn ungleich_prod_extends_maas_homeserver_and_adds_the_bridge() {
+        let r = repo_recipe("ungleich-prod");
+        let names: Vec<_> = r.layers.iter().map(|l| l.name.as_str()).collect();
+        for want in ["synapse", "element", "nginx", "postgresql", "firstboot", "matterbridge"] {
+            assert!(names.contains(&want), "{want} in {names:?}");
+        }
+        assert_eq!(names.last(), Some(&"matterbridge-config"));
+        let staging = repo_recipe("ungleich-staging");
+        assert_eq!(staging.layers.len(), r.layers.len(), "staging replaces synapse in place");
+    }
+}

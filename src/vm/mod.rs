@@ -1,0 +1,277 @@
+//! Booting images: QEMU with the image opened through a throw-away
+//! overlay (never modified), an optional seed and data disk, the serial
+//! console to a log file, and TCP forwards from 127.0.0.1 into the guest.
+//!
+//! The guest is IPv6-only, and QEMU's user network cannot forward to an
+//! IPv6 guest. So as root the VM runs in a private network namespace with a
+//! tap device whose host side holds the seed's gateway address, and each
+//! forward relays into that namespace over IPv6. Without root (no
+//! /dev/net/tun, no namespaces to make) mimg says so and falls back to
+//! QEMU's user network, where forwards reach the guest only over IPv4.
+
+use std::io::{Read, Write};
+use std::net::{Ipv6Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+/// A forward `HOSTPORT:GUESTPORT`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub host: u16,
+    pub guest: u16,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (h, g) = s.split_once(':').ok_or_else(|| format!("`{s}` is not HOSTPORT:GUESTPORT"))?;
+        let p = |x: &str| x.parse::<u16>().ok().filter(|v| *v > 0).ok_or_else(|| format!("`{x}` is not a port (1-65535)"));
+        Ok(Forward { host: p(h)?, guest: p(g)? })
+    }
+}
+
+/// The guest's address and gateway, read from a seed's network-config.
+pub fn seed_network(seed: &Path) -> Result<Option<(Ipv6Addr, u8, Ipv6Addr)>> {
+    let data = std::fs::read(seed).with_context(|| format!("cannot read seed {}", seed.display()))?;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(data), fatfs::FsOptions::new()).context("the seed is not a FAT volume")?;
+    let mut text = String::new();
+    match fs.root_dir().open_file("network-config") {
+        Ok(mut f) => {
+            f.read_to_string(&mut text)?;
+        }
+        Err(_) => return Ok(None),
+    }
+    let unq = |l: &str| l.trim().trim_start_matches("- ").trim().trim_matches('"').to_string();
+    let mut addr = None;
+    let mut gw = None;
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.trim() == "addresses:" && addr.is_none() {
+            if let Some(next) = lines.next() {
+                let v = unq(next);
+                if let Some((a, p)) = v.split_once('/') {
+                    addr = a.parse::<Ipv6Addr>().ok().zip(p.parse::<u8>().ok());
+                }
+            }
+        } else if let Some(v) = l.trim().strip_prefix("via:") {
+            gw = unq(v).parse::<Ipv6Addr>().ok();
+        }
+    }
+    Ok(addr.zip(gw).map(|((a, p), g)| (a, p, g)))
+}
+
+/// How to boot.
+pub struct RunSpec {
+    pub image: PathBuf,
+    pub seed: Option<PathBuf>,
+    pub data_disk: Option<PathBuf>,
+    pub forwards: Vec<Forward>,
+    pub serial_log: PathBuf,
+    pub memory_mib: u32,
+    pub cpus: u32,
+    pub uefi: bool,
+}
+
+/// A running VM; stopped (QEMU killed, namespace removed) on drop.
+pub struct Vm {
+    child: Child,
+    netns: Option<String>,
+    _work: tempfile::TempDir,
+    pub serial_log: PathBuf,
+    pub guest: Option<Ipv6Addr>,
+    pub mode: &'static str,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if let Some(ns) = &self.netns {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+impl Vm {
+    /// Wait for QEMU to exit; returns its exit status.
+    pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
+        Ok(self.child.wait()?)
+    }
+    /// Whether QEMU still runs.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+    /// The serial console so far.
+    pub fn serial(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.serial_log).unwrap_or_default()).into_owned()
+    }
+}
+
+fn kvm_usable() -> bool {
+    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+}
+
+/// Boot per `spec`. Forwards are served by threads of this process.
+pub fn start(spec: &RunSpec) -> Result<Vm> {
+    let work = tempfile::Builder::new().prefix("mimg-run-").tempdir()?;
+    let overlay = work.path().join("overlay.qcow2");
+    let st = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(std::fs::canonicalize(&spec.image).with_context(|| format!("no image at {}", spec.image.display()))?)
+        .arg(&overlay)
+        .status()
+        .context("qemu-img is not installed (make deps)")?;
+    if !st.success() {
+        bail!("qemu-img could not make an overlay of {}", spec.image.display());
+    }
+    let mut args: Vec<String> = vec!["-accel".into(), "kvm".into(), "-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()];
+    if !kvm_usable() {
+        args = vec!["-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()];
+    }
+    args.extend(["-m".into(), spec.memory_mib.to_string(), "-smp".into(), spec.cpus.to_string()]);
+    args.extend(["-nographic".into(), "-monitor".into(), "none".into(), "-display".into(), "none".into()]);
+    args.extend(["-serial".into(), format!("file:{}", spec.serial_log.display())]);
+    args.extend(["-drive".into(), format!("file={},if=virtio,format=qcow2", overlay.display())]);
+    if let Some(d) = &spec.data_disk {
+        let fmt = if d.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
+        args.extend(["-drive".into(), format!("file={},if=virtio,format={fmt}", d.display())]);
+    }
+    if let Some(s) = &spec.seed {
+        args.extend(["-drive".into(), format!("file={},if=virtio,format=raw,readonly=on", s.display())]);
+    }
+    if spec.uefi {
+        let vars = work.path().join("vars.fd");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("OVMF is not installed (make deps)")?;
+        args.extend(["-machine".into(), "q35".into()]);
+        args.extend(["-drive".into(), "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into()]);
+        args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+    }
+    let net = match &spec.seed {
+        Some(s) => seed_network(s)?,
+        None => None,
+    };
+    let root = crate::tools::is_root();
+    let (netns, guest, mode) = match net {
+        Some((addr, prefix, gw)) if root => {
+            let ns = format!("mimg-{}", std::process::id());
+            let ip = |a: &[&str]| -> Result<()> {
+                let st = Command::new("ip").args(a).status().context("`ip` (iproute2) is not installed")?;
+                if !st.success() {
+                    bail!("`ip {}` failed", a.join(" "));
+                }
+                Ok(())
+            };
+            ip(&["netns", "add", &ns])?;
+            let setup = (|| -> Result<()> {
+                ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+                ip(&["-n", &ns, "tuntap", "add", "dev", "tap0", "mode", "tap"])?;
+                ip(&["-n", &ns, "-6", "addr", "add", &format!("{gw}/{prefix}"), "dev", "tap0", "nodad"])?;
+                ip(&["-n", &ns, "link", "set", "tap0", "up"])?;
+                Ok(())
+            })();
+            if let Err(e) = setup {
+                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+                return Err(e);
+            }
+            args.extend(["-netdev".into(), "tap,id=n0,ifname=tap0,script=no,downscript=no".into(), "-device".into(), "virtio-net-pci,netdev=n0".into()]);
+            (Some(ns), Some(addr), "IPv6 in a private network namespace (tap)")
+        }
+        _ => {
+            if net.is_some() {
+                eprintln!("mimg run: not root, so no network namespace or tap device: falling back to QEMU's user network; forwards reach the guest over IPv4 only");
+            }
+            let mut nic = "user,model=virtio-net-pci,ipv6-net=fec0::/64".to_string();
+            for f in &spec.forwards {
+                nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
+            }
+            args.extend(["-nic".into(), nic]);
+            (None, None, "QEMU user network (IPv4 forwards)")
+        }
+    };
+    let mut cmd = match &netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
+            c
+        }
+        None => Command::new("qemu-system-x86_64"),
+    };
+    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
+    let child = cmd.spawn().context("cannot start qemu-system-x86_64 (make deps)")?;
+    let vm = Vm { child, netns: netns.clone(), _work: work, serial_log: spec.serial_log.clone(), guest, mode };
+    if let (Some(ns), Some(g)) = (&netns, guest) {
+        for f in &spec.forwards {
+            relay(f.host, ns.clone(), g, f.guest)?;
+        }
+    }
+    Ok(vm)
+}
+
+/// Listen on 127.0.0.1:`host`; relay each connection to [`guest`]:`port`
+/// inside the namespace through `mimg __relay` run there.
+fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
+    let l = TcpListener::bind(("127.0.0.1", host)).with_context(|| format!("cannot listen on 127.0.0.1:{host}"))?;
+    let exe = std::env::current_exe()?;
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let (ns, exe) = (ns.clone(), exe.clone());
+            std::thread::spawn(move || {
+                let child = Command::new("ip")
+                    .args(["netns", "exec", &ns])
+                    .arg(&exe)
+                    .args(["__relay", &format!("[{guest}]:{port}")])
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::null())
+                    .spawn();
+                let Ok(mut child) = child else { return };
+                let mut to_child = child.stdin.take().expect("piped");
+                let mut from_child = child.stdout.take().expect("piped");
+                let mut c2 = match conn.try_clone() {
+                    Ok(c) => c,
+                    Err(_) => return,
+                };
+                let mut c1 = conn;
+                let up = std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut c1, &mut to_child);
+                });
+                let _ = std::io::copy(&mut from_child, &mut c2);
+                let _ = c2.shutdown(std::net::Shutdown::Both);
+                let _ = up.join();
+                let _ = child.kill();
+                let _ = child.wait();
+            });
+        }
+    });
+    Ok(())
+}
+
+/// The helper side of a relay: stdin/stdout <-> a TCP connection.
+pub fn relay_stdio(target: &str) -> Result<()> {
+    let s = TcpStream::connect(target).with_context(|| format!("cannot connect to {target}"))?;
+    let mut r = s.try_clone()?;
+    let mut w = s;
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut std::io::stdin(), &mut w);
+        let _ = w.shutdown(std::net::Shutdown::Write);
+    });
+    let mut out = std::io::stdout();
+    std::io::copy(&mut r, &mut out)?;
+    out.flush()?;
+    let _ = up.join();
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwards_parse() {
+        assert_eq!("8080:80".parse::<Forward>().unwrap(), Forward { host: 8080, guest: 80 });
+        assert!("80".parse::<Forward>().is_err());
+        assert!("0:80".parse::<Forward>().is_err());
+    }
+}
