@@ -109,8 +109,35 @@ impl Vm {
     }
 }
 
+/// Whether KVM works: /dev/kvm can exist and still fail at the first vCPU
+/// reset, so start a paused QEMU with it and see whether it survives.
+/// `MIMG_ACCEL=tcg` or `=kvm` decides without probing.
 fn kvm_usable() -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_ok()
+    match std::env::var("MIMG_ACCEL").as_deref() {
+        Ok("tcg") => return false,
+        Ok("kvm") => return true,
+        _ => {}
+    }
+    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        return false;
+    }
+    let probe = Command::new("qemu-system-x86_64")
+        .args(["-accel", "kvm", "-cpu", "max", "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "none", "-m", "32", "-S"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = probe else { return false };
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_millis(1500) {
+        if let Ok(Some(_)) = child.try_wait() {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    true
 }
 
 /// Boot per `spec`. Forwards are served by threads of this process.
@@ -126,10 +153,8 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
     if !st.success() {
         bail!("qemu-img could not make an overlay of {}", spec.image.display());
     }
-    let mut args: Vec<String> = vec!["-accel".into(), "kvm".into(), "-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()];
-    if !kvm_usable() {
-        args = vec!["-accel".into(), "tcg,thread=multi".into(), "-cpu".into(), "max".into()];
-    }
+    let accel = if kvm_usable() { "kvm" } else { "tcg,thread=multi" };
+    let mut args: Vec<String> = vec!["-accel".into(), accel.into(), "-cpu".into(), "max".into()];
     args.extend(["-m".into(), spec.memory_mib.to_string(), "-smp".into(), spec.cpus.to_string()]);
     args.extend(["-nographic".into(), "-monitor".into(), "none".into(), "-display".into(), "none".into()]);
     args.extend(["-serial".into(), format!("file:{}", spec.serial_log.display())]);
@@ -213,7 +238,8 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
 /// inside the namespace through `mimg __relay` run there.
 fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
     let l = TcpListener::bind(("127.0.0.1", host)).with_context(|| format!("cannot listen on 127.0.0.1:{host}"))?;
-    let exe = std::env::current_exe()?;
+    // Not current_exe(): that path may be gone if the binary was replaced.
+    let exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     std::thread::spawn(move || {
         for conn in l.incoming().flatten() {
             let (ns, exe) = (ns.clone(), exe.clone());
@@ -257,9 +283,19 @@ pub fn relay_stdio(target: &str) -> Result<()> {
         let _ = std::io::copy(&mut std::io::stdin(), &mut w);
         let _ = w.shutdown(std::net::Shutdown::Write);
     });
-    let mut out = std::io::stdout();
-    std::io::copy(&mut r, &mut out)?;
-    out.flush()?;
+    // Flush every chunk: stdout is line-buffered, and an HTTP body need not
+    // end in a newline while the connection stays open.
+    let mut out = std::io::stdout().lock();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = r.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n])?;
+        out.flush()?;
+    }
+    drop(out);
     let _ = up.join();
     Ok(())
 }
