@@ -8,6 +8,7 @@ mod plan;
 mod run;
 mod seed;
 mod store;
+mod test;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,8 @@ enum Command {
     Store(store::Args),
     /// Boot an image with a seed and a data disk in QEMU.
     Run(run::Args),
+    /// Build, seed and boot a recipe, then check it as a Matrix client would.
+    Test(test::Args),
     /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
     #[command(name = "__relay", hide = true)]
     Relay { target: String },
@@ -78,6 +81,7 @@ pub fn main() -> ExitCode {
         Command::Overlay(a) => overlay::run(&cli, a),
         Command::Store(a) => store::run(&cli, a),
         Command::Run(a) => run::run(&cli, a),
+        Command::Test(a) => test::run(&cli, a),
         Command::Relay { target } => crate::vm::relay_stdio(target),
     };
     match res {

@@ -16,6 +16,8 @@ use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
+pub mod acceptance;
+
 /// A forward `HOSTPORT:GUESTPORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Forward {
@@ -260,10 +262,8 @@ fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
                     Err(_) => return,
                 };
                 let mut c1 = conn;
-                let up = std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c1, &mut to_child);
-                });
-                let _ = std::io::copy(&mut from_child, &mut c2);
+                let up = std::thread::spawn(move || pump(&mut c1, &mut to_child));
+                pump(&mut from_child, &mut c2);
                 let _ = c2.shutdown(std::net::Shutdown::Both);
                 let _ = up.join();
                 let _ = child.kill();
@@ -274,13 +274,30 @@ fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
     Ok(())
 }
 
+/// Copy until EOF with plain reads and writes, each chunk passed on at
+/// once (no buffering, no splice: a request must reach the guest before
+/// its reply is awaited).
+fn pump(from: &mut dyn Read, to: &mut dyn Write) {
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).and_then(|_| to.flush()).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The helper side of a relay: stdin/stdout <-> a TCP connection.
 pub fn relay_stdio(target: &str) -> Result<()> {
     let s = TcpStream::connect(target).with_context(|| format!("cannot connect to {target}"))?;
     let mut r = s.try_clone()?;
     let mut w = s;
     let up = std::thread::spawn(move || {
-        let _ = std::io::copy(&mut std::io::stdin(), &mut w);
+        pump(&mut std::io::stdin().lock(), &mut w);
         let _ = w.shutdown(std::net::Shutdown::Write);
     });
     // Flush every chunk: stdout is line-buffered, and an HTTP body need not
