@@ -158,7 +158,16 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
     let mut token = None;
     out.push(timed("admin logs in, creates a room, sends and reads a message", || {
         let a = admin.as_ref().context("the overlay has no [[admin]]")?;
-        let t = login(c, o, a.user.as_str(), a.password.expose())?;
+        // The first-boot script registers admins once Synapse is healthy:
+        // wait for that, bounded.
+        let t0 = Instant::now();
+        let t = loop {
+            match login(c, o, a.user.as_str(), a.password.expose()) {
+                Ok(t) => break t,
+                Err(e) if t0.elapsed() > Duration::from_secs(180) => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_secs(2)),
+            }
+        };
         let (st, v) = c.send(reqwest::Method::POST, hs, "/_matrix/client/v3/createRoom", Some(&t), &json!({ "name": "mimg test" }))?;
         let room = v["room_id"].as_str().with_context(|| format!("createRoom: HTTP {st}: {v}"))?.to_string();
         let text = format!("hello from mimg test {}", std::process::id());
