@@ -37,7 +37,7 @@ image: build
 	$(MIMG) build $(RECIPE)
 
 bench: build
-	@echo "bench: not written yet (see the benchmark issue)"
+	python3 bench/run.py
 
 clean:
 	$(CARGO) clean

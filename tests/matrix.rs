@@ -5,58 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
-
-struct Server(Child, u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Serve a stand-in web client tarball; returns the server and its sha256.
-fn standin(dir: &Path) -> (Server, String) {
-    let src = dir.join("src/element-v0.0.0-standin");
-    std::fs::create_dir_all(src.join("i18n")).unwrap();
-    std::fs::write(src.join("index.html"), "<html>stand-in web client</html>\n").unwrap();
-    std::fs::write(src.join("i18n/en_EN.json"), "{}\n").unwrap();
-    let www = dir.join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let tarball = www.join("element-v0.0.0-standin.tar.gz");
-    let st = Command::new("tar")
-        .args(["--sort=name", "--mtime=@1600000000", "--owner=0", "--group=0", "--numeric-owner", "-czf"])
-        .arg(&tarball)
-        .arg("-C")
-        .arg(dir.join("src"))
-        .arg("element-v0.0.0-standin")
-        .status()
-        .unwrap();
-    assert!(st.success());
-    let mut child = Command::new("python3").arg(repo().join("tests/fixtures/serve.py")).arg(&www).stdout(Stdio::piped()).spawn().unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    (Server(child, line.trim().parse().unwrap()), sha256(&tarball))
-}
-
-/// A recipe extending `base` whose `element` layer is the stand-in.
-fn test_recipe(dir: &Path, base: &str, port: u16, sha: &str) -> PathBuf {
-    let p = dir.join(format!("{base}-test.toml"));
-    std::fs::write(
-        &p,
-        format!(
-            "extends = \"{}\"\n\n[[layer]]\nname = \"element\"\nkind = \"fetch\"\nurl = \"http://127.0.0.1:{port}/element-v0.0.0-standin.tar.gz\"\nsha256 = \"{sha}\"\nto = \"/var/www/element\"\nstrip = 1\n",
-            repo().join("recipes").join(format!("{base}.toml")).display()
-        ),
-    )
-    .unwrap();
-    p
-}
 
 fn lock(recipe: &Path, store: &Path) {
     let mut c = mimg();

@@ -1,0 +1,157 @@
+#!/usr/bin/env python3
+"""make bench: mimg against the bare tools, in one run on one machine.
+
+Writes bench/results.json and prints a table. Builds maas-homeserver with a
+stand-in web client (served from a local HTTP server, like the tests).
+Cold builds start from an empty store; the bare-tools run does the same work
+by hand (mmdebstrap of the same package set to a tar, the same file
+additions, mkfs.ext4 -d from the tools environment, qemu-img convert).
+Both download .debs from the same mirror: neither has a package cache.
+"""
+import json, os, shutil, statistics, subprocess, sys, tempfile, time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MIMG = os.path.join(REPO, "target/release/mimg")
+WORK = os.path.join(REPO, "bench/work")
+PAIRS = int(os.environ.get("MIMG_BENCH_PAIRS", "3"))
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, **kw)
+
+
+def timed(cmd, env=None):
+    t0 = time.monotonic()
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    dt = time.monotonic() - t0
+    if p.returncode != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed:\n{p.stdout}\n{p.stderr}")
+    return dt, p.stdout
+
+
+def standin():
+    src = os.path.join(WORK, "src/element-v0.0.0-standin")
+    os.makedirs(src, exist_ok=True)
+    open(os.path.join(src, "index.html"), "w").write("<html>stand-in</html>\n")
+    www = os.path.join(WORK, "www")
+    os.makedirs(www, exist_ok=True)
+    tarball = os.path.join(www, "element-v0.0.0-standin.tar.gz")
+    sh(["tar", "--sort=name", "--mtime=@1600000000", "--owner=0", "--group=0", "-czf", tarball, "-C", os.path.dirname(src), "element-v0.0.0-standin"])
+    srv = subprocess.Popen([sys.executable, os.path.join(REPO, "tests/fixtures/serve.py"), www], stdout=subprocess.PIPE, text=True)
+    port = int(srv.stdout.readline())
+    sha = subprocess.run(["sha256sum", tarball], capture_output=True, text=True).stdout.split()[0]
+    recipe = os.path.join(WORK, "bench-homeserver.toml")
+    open(recipe, "w").write(
+        f'extends = "{REPO}/recipes/maas-homeserver.toml"\n\n[[layer]]\nname = "element"\nkind = "fetch"\n'
+        f'url = "http://127.0.0.1:{port}/element-v0.0.0-standin.tar.gz"\nsha256 = "{sha}"\nto = "/var/www/element"\nstrip = 1\n')
+    return srv, recipe
+
+
+def env_with(store):
+    e = dict(os.environ)
+    e["MIMG_STORE"] = store
+    return e
+
+
+def bare(plan, tools_root, out):
+    """The same work by hand with the bare tools."""
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    os.makedirs(out)
+    rootfs = [s for s in plan["steps"] if s["label"] == "rootfs"][0]
+    pkgs = sorted({p for ps in rootfs["inputs"]["packages"].values() for p in ps})
+    suite = rootfs["inputs"]["base"]["suite"]
+    mirror = os.environ.get("MIMG_DEBIAN_MIRROR") or subprocess.run(
+        ["sh", "-c", "grep -h '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}'"], capture_output=True, text=True).stdout.strip()
+    t0 = time.monotonic()
+    env = dict(os.environ, SOURCE_DATE_EPOCH=str(plan["epoch"]))
+    sh(["mmdebstrap", "--quiet", "--mode=root", "--variant=apt", "--format=tar", "--include=" + ",".join(pkgs), suite, f"{out}/root.tar", f"deb {mirror} {suite} main"], env=env)
+    # The same file additions: the recipe's layer tars from mimg's store.
+    raw = f"{out}/disk.raw"
+    with open(raw, "wb") as f:
+        f.truncate(6 << 30)
+    cat = subprocess.Popen(["cat", f"{out}/root.tar"] + plan["layer_tars"], stdout=subprocess.PIPE)
+    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--",
+        "mkfs.ext4", "-q", "-F", "-d", "-", "/mnt/disk.raw"], stdin=cat.stdout, env=env)
+    cat.wait()
+    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--",
+        "qemu-img", "convert", "-O", "qcow2", "/mnt/disk.raw", "/mnt/disk.qcow2"])
+    dt = time.monotonic() - t0
+    return dt, os.path.getsize(f"{out}/disk.qcow2")
+
+
+def main():
+    shutil.rmtree(WORK, ignore_errors=True)
+    os.makedirs(WORK)
+    srv, recipe = standin()
+    try:
+        warm = os.path.join(WORK, "store-warm")
+        sh([MIMG, "lock", recipe], env=env_with(warm), capture_output=True)
+        cold, mimg_runs, bare_runs = [], [], []
+        plan = None
+        for i in range(PAIRS):
+            store = os.path.join(WORK, f"store-{i}")
+            dt, _ = timed([MIMG, "build", "-q", recipe, "--out", os.path.join(WORK, "out")], env_with(store))
+            mimg_runs.append(dt)
+            if plan is None:
+                p = json.loads(subprocess.run([MIMG, "plan", "--json", recipe], env=env_with(store), capture_output=True, text=True).stdout)
+                steps = os.path.join(store, "v1/steps")
+                p["layer_tars"] = [os.path.join(steps, s["key"], "layer.tar") for s in p["steps"] if s["label"].startswith("layer:")]
+                tools = [s for s in p["steps"] if s["label"] == "tools"][0]["key"]
+                shutil.copytree(os.path.join(steps, tools), os.path.join(WORK, "tools"), symlinks=True)
+                plan = p
+            bdt, bare_size = bare(plan, os.path.join(WORK, "tools/root"), os.path.join(WORK, "bare"))
+            bare_runs.append(bdt)
+            if i > 0:
+                shutil.rmtree(store)
+        store = os.path.join(WORK, "store-0")
+        noop = [timed([MIMG, "build", "-q", recipe, "--out", os.path.join(WORK, "out")], env_with(store))[0] for _ in range(5)]
+        # Rebuild after one file of a files layer changed.
+        files = os.path.join(WORK, "motd/etc")
+        os.makedirs(files, exist_ok=True)
+        open(os.path.join(files, "motd"), "w").write(f"bench {time.time()}\n")
+        child = os.path.join(WORK, "bench-rebuild.toml")
+        open(child, "w").write(f'extends = "{recipe}"\n\n[[layer]]\nname = "base-config"\nkind = "files"\nfrom = "{os.path.dirname(files)}"\nto = "/"\n')
+        rebuild, _ = timed([MIMG, "build", "-q", child, "--out", os.path.join(WORK, "out")], env_with(store))
+        seed = [timed([MIMG, "seed", os.path.join(REPO, "overlays/example.toml"), "--out", os.path.join(WORK, "seed.img")])[0] for _ in range(5)]
+        qcow2 = os.path.getsize(os.path.join(WORK, "out/bench-homeserver.qcow2"))
+        boot = None
+        if os.environ.get("MIMG_BENCH_BOOT", "1") == "1":
+            dt, out = timed([MIMG, "test", recipe, "--overlay", os.path.join(REPO, "overlays/example.toml"), "--json", "--out", os.path.join(WORK, "out")], env_with(store))
+            report = json.loads(out)
+            boot = {"seconds": report["checks"][0]["seconds"], "mode": report["checks"][0]["detail"]}
+        med_mimg, med_bare = statistics.median(mimg_runs), statistics.median(bare_runs)
+        versions = {
+            "mimg": subprocess.run([MIMG, "--version"], capture_output=True, text=True).stdout.strip(),
+            "mmdebstrap": subprocess.run(["mmdebstrap", "--version"], capture_output=True, text=True).stdout.strip(),
+            "qemu": subprocess.run(["qemu-system-x86_64", "--version"], capture_output=True, text=True).stdout.splitlines()[0],
+        }
+        mem = [l for l in open("/proc/meminfo") if l.startswith("MemTotal")][0].split()[1]
+        results = {
+            "version": 1,
+            "machine": {"cores": os.cpu_count(), "memory_gib": round(int(mem) / 2**20, 1)},
+            "tools": versions,
+            "pairs": PAIRS,
+            "cold_build_ratio": round(med_mimg / med_bare, 3),
+            "rebuild_ratio": round(rebuild / med_mimg, 3),
+            "noop_seconds": round(statistics.median(noop), 3),
+            "seed_seconds": round(statistics.median(seed), 4),
+            "qcow2_mib": round(qcow2 / 2**20, 1),
+            "bare_qcow2_mib": round(bare_size / 2**20, 1),
+            "boot_healthy_seconds": boot and round(boot["seconds"], 1),
+            "boot_accel": boot and boot["mode"],
+            "raw": {"mimg_cold_seconds": [round(x, 1) for x in mimg_runs], "bare_cold_seconds": [round(x, 1) for x in bare_runs],
+                    "rebuild_seconds": round(rebuild, 2), "noop_seconds": [round(x, 3) for x in noop], "seed_seconds": [round(x, 4) for x in seed]},
+        }
+        os.makedirs(os.path.join(REPO, "bench"), exist_ok=True)
+        json.dump(results, open(os.path.join(REPO, "bench/results.json"), "w"), indent=2)
+        rows = [(k, results[k]) for k in ["cold_build_ratio", "rebuild_ratio", "noop_seconds", "seed_seconds", "qcow2_mib", "bare_qcow2_mib", "boot_healthy_seconds"]]
+        print(f"{'figure':<22} value   (machine: {results['machine']['cores']} cores, {results['machine']['memory_gib']} GiB)")
+        for k, v in rows:
+            print(f"{k:<22} {v}")
+        print(f"mimg cold {results['raw']['mimg_cold_seconds']} s, bare {results['raw']['bare_cold_seconds']} s")
+    finally:
+        srv.kill()
+
+
+main()
