@@ -98,18 +98,20 @@ impl Http {
         Some((st, serde_json::from_str(&resp.text().ok()?).unwrap_or(Value::Null)))
     }
 
-    /// Log in as the example's admin, waiting (bounded) for Synapse and the first-boot script.
+    /// Log in as the example's admin, waiting (bounded) until the first-boot
+    /// script registered it: poll its public profile, not the login (whose
+    /// failures count against Synapse's rate limit).
     fn login(&self, limit: Duration) -> String {
         let t0 = Instant::now();
-        let pw = std::fs::read_to_string(repo().join("overlays/example-secrets/admin.password")).unwrap();
-        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "admin" }, "password": pw.trim() });
-        loop {
-            if let Some((200, v)) = self.call("POST", "/_matrix/client/v3/login", None, Some(body.clone())) {
-                return v["access_token"].as_str().unwrap().to_string();
-            }
-            assert!(t0.elapsed() < limit, "no login within {}s", limit.as_secs());
+        while !matches!(self.call("GET", "/_matrix/client/v3/profile/%40admin%3Aexample.org", None, None), Some((200, _))) {
+            assert!(t0.elapsed() < limit, "@admin not registered within {}s", limit.as_secs());
             std::thread::sleep(Duration::from_secs(2));
         }
+        let pw = std::fs::read_to_string(repo().join("overlays/example-secrets/admin.password")).unwrap();
+        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "admin" }, "password": pw.trim() });
+        let (st, v) = self.call("POST", "/_matrix/client/v3/login", None, Some(body)).expect("login answers");
+        assert_eq!(st, 200, "login: {v}");
+        v["access_token"].as_str().unwrap().to_string()
     }
 
     fn key_ids(&self) -> Vec<String> {

@@ -90,15 +90,40 @@ fn timed(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
     }
 }
 
-/// Log in as `user` with `password`; returns the access token.
+/// Wait until `@user:server_name` exists (its public profile answers).
+pub fn wait_user(c: &Client, o: &Overlay, user: &str, limit: Duration) -> Result<()> {
+    let t0 = Instant::now();
+    let path = format!("/_matrix/client/v3/profile/{}", urlenc(&format!("@{user}:{}", o.server_name)));
+    loop {
+        if let Ok((200, _, _)) = c.get(o.homeserver.as_str(), &path, None) {
+            return Ok(());
+        }
+        if t0.elapsed() > limit {
+            bail!("@{user} was not registered within {}s (see the first-boot script in the serial log)", limit.as_secs());
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+/// Log in as `user` with `password`; returns the access token. Waits out
+/// a rate limit once.
 pub fn login(c: &Client, o: &Overlay, user: &str, password: &str) -> Result<String> {
     let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password });
-    let (st, v) = c.send(reqwest::Method::POST, o.homeserver.as_str(), "/_matrix/client/v3/login", None, &body)?;
-    if st != 200 {
-        bail!("login as {user}: HTTP {st}: {v}");
+    for _ in 0..2 {
+        let (st, v) = c.send(reqwest::Method::POST, o.homeserver.as_str(), "/_matrix/client/v3/login", None, &body)?;
+        if st == 429 {
+            let ms = v["retry_after_ms"].as_u64().unwrap_or(5000).min(300_000);
+            std::thread::sleep(Duration::from_millis(ms + 500));
+            continue;
+        }
+        if st != 200 {
+            bail!("login as {user}: HTTP {st}: {v}");
+        }
+        return Ok(v["access_token"].as_str().context("no access_token")?.to_string());
     }
-    Ok(v["access_token"].as_str().context("no access_token")?.to_string())
+    bail!("login as {user}: rate limited twice")
 }
+
 
 /// Every check of `mimg test`, in order.
 pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) -> Vec<Check> {
@@ -159,15 +184,10 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
     out.push(timed("admin logs in, creates a room, sends and reads a message", || {
         let a = admin.as_ref().context("the overlay has no [[admin]]")?;
         // The first-boot script registers admins once Synapse is healthy:
-        // wait for that, bounded.
-        let t0 = Instant::now();
-        let t = loop {
-            match login(c, o, a.user.as_str(), a.password.expose()) {
-                Ok(t) => break t,
-                Err(e) if t0.elapsed() > Duration::from_secs(180) => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_secs(2)),
-            }
-        };
+        // wait (bounded) until the user exists, without spending Synapse's
+        // login rate limit on failed attempts.
+        wait_user(c, o, a.user.as_str(), Duration::from_secs(300))?;
+        let t = login(c, o, a.user.as_str(), a.password.expose())?;
         let (st, v) = c.send(reqwest::Method::POST, hs, "/_matrix/client/v3/createRoom", Some(&t), &json!({ "name": "mimg test" }))?;
         let room = v["room_id"].as_str().with_context(|| format!("createRoom: HTTP {st}: {v}"))?.to_string();
         let text = format!("hello from mimg test {}", std::process::id());
