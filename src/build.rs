@@ -27,7 +27,6 @@ use crate::tools::ToolsEnv;
 pub trait Reporter {
     fn step_started(&self, step: &Step);
     fn step_done(&self, step: &Step, cached: bool, seconds: f64);
-    fn note(&self, msg: &str);
 }
 
 /// How a build may reach the network.

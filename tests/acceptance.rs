@@ -31,7 +31,7 @@ fn mimg_test_proves_maas_homeserver_with_an_ipv6_only_overlay() {
     }
     assert!(o.status.success() && report["ok"] == json!(true), "mimg test failed");
     let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for want in ["login", "TURN", "registration is refused", "IPv6 address", "well-known/matrix/client", "config.json"] {
+    for want in ["logs in", "TURN", "registration is refused", "IPv6 address", "well-known/matrix/client", "config.json"] {
         assert!(names.iter().any(|n| n.contains(want)), "no check about {want}");
     }
 }

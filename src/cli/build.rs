@@ -48,11 +48,6 @@ impl crate::build::Reporter for Progress {
             None => eprintln!("{line}"),
         }
     }
-    fn note(&self, msg: &str) {
-        if !self.quiet {
-            eprintln!("{msg}");
-        }
-    }
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {

@@ -40,9 +40,6 @@ impl crate::build::Reporter for Quiet {
             eprintln!("  built {} in {secs:.1}s", s.label);
         }
     }
-    fn note(&self, m: &str) {
-        eprintln!("{m}");
-    }
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {

@@ -205,11 +205,6 @@ impl Tree {
         }
         b.into_inner()
     }
-
-    /// Total bytes of regular file data.
-    pub fn data_size(&self) -> u64 {
-        self.entries.values().map(|e| if let Kind::File(d) = &e.kind { d.len() as u64 } else { 0 }).sum()
-    }
 }
 
 /// Write one entry in canonical form.
