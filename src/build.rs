@@ -341,30 +341,63 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
     let plan = plan::plan(recipe, facts);
     let mut built = 0;
     let mut reused = 0;
-    for step in &plan.steps {
-        rep.step_started(step);
-        let t0 = Instant::now();
-        if store.has(&step.key) {
-            reused += 1;
-            rep.step_done(step, true, 0.0);
-            continue;
+    let mut tally = |step: &Step, r: Option<f64>| {
+        match r {
+            Some(secs) => {
+                built += 1;
+                rep.step_done(step, false, secs);
+            }
+            None => {
+                reused += 1;
+                rep.step_done(step, true, 0.0);
+            }
         }
-        let _lock = store.lock(&step.key)?;
-        if store.has(&step.key) {
-            // Another build made it while we waited.
-            reused += 1;
-            rep.step_done(step, true, 0.0);
-            continue;
+    };
+    std::thread::scope(|sc| -> Result<()> {
+        // The tools environment does not depend on the rootfs: when both
+        // are missing, make them at once (two mmdebstrap runs).
+        let tools_step = &plan.steps[0];
+        let mut early = None;
+        if tools_step.kind == StepKind::Tools && !store.has(&tools_step.key) && plan.steps.get(1).is_some_and(|s| !store.has(&s.key)) {
+            rep.step_started(tools_step);
+            early = Some(sc.spawn(|| ensure(tools_step, recipe, &plan, &resolved, opts, store)));
         }
-        let pending = store.begin(&step.key)?;
-        let extra = run_step(step, recipe, &plan, &resolved, opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
-        let secs = t0.elapsed().as_secs_f64();
-        store.commit(pending, step, secs, extra)?;
-        built += 1;
-        rep.step_done(step, false, secs);
-    }
+        for step in &plan.steps {
+            if step.kind == StepKind::Tools && early.is_some() {
+                continue;
+            }
+            if step.kind == StepKind::Image
+                && let Some(h) = early.take()
+            {
+                let r = h.join().map_err(|_| anyhow::anyhow!("the tools step panicked"))??;
+                tally(tools_step, r);
+            }
+            rep.step_started(step);
+            let r = ensure(step, recipe, &plan, &resolved, opts, store)?;
+            tally(step, r);
+        }
+        Ok(())
+    })?;
     let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir)?;
     Ok(Outcome { image, manifest, built, reused, sha256 })
+}
+
+/// Make `step` unless the store has it: `None` when reused, else the seconds it took.
+fn ensure(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts: Options, store: &Store) -> Result<Option<f64>> {
+    let t0 = Instant::now();
+    if store.has(&step.key) {
+        return Ok(None);
+    }
+    let _lock = store.lock(&step.key)?;
+    if store.has(&step.key) {
+        // Another build made it while we waited.
+        return Ok(None);
+    }
+    let pending = store.begin(&step.key)?;
+    let extra = run_step(step, recipe, plan, resolved, opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    store.commit(pending, step, secs, extra)?;
+    Ok(Some(secs))
 }
 
 #[allow(clippy::too_many_arguments)]
