@@ -52,7 +52,10 @@ pub fn contents(recipe: &Recipe) -> Result<BTreeMap<String, String>> {
 /// Live facts: every used suite's InRelease from the mirror.
 pub fn live_facts(recipe: &Recipe) -> Result<Facts> {
     let mirror = fetch::debian_mirror()?;
-    let mut f = Facts { contents: contents(recipe)?, ..Facts::default() };
+    let mut f = Facts {
+        contents: contents(recipe)?,
+        ..Facts::default()
+    };
     let mut suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).collect();
     suites.push(TOOLS_SUITE.to_string());
     suites.sort();
@@ -85,10 +88,16 @@ pub fn python_of(recipe: &Recipe, python: &str) -> Result<String> {
 pub fn resolve_pip(recipe: &Recipe, store: &Store) -> Result<BTreeMap<String, Vec<Wheel>>> {
     let mut out = BTreeMap::new();
     for l in &recipe.layers {
-        if let LayerKind::Pip { requirements, python, .. } = &l.kind {
+        if let LayerKind::Pip {
+            requirements,
+            python,
+            ..
+        } = &l.kind
+        {
             let py = python_of(recipe, python)?;
             let dir = tempfile::tempdir()?;
-            crate::tools::pip_download(requirements, &py, false, dir.path()).with_context(|| format!("resolving pip layer `{}`", l.name))?;
+            crate::tools::pip_download(requirements, &py, false, dir.path())
+                .with_context(|| format!("resolving pip layer `{}`", l.name))?;
             let mut wheels = Vec::new();
             for e in fs::read_dir(dir.path())?.flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();
@@ -106,20 +115,32 @@ pub fn resolve_pip(recipe: &Recipe, store: &Store) -> Result<BTreeMap<String, Ve
 /// resolves nothing: `--no-deps`, exact versions); each is checked by
 /// [`wheel_blob`] as it is used.
 fn prefetch_wheels(store: &Store, wheels: &[Wheel], python: &str, opts: Options) -> Result<()> {
-    let missing: Vec<&Wheel> = wheels.iter().filter(|w| !store.blob(&w.sha256).exists()).collect();
+    let missing: Vec<&Wheel> = wheels
+        .iter()
+        .filter(|w| !store.blob(&w.sha256).exists())
+        .collect();
     if missing.is_empty() || opts.offline {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let reqs: Vec<String> = missing.iter().map(|w| format!("{}=={}", w.name, w.version)).collect();
-    crate::tools::pip_download(&reqs, python, true, dir.path()).context("downloading locked wheels")?;
+    let reqs: Vec<String> = missing
+        .iter()
+        .map(|w| format!("{}=={}", w.name, w.version))
+        .collect();
+    crate::tools::pip_download(&reqs, python, true, dir.path())
+        .context("downloading locked wheels")?;
     for w in missing {
         let p = dir.path().join(&w.file);
         if p.exists() {
             let sum = store.add_file(&p)?;
             if sum.sha256 != w.sha256 {
                 store.remove_blob(&sum.sha256);
-                bail!("the sha256 of {} did not match: expected {}, got {}\nhint: the index serves another file under that name; check the lock", w.file, w.sha256, sum.sha256);
+                bail!(
+                    "the sha256 of {} did not match: expected {}, got {}\nhint: the index serves another file under that name; check the lock",
+                    w.file,
+                    w.sha256,
+                    sum.sha256
+                );
             }
         }
     }
@@ -132,24 +153,48 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
     let path = store.blob(&w.sha256);
     if !path.exists() {
         if opts.offline {
-            bail!("--offline: wheel {} (sha256 {}) is not in the store\nhint: `mimg store add {}` with a copy of it", w.file, w.sha256, w.file);
+            bail!(
+                "--offline: wheel {} (sha256 {}) is not in the store\nhint: `mimg store add {}` with a copy of it",
+                w.file,
+                w.sha256,
+                w.file
+            );
         }
         let dir = tempfile::tempdir()?;
-        crate::tools::pip_download(&[format!("{}=={}", w.name, w.version)], python, true, dir.path())?;
+        crate::tools::pip_download(
+            &[format!("{}=={}", w.name, w.version)],
+            python,
+            true,
+            dir.path(),
+        )?;
         let got = dir.path().join(&w.file);
         if !got.exists() {
-            bail!("pip did not download {} again\nhint: `mimg store add {}` with a copy of it", w.file, w.file);
+            bail!(
+                "pip did not download {} again\nhint: `mimg store add {}` with a copy of it",
+                w.file,
+                w.file
+            );
         }
         let sum = store.add_file(&got)?;
         if sum.sha256 != w.sha256 {
             store.remove_blob(&sum.sha256);
-            bail!("the sha256 of {} did not match: expected {}, got {}", w.file, w.sha256, sum.sha256);
+            bail!(
+                "the sha256 of {} did not match: expected {}, got {}",
+                w.file,
+                w.sha256,
+                sum.sha256
+            );
         }
     }
     let data = fs::read(&path)?;
     let got = hex::encode(Sha256::digest(&data));
     if got != w.sha256 {
-        bail!("the store's copy of {} is damaged: expected sha256 {}, got {got}\nhint: remove {} and build again", w.file, w.sha256, path.display());
+        bail!(
+            "the store's copy of {} is damaged: expected sha256 {}, got {got}\nhint: remove {} and build again",
+            w.file,
+            w.sha256,
+            path.display()
+        );
     }
     Ok(data)
 }
@@ -178,16 +223,33 @@ fn pip_requirements(recipe: &Recipe) -> BTreeMap<String, Vec<String>> {
 /// Pip layers no lock covers are resolved live with pip (online only).
 pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> {
     let own = lock::read(recipe)?;
-    let suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).chain([TOOLS_SUITE.to_string()]).collect();
+    let suites: Vec<String> = plan::suites(recipe)
+        .iter()
+        .map(|s| s.to_string())
+        .chain([TOOLS_SUITE.to_string()])
+        .collect();
     let covers = |l: &Lock| suites.iter().all(|s| l.releases.contains_key(s));
     if let Some(l) = &own
         && !covers(l)
     {
-        let missing: Vec<&String> = suites.iter().filter(|s| !l.releases.contains_key(*s)).collect();
-        bail!("{} does not pin suite `{}`, which the recipe uses\nhint: run `mimg lock {}`", recipe.lock_path().display(), missing[0], recipe.name);
+        let missing: Vec<&String> = suites
+            .iter()
+            .filter(|s| !l.releases.contains_key(*s))
+            .collect();
+        bail!(
+            "{} does not pin suite `{}`, which the recipe uses\nhint: run `mimg lock {}`",
+            recipe.lock_path().display(),
+            missing[0],
+            recipe.name
+        );
     }
     if own.is_none() && opts.locked {
-        bail!("{} has no lock ({} missing); --locked needs one\nhint: run `mimg lock {}` while online", recipe.name, recipe.lock_path().display(), recipe.name);
+        bail!(
+            "{} has no lock ({} missing); --locked needs one\nhint: run `mimg lock {}` while online",
+            recipe.name,
+            recipe.lock_path().display(),
+            recipe.name
+        );
     }
     let chosen = match own {
         Some(l) => Some(l),
@@ -235,7 +297,11 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
                     );
                 }
             }
-            Ok(Resolved { facts: f, wheels, lock: Some(l) })
+            Ok(Resolved {
+                facts: f,
+                wheels,
+                lock: Some(l),
+            })
         }
         None if opts.offline => bail!(
             "{} has no lock ({} missing); --offline needs one\nhint: run `mimg lock {}` while online",
@@ -246,16 +312,30 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
         None => {
             let mut f = live_facts(recipe)?;
             f.contents = c;
-            Ok(Resolved { facts: f, wheels, lock: None })
+            Ok(Resolved {
+                facts: f,
+                wheels,
+                lock: None,
+            })
         }
     }
 }
 
 /// The mirror, for steps that install packages. With a lock, the mirror
 /// must still serve the locked release files.
-fn mirror_for(step: &Step, suites: &[String], facts: &Facts, locked: bool, opts: Options) -> Result<String> {
+fn mirror_for(
+    step: &Step,
+    suites: &[String],
+    facts: &Facts,
+    locked: bool,
+    opts: Options,
+) -> Result<String> {
     if opts.offline {
-        bail!("--offline: step {} ({}) is not in the store and needs the Debian mirror\nhint: build once online with the same lock, or copy a store that has it", step.label, step.key.short());
+        bail!(
+            "--offline: step {} ({}) is not in the store and needs the Debian mirror\nhint: build once online with the same lock, or copy a store that has it",
+            step.label,
+            step.key.short()
+        );
     }
     let mirror = fetch::debian_mirror()?;
     if locked {
@@ -274,7 +354,12 @@ fn mirror_for(step: &Step, suites: &[String], facts: &Facts, locked: bool, opts:
 }
 
 /// The bytes of a pinned file: from the store (re-hashed), or downloaded into it.
-pub fn blob(store: &Store, url: &str, sha: &crate::recipe::Sha256Hex, opts: Options) -> Result<Vec<u8>> {
+pub fn blob(
+    store: &Store,
+    url: &str,
+    sha: &crate::recipe::Sha256Hex,
+    opts: Options,
+) -> Result<Vec<u8>> {
     use sha2::{Digest, Sha256};
     let name = url.rsplit('/').next().unwrap_or(url);
     let path = store.blob(sha.as_str());
@@ -282,12 +367,17 @@ pub fn blob(store: &Store, url: &str, sha: &crate::recipe::Sha256Hex, opts: Opti
         let data = fs::read(&path)?;
         let got = hex::encode(Sha256::digest(&data));
         if got != sha.as_str() {
-            bail!("the store's copy of {name} is damaged: expected sha256 {sha}, got {got}\nhint: remove {} and build again, or `mimg store add` a good copy", path.display());
+            bail!(
+                "the store's copy of {name} is damaged: expected sha256 {sha}, got {got}\nhint: remove {} and build again, or `mimg store add` a good copy",
+                path.display()
+            );
         }
         return Ok(data);
     }
     if opts.offline {
-        bail!("--offline: {name} (sha256 {sha}) is not in the store\nhint: `mimg store add FILE` with a copy of it");
+        bail!(
+            "--offline: {name} (sha256 {sha}) is not in the store\nhint: `mimg store add FILE` with a copy of it"
+        );
     }
     let tmp = store.blob_tmp(sha.as_str());
     let shown = std::cell::Cell::new(0u64);
@@ -335,22 +425,26 @@ pub struct Outcome {
 }
 
 /// Build `recipe` into `out_dir`.
-pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter, opts: Options) -> Result<Outcome> {
+pub fn build(
+    recipe: &Recipe,
+    store: &Store,
+    out_dir: &Path,
+    rep: &dyn Reporter,
+    opts: Options,
+) -> Result<Outcome> {
     let resolved = facts(recipe, opts, store)?;
     let facts = &resolved.facts;
     let plan = plan::plan(recipe, facts);
     let mut built = 0;
     let mut reused = 0;
-    let mut tally = |step: &Step, r: Option<f64>| {
-        match r {
-            Some(secs) => {
-                built += 1;
-                rep.step_done(step, false, secs);
-            }
-            None => {
-                reused += 1;
-                rep.step_done(step, true, 0.0);
-            }
+    let mut tally = |step: &Step, r: Option<f64>| match r {
+        Some(secs) => {
+            built += 1;
+            rep.step_done(step, false, secs);
+        }
+        None => {
+            reused += 1;
+            rep.step_done(step, true, 0.0);
         }
     };
     std::thread::scope(|sc| -> Result<()> {
@@ -358,7 +452,10 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
         // are missing, make them at once (two mmdebstrap runs).
         let tools_step = &plan.steps[0];
         let mut early = None;
-        if tools_step.kind == StepKind::Tools && !store.has(&tools_step.key) && plan.steps.get(1).is_some_and(|s| !store.has(&s.key)) {
+        if tools_step.kind == StepKind::Tools
+            && !store.has(&tools_step.key)
+            && plan.steps.get(1).is_some_and(|s| !store.has(&s.key))
+        {
             rep.step_started(tools_step);
             early = Some(sc.spawn(|| ensure(tools_step, recipe, &plan, &resolved, opts, store)));
         }
@@ -369,7 +466,9 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
             if step.kind == StepKind::Image
                 && let Some(h) = early.take()
             {
-                let r = h.join().map_err(|_| anyhow::anyhow!("the tools step panicked"))??;
+                let r = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the tools step panicked"))??;
                 tally(tools_step, r);
             }
             rep.step_started(step);
@@ -379,11 +478,24 @@ pub fn build(recipe: &Recipe, store: &Store, out_dir: &Path, rep: &dyn Reporter,
         Ok(())
     })?;
     let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir)?;
-    Ok(Outcome { image, manifest, built, reused, sha256 })
+    Ok(Outcome {
+        image,
+        manifest,
+        built,
+        reused,
+        sha256,
+    })
 }
 
 /// Make `step` unless the store has it: `None` when reused, else the seconds it took.
-fn ensure(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts: Options, store: &Store) -> Result<Option<f64>> {
+fn ensure(
+    step: &Step,
+    recipe: &Recipe,
+    plan: &Plan,
+    resolved: &Resolved,
+    opts: Options,
+    store: &Store,
+) -> Result<Option<f64>> {
     let t0 = Instant::now();
     if store.has(&step.key) {
         return Ok(None);
@@ -394,14 +506,23 @@ fn ensure(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts: 
         return Ok(None);
     }
     let pending = store.begin(&step.key)?;
-    let extra = run_step(step, recipe, plan, resolved, opts, store, pending.dir()).with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+    let extra = run_step(step, recipe, plan, resolved, opts, store, pending.dir())
+        .with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
     let secs = t0.elapsed().as_secs_f64();
     store.commit(pending, step, secs, extra)?;
     Ok(Some(secs))
 }
 
 #[allow(clippy::too_many_arguments)]
-fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts: Options, store: &Store, dir: &Path) -> Result<serde_json::Value> {
+fn run_step(
+    step: &Step,
+    recipe: &Recipe,
+    plan: &Plan,
+    resolved: &Resolved,
+    opts: Options,
+    store: &Store,
+    dir: &Path,
+) -> Result<serde_json::Value> {
     let epoch = plan.epoch;
     let facts = &resolved.facts;
     let locked = resolved.lock.is_some();
@@ -421,16 +542,24 @@ fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts
         }
         StepKind::Layer => {
             let name = &step.layers[0];
-            let l = recipe.layers.iter().find(|l| l.name.as_str() == name).expect("planned from the recipe");
+            let l = recipe
+                .layers
+                .iter()
+                .find(|l| l.name.as_str() == name)
+                .expect("planned from the recipe");
             let tree = if let LayerKind::Pip { venv, python, .. } = &l.kind {
                 let py = python_of(recipe, python)?;
-                let wheels = resolved.wheels.get(name).context("pip layer without resolved wheels")?;
+                let wheels = resolved
+                    .wheels
+                    .get(name)
+                    .context("pip layer without resolved wheels")?;
                 prefetch_wheels(store, wheels, &py, opts)?;
                 let mut files = Vec::new();
                 for w in wheels {
                     files.push((w.file.clone(), wheel_blob(store, w, &py, opts)?));
                 }
-                wheels::venv_tree(venv.as_str(), &py, &files, epoch).with_context(|| format!("layer `{name}`"))?
+                wheels::venv_tree(venv.as_str(), &py, &files, epoch)
+                    .with_context(|| format!("layer `{name}`"))?
             } else {
                 let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
                 layer::layer_tree(l, epoch, &blobs)?
@@ -446,7 +575,14 @@ fn run_step(step: &Step, recipe: &Recipe, plan: &Plan, resolved: &Resolved, opts
     }
 }
 
-fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &ToolsEnv, dir: &Path) -> Result<()> {
+fn image(
+    recipe: &Recipe,
+    plan: &Plan,
+    step: &Step,
+    store: &Store,
+    tools: &ToolsEnv,
+    dir: &Path,
+) -> Result<()> {
     let epoch = plan.epoch;
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
     let mut tree = Tree::read(read_verified(store, rootfs_key, "rootfs.tar")?.as_slice())?;
@@ -456,12 +592,20 @@ fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &Tools
     }
     let root_uuid = step.key.derive_uuid("root filesystem");
     let (kernel, initrd) = boot::kernel(&tree)?;
-    filesystem::merge(&mut tree, boot::boot_layer(&root_uuid, &kernel, &initrd, epoch));
+    filesystem::merge(
+        &mut tree,
+        boot::boot_layer(&root_uuid, &kernel, &initrd, epoch),
+    );
     tree.fix_hardlinks();
 
     let layout = disk::Layout::new(recipe.disk.size);
     let raw_path = dir.join("disk.raw");
-    let mut raw = fs::File::options().read(true).write(true).create(true).truncate(true).open(&raw_path)?;
+    let mut raw = fs::File::options()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&raw_path)?;
     raw.set_len(layout.size)?;
     let guids = disk::Guids {
         disk: step.key.derive("disk"),
@@ -473,9 +617,16 @@ fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &Tools
 
     let mut esp_files: Vec<(&str, Vec<u8>)> = Vec::new();
     if recipe.disk.boot.contains(&BootMode::Uefi) {
-        esp_files.push(("EFI/BOOT/BOOTX64.EFI", boot::efi_img(tools, dir, &root_uuid, epoch)?));
+        esp_files.push((
+            "EFI/BOOT/BOOTX64.EFI",
+            boot::efi_img(tools, dir, &root_uuid, epoch)?,
+        ));
     }
-    let vol = u32::from_le_bytes(step.key.derive("esp volume id")[..4].try_into().expect("4 bytes"));
+    let vol = u32::from_le_bytes(
+        step.key.derive("esp volume id")[..4]
+            .try_into()
+            .expect("4 bytes"),
+    );
     let refs: Vec<(&str, &[u8])> = esp_files.iter().map(|(p, d)| (*p, d.as_slice())).collect();
     let esp = disk::esp_image(layout.esp.1 - layout.esp.0, vol, &refs)?;
     raw.seek(SeekFrom::Start(layout.esp.0))?;
@@ -496,7 +647,15 @@ fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &Tools
     }
     raw.sync_all()?;
     drop(raw);
-    filesystem::mkfs(tools, dir, &tree, layout.root.0, layout.root.1 - layout.root.0, &root_uuid, epoch)?;
+    filesystem::mkfs(
+        tools,
+        dir,
+        &tree,
+        layout.root.0,
+        layout.root.1 - layout.root.0,
+        &root_uuid,
+        epoch,
+    )?;
     qcow2::convert(tools, dir, epoch)?;
     fs::remove_file(&raw_path)?;
     Ok(())
@@ -507,12 +666,18 @@ fn image(recipe: &Recipe, plan: &Plan, step: &Step, store: &Store, tools: &Tools
 fn read_verified(store: &Store, key: &plan::StepKey, name: &str) -> Result<Vec<u8>> {
     use sha2::{Digest, Sha256};
     let meta = store.meta(key)?;
-    let want = meta.files.get(name).with_context(|| format!("store entry {key} has no {name}"))?;
+    let want = meta
+        .files
+        .get(name)
+        .with_context(|| format!("store entry {key} has no {name}"))?;
     let path = store.path(key).join(name);
     let data = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
     let got = hex::encode(Sha256::digest(&data));
     if got != want.sha256 {
-        bail!("store entry {key} is damaged: {name} has sha256 {got}, recorded {}\nhint: run `mimg store verify`, remove the damaged entry and build again", want.sha256);
+        bail!(
+            "store entry {key} is damaged: {name} has sha256 {got}, recorded {}\nhint: run `mimg store verify`, remove the damaged entry and build again",
+            want.sha256
+        );
     }
     Ok(data)
 }
@@ -529,10 +694,18 @@ struct Published {
 fn file_stamp(p: &Path) -> Option<(u64, i128)> {
     use std::os::unix::fs::MetadataExt;
     let m = fs::metadata(p).ok()?;
-    Some((m.len(), m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128))
+    Some((
+        m.len(),
+        m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+    ))
 }
 
-fn publish(recipe: &Recipe, plan: &Plan, store: &Store, out_dir: &Path) -> Result<(PathBuf, PathBuf, String)> {
+fn publish(
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &Store,
+    out_dir: &Path,
+) -> Result<(PathBuf, PathBuf, String)> {
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let name = recipe.name.as_str();
     let img = out_dir.join(format!("{name}.qcow2"));
@@ -540,13 +713,23 @@ fn publish(recipe: &Recipe, plan: &Plan, store: &Store, out_dir: &Path) -> Resul
     let stamp = out_dir.join(format!(".{name}.published"));
     let key = &plan.image().key;
     let meta = store.meta(key)?;
-    let sum = meta.files.get("disk.qcow2").cloned().context("the image step has no disk.qcow2")?;
+    let sum = meta
+        .files
+        .get("disk.qcow2")
+        .cloned()
+        .context("the image step has no disk.qcow2")?;
 
     let up_to_date = fs::read(&stamp)
         .ok()
         .and_then(|b| serde_json::from_slice::<Published>(&b).ok())
         .zip(file_stamp(&img))
-        .is_some_and(|(p, (size, mtime_ns))| p == Published { key: key.to_string(), size, mtime_ns })
+        .is_some_and(|(p, (size, mtime_ns))| {
+            p == Published {
+                key: key.to_string(),
+                size,
+                mtime_ns,
+            }
+        })
         && man.is_file();
     if up_to_date {
         return Ok((img, man, sum.sha256));
@@ -554,7 +737,8 @@ fn publish(recipe: &Recipe, plan: &Plan, store: &Store, out_dir: &Path) -> Resul
 
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
     let rmeta = store.meta(rootfs_key)?;
-    let packages: Vec<rootfs::Package> = serde_json::from_value(rmeta.extra["packages"].clone()).unwrap_or_default();
+    let packages: Vec<rootfs::Package> =
+        serde_json::from_value(rmeta.extra["packages"].clone()).unwrap_or_default();
     let mut sizes = BTreeMap::new();
     sizes.insert("disk".to_string(), recipe.disk.size);
     sizes.insert("qcow2".to_string(), sum.size);
@@ -567,7 +751,14 @@ fn publish(recipe: &Recipe, plan: &Plan, store: &Store, out_dir: &Path) -> Resul
         recipe_key: key.to_string(),
         epoch: plan.epoch,
         image: sum.clone(),
-        steps: plan.steps.iter().map(|s| ManifestStep { label: s.label.clone(), key: s.key.to_string() }).collect(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| ManifestStep {
+                label: s.label.clone(),
+                key: s.key.to_string(),
+            })
+            .collect(),
         packages,
         sizes,
     };
@@ -576,21 +767,29 @@ fn publish(recipe: &Recipe, plan: &Plan, store: &Store, out_dir: &Path) -> Resul
     text.push(b'\n');
     atomic_write(&man, &text)?;
     if let Some((size, mtime_ns)) = file_stamp(&img) {
-        let p = Published { key: key.to_string(), size, mtime_ns };
+        let p = Published {
+            key: key.to_string(),
+            size,
+            mtime_ns,
+        };
         atomic_write(&stamp, &serde_json::to_vec(&p)?)?;
     }
     Ok((img, man, sum.sha256))
 }
 
 fn tmp_beside(p: &Path) -> PathBuf {
-    let name = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = p
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     p.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
 }
 
 /// Write `data` to `p` by temp file, fsync and rename.
 pub fn atomic_write(p: &Path, data: &[u8]) -> Result<()> {
     let tmp = tmp_beside(p);
-    let mut f = fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
     f.write_all(data)?;
     f.sync_all()?;
     fs::rename(&tmp, p).with_context(|| format!("cannot rename into {}", p.display()))?;
@@ -599,7 +798,8 @@ pub fn atomic_write(p: &Path, data: &[u8]) -> Result<()> {
 
 fn atomic_copy(from: &Path, to: &Path) -> Result<()> {
     let tmp = tmp_beside(to);
-    fs::copy(from, &tmp).with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    fs::copy(from, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
     fs::File::open(&tmp)?.sync_all()?;
     fs::rename(&tmp, to).with_context(|| format!("cannot rename into {}", to.display()))?;
     Ok(())

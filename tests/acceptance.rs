@@ -23,16 +23,48 @@ fn mimg_test_proves_maas_homeserver_with_an_ipv6_only_overlay() {
     let (srv, sha) = standin(&w);
     let recipe = test_recipe(&w, "maas-homeserver", srv.1, &sha);
     let mut c = mimg();
-    c.arg("test").arg(&recipe).args(["--overlay", "overlays/example.toml", "--json", "--out"]).arg(w.join("out")).env("MIMG_STORE", store());
+    c.arg("test")
+        .arg(&recipe)
+        .args(["--overlay", "overlays/example.toml", "--json", "--out"])
+        .arg(w.join("out"))
+        .env("MIMG_STORE", store());
     let o = run(c);
     let report: Value = serde_json::from_slice(&o.stdout).expect("a JSON report");
     for ch in report["checks"].as_array().unwrap() {
-        eprintln!("{} {:>6.1}s {} ({})", if ch["ok"] == json!(true) { "ok  " } else { "FAIL" }, ch["seconds"].as_f64().unwrap(), ch["name"], ch["detail"]);
+        eprintln!(
+            "{} {:>6.1}s {} ({})",
+            if ch["ok"] == json!(true) {
+                "ok  "
+            } else {
+                "FAIL"
+            },
+            ch["seconds"].as_f64().unwrap(),
+            ch["name"],
+            ch["detail"]
+        );
     }
-    assert!(o.status.success() && report["ok"] == json!(true), "mimg test failed");
-    let names: Vec<&str> = report["checks"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    for want in ["logs in", "TURN", "registration is refused", "IPv6 address", "well-known/matrix/client", "config.json"] {
-        assert!(names.iter().any(|n| n.contains(want)), "no check about {want}");
+    assert!(
+        o.status.success() && report["ok"] == json!(true),
+        "mimg test failed"
+    );
+    let names: Vec<&str> = report["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "logs in",
+        "TURN",
+        "registration is refused",
+        "IPv6 address",
+        "well-known/matrix/client",
+        "config.json",
+    ] {
+        assert!(
+            names.iter().any(|n| n.contains(want)),
+            "no check about {want}"
+        );
     }
 }
 
@@ -41,7 +73,9 @@ struct Vm(Child);
 impl Drop for Vm {
     fn drop(&mut self) {
         // SIGINT: mimg run stops QEMU and removes its network namespace.
-        let _ = Command::new("kill").args(["-INT", &self.0.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status();
         let t0 = Instant::now();
         while t0.elapsed() < Duration::from_secs(20) {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -55,7 +89,11 @@ impl Drop for Vm {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn boot(image: &Path, seed: &Path, data: &Path, port: u16, log: &Path) -> Vm {
@@ -82,20 +120,34 @@ struct Http {
 }
 
 impl Http {
-    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Option<(u16, Value)> {
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Option<(u16, Value)> {
         let mut r = self
             .c
-            .request(method.parse().unwrap(), format!("http://127.0.0.1:{}{path}", self.port))
+            .request(
+                method.parse().unwrap(),
+                format!("http://127.0.0.1:{}{path}", self.port),
+            )
             .header("Host", "matrix.example.org");
         if let Some(t) = token {
             r = r.header("Authorization", format!("Bearer {t}"));
         }
         if let Some(b) = body {
-            r = r.header("Content-Type", "application/json").body(b.to_string());
+            r = r
+                .header("Content-Type", "application/json")
+                .body(b.to_string());
         }
         let resp = r.send().ok()?;
         let st = resp.status().as_u16();
-        Some((st, serde_json::from_str(&resp.text().ok()?).unwrap_or(Value::Null)))
+        Some((
+            st,
+            serde_json::from_str(&resp.text().ok()?).unwrap_or(Value::Null),
+        ))
     }
 
     /// Log in as the example's admin, waiting (bounded) until the first-boot
@@ -103,20 +155,42 @@ impl Http {
     /// failures count against Synapse's rate limit).
     fn login(&self, limit: Duration) -> String {
         let t0 = Instant::now();
-        while !matches!(self.call("GET", "/_matrix/client/v3/profile/%40admin%3Aexample.org", None, None), Some((200, _))) {
-            assert!(t0.elapsed() < limit, "@admin not registered within {}s", limit.as_secs());
+        while !matches!(
+            self.call(
+                "GET",
+                "/_matrix/client/v3/profile/%40admin%3Aexample.org",
+                None,
+                None
+            ),
+            Some((200, _))
+        ) {
+            assert!(
+                t0.elapsed() < limit,
+                "@admin not registered within {}s",
+                limit.as_secs()
+            );
             std::thread::sleep(Duration::from_secs(2));
         }
-        let pw = std::fs::read_to_string(repo().join("overlays/example-secrets/admin.password")).unwrap();
+        let pw = std::fs::read_to_string(repo().join("overlays/example-secrets/admin.password"))
+            .unwrap();
         let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "admin" }, "password": pw.trim() });
-        let (st, v) = self.call("POST", "/_matrix/client/v3/login", None, Some(body)).expect("login answers");
+        let (st, v) = self
+            .call("POST", "/_matrix/client/v3/login", None, Some(body))
+            .expect("login answers");
         assert_eq!(st, 200, "login: {v}");
         v["access_token"].as_str().unwrap().to_string()
     }
 
     fn key_ids(&self) -> Vec<String> {
-        let (_, v) = self.call("GET", "/_matrix/key/v2/server", None, None).unwrap();
-        v["verify_keys"].as_object().unwrap().keys().cloned().collect()
+        let (_, v) = self
+            .call("GET", "/_matrix/key/v2/server", None, None)
+            .unwrap();
+        v["verify_keys"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     }
 }
 
@@ -125,51 +199,117 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
     let w = work("upgrade");
     let (srv, sha) = standin(&w);
     let v1 = test_recipe(&w, "maas-homeserver", srv.1, &sha);
-    assert!(build(v1.to_str().unwrap(), &store(), &w.join("out")).status.success());
+    assert!(
+        build(v1.to_str().unwrap(), &store(), &w.join("out"))
+            .status
+            .success()
+    );
     // v2: the same recipe with one layer changed.
     std::fs::create_dir_all(w.join("motd/etc")).unwrap();
     std::fs::write(w.join("motd/etc/motd"), "v2 of the image\n").unwrap();
     let v2 = w.join("v2.toml");
     std::fs::write(&v2, format!("extends = \"{}\"\n\n[[layer]]\nname = \"base-config\"\nkind = \"files\"\nfrom = \"{}\"\nto = \"/\"\n", v1.display(), w.join("motd").display())).unwrap();
     let o = build(v2.to_str().unwrap(), &store(), &w.join("out"));
-    assert!(stdout(&o).contains("built 2 steps"), "only the changed layer and the image: {}", stdout(&o));
+    assert!(
+        stdout(&o).contains("built 2 steps"),
+        "only the changed layer and the image: {}",
+        stdout(&o)
+    );
 
     let seed = w.join("seed.img");
     let mut c = mimg();
-    c.args(["seed", "overlays/example.toml", "--out"]).arg(&seed);
+    c.args(["seed", "overlays/example.toml", "--out"])
+        .arg(&seed);
     assert!(run(c).status.success());
     let data = w.join("data.qcow2");
-    assert!(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&data).arg("4G").status().unwrap().success());
-    let http = |port| Http { port, c: reqwest::blocking::Client::builder().timeout(Duration::from_secs(20)).build().unwrap() };
+    assert!(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&data)
+            .arg("4G")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let http = |port| Http {
+        port,
+        c: reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap(),
+    };
 
     // v1: a user (the admin), a room, a message.
     let port = free_port();
-    let vm = boot(&w.join("out/maas-homeserver-test.qcow2"), &seed, &data, port, &w.join("v1.log"));
+    let vm = boot(
+        &w.join("out/maas-homeserver-test.qcow2"),
+        &seed,
+        &data,
+        port,
+        &w.join("v1.log"),
+    );
     let h = http(port);
     let t0 = Instant::now();
     let token = h.login(Duration::from_secs(900));
     eprintln!("v1: logged in after {:.0}s", t0.elapsed().as_secs_f64());
     let keys_v1 = h.key_ids();
-    let (st, v) = h.call("POST", "/_matrix/client/v3/createRoom", Some(&token), Some(json!({ "room_alias_name": "upgrade" }))).unwrap();
+    let (st, v) = h
+        .call(
+            "POST",
+            "/_matrix/client/v3/createRoom",
+            Some(&token),
+            Some(json!({ "room_alias_name": "upgrade" })),
+        )
+        .unwrap();
     assert_eq!(st, 200, "{v}");
     let room = v["room_id"].as_str().unwrap().to_string();
-    let (st, _) = h.call("PUT", &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"), Some(&token), Some(json!({ "msgtype": "m.text", "body": "written by v1" }))).unwrap();
+    let (st, _) = h
+        .call(
+            "PUT",
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
+            Some(&token),
+            Some(json!({ "msgtype": "m.text", "body": "written by v1" })),
+        )
+        .unwrap();
     assert_eq!(st, 200);
     drop(vm);
 
     // v2 on the same data disk and seed.
     let port = free_port();
-    let vm = boot(&w.join("out/v2.qcow2"), &seed, &data, port, &w.join("v2.log"));
+    let vm = boot(
+        &w.join("out/v2.qcow2"),
+        &seed,
+        &data,
+        port,
+        &w.join("v2.log"),
+    );
     let h = http(port);
     let t0 = Instant::now();
     let token = h.login(Duration::from_secs(900));
     eprintln!("v2: logged in after {:.0}s", t0.elapsed().as_secs_f64());
     assert_eq!(h.key_ids(), keys_v1, "the signing key changed");
-    let (st, v) = h.call("GET", "/_matrix/client/v3/directory/room/%23upgrade:example.org", Some(&token), None).unwrap();
+    let (st, v) = h
+        .call(
+            "GET",
+            "/_matrix/client/v3/directory/room/%23upgrade:example.org",
+            Some(&token),
+            None,
+        )
+        .unwrap();
     assert_eq!(st, 200, "the room of v1 is gone: {v}");
     assert_eq!(v["room_id"], json!(room));
-    let (st, v) = h.call("GET", &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"), Some(&token), None).unwrap();
+    let (st, v) = h
+        .call(
+            "GET",
+            &format!("/_matrix/client/v3/rooms/{room}/messages?dir=b&limit=20"),
+            Some(&token),
+            None,
+        )
+        .unwrap();
     assert_eq!(st, 200);
-    assert!(v.to_string().contains("written by v1"), "the message of v1 is gone");
+    assert!(
+        v.to_string().contains("written by v1"),
+        "the message of v1 is gone"
+    );
     drop(vm);
 }

@@ -26,7 +26,10 @@ impl Drop for Server {
 fn tgz(path: &Path, entries: &[(&str, &str, &[u8])]) {
     // (name, kind, data-or-link-target)
     let f = std::fs::File::create(path).unwrap();
-    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(f, flate2::Compression::default()));
+    let mut b = tar::Builder::new(flate2::write::GzEncoder::new(
+        f,
+        flate2::Compression::default(),
+    ));
     for (name, kind, data) in entries {
         let mut h = tar::Header::new_gnu();
         h.set_mtime(1_600_000_000);
@@ -61,15 +64,53 @@ fn serve() -> Server {
     let dir = work("fetch-www");
     tgz(
         &dir.join("webclient-v1.0.0.tar.gz"),
-        &[("webclient-v1.0.0/", "dir", b""), ("webclient-v1.0.0/index.html", "file", b"<html>stand-in web client</html>\n"), ("webclient-v1.0.0/i18n/", "dir", b""), ("webclient-v1.0.0/i18n/en.json", "file", b"{}\n")],
+        &[
+            ("webclient-v1.0.0/", "dir", b""),
+            (
+                "webclient-v1.0.0/index.html",
+                "file",
+                b"<html>stand-in web client</html>\n",
+            ),
+            ("webclient-v1.0.0/i18n/", "dir", b""),
+            ("webclient-v1.0.0/i18n/en.json", "file", b"{}\n"),
+        ],
     );
-    std::fs::copy(dir.join("webclient-v1.0.0.tar.gz"), dir.join("truncated-v1.0.0.tar.gz")).unwrap();
-    tgz(&dir.join("dotdot.tar.gz"), &[("x/../../etc/cron.d/evil", "file", b"* * * * * root reboot\n")]);
-    tgz(&dir.join("symlink.tar.gz"), &[("x/", "dir", b""), ("x/etc", "link", b"/etc"), ("x/etc/passwd", "file", b"evil\n")]);
-    let mut child = Command::new("python3").arg(repo().join("tests/fixtures/serve.py")).arg(&dir).stdout(Stdio::piped()).spawn().unwrap();
+    std::fs::copy(
+        dir.join("webclient-v1.0.0.tar.gz"),
+        dir.join("truncated-v1.0.0.tar.gz"),
+    )
+    .unwrap();
+    tgz(
+        &dir.join("dotdot.tar.gz"),
+        &[(
+            "x/../../etc/cron.d/evil",
+            "file",
+            b"* * * * * root reboot\n",
+        )],
+    );
+    tgz(
+        &dir.join("symlink.tar.gz"),
+        &[
+            ("x/", "dir", b""),
+            ("x/etc", "link", b"/etc"),
+            ("x/etc/passwd", "file", b"evil\n"),
+        ],
+    );
+    let mut child = Command::new("python3")
+        .arg(repo().join("tests/fixtures/serve.py"))
+        .arg(&dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    Server { port: line.trim().parse().unwrap(), child, dir }
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Server {
+        port: line.trim().parse().unwrap(),
+        child,
+        dir,
+    }
 }
 
 fn recipe(dir: &Path, url: &str, sha: &str) -> PathBuf {
@@ -84,7 +125,12 @@ fn recipe(dir: &Path, url: &str, sha: &str) -> PathBuf {
 
 fn build_at(recipe: &Path, store: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let mut c = mimg();
-    c.arg("build").arg(recipe).arg("--out").arg(out).args(extra).env("MIMG_STORE", store);
+    c.arg("build")
+        .arg(recipe)
+        .arg("--out")
+        .arg(out)
+        .args(extra)
+        .env("MIMG_STORE", store);
     run(c)
 }
 
@@ -99,18 +145,41 @@ fn a_pinned_tarball_is_fetched_verified_and_unpacked() {
     let srv = serve();
     let w = work("fetch-good");
     let sha = sha256(&srv.dir.join("webclient-v1.0.0.tar.gz"));
-    let r = recipe(&w, &format!("http://127.0.0.1:{}/webclient-v1.0.0.tar.gz", srv.port), &sha);
+    let r = recipe(
+        &w,
+        &format!("http://127.0.0.1:{}/webclient-v1.0.0.tar.gz", srv.port),
+        &sha,
+    );
     let o = build_at(&r, &store(), &w.join("out"), &[]);
     assert!(o.status.success());
-    assert!(store().join("v1/blobs").join(&sha).is_file(), "the tarball is kept in the store by content");
+    assert!(
+        store().join("v1/blobs").join(&sha).is_file(),
+        "the tarball is kept in the store by content"
+    );
     // The files are in the image, stripped of the top directory.
     let raw = w.join("disk.raw");
-    assert!(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(w.join("out/fetchtest.qcow2")).arg(&raw).status().unwrap().success());
-    let o = Command::new("debugfs").args(["-R", "cat /var/www/element/index.html"]).arg(format!("{}?offset=35651584", raw.display())).output().unwrap();
+    assert!(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(w.join("out/fetchtest.qcow2"))
+            .arg(&raw)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = Command::new("debugfs")
+        .args(["-R", "cat /var/www/element/index.html"])
+        .arg(format!("{}?offset=35651584", raw.display()))
+        .output()
+        .unwrap();
     assert_eq!(stdout(&o), "<html>stand-in web client</html>\n");
 
     // The URL is transport: another URL with the same pin changes no key.
-    let r2 = recipe(&w, "http://127.0.0.1:9/elsewhere/webclient-v1.0.0.tar.gz", &sha);
+    let r2 = recipe(
+        &w,
+        "http://127.0.0.1:9/elsewhere/webclient-v1.0.0.tar.gz",
+        &sha,
+    );
     let o = build_at(&r2, &store(), &w.join("out2"), &[]);
     assert!(o.status.success());
     assert!(stdout(&o).contains("built 0 steps"), "{}", stdout(&o));
@@ -124,13 +193,22 @@ fn a_pinned_tarball_is_fetched_verified_and_unpacked() {
     c.args(["store", "verify"]).env("MIMG_STORE", store());
     let v = run(c);
     assert!(!v.status.success());
-    assert!(stderr(&v).contains(&sha), "verify names the damaged blob: {}", stderr(&v));
+    assert!(
+        stderr(&v).contains(&sha),
+        "verify names the damaged blob: {}",
+        stderr(&v)
+    );
     let w2 = work("fetch-tampered");
     std::fs::write(w2.join("motd"), "x").unwrap();
-    let text = std::fs::read_to_string(&r).unwrap() + "\n[[layer]]\nname = \"later\"\nkind = \"files\"\nfrom = \"motd\"\nto = \"/etc/motd\"\n";
+    let text = std::fs::read_to_string(&r).unwrap()
+        + "\n[[layer]]\nname = \"later\"\nkind = \"files\"\nfrom = \"motd\"\nto = \"/etc/motd\"\n";
     // A changed layer order forces the element step to run again on the damaged blob.
     let r3 = w2.join("fetchtest.toml");
-    std::fs::write(&r3, text.replace("to = \"/var/www/element\"", "to = \"/var/www/element2\"")).unwrap();
+    std::fs::write(
+        &r3,
+        text.replace("to = \"/var/www/element\"", "to = \"/var/www/element2\""),
+    )
+    .unwrap();
     let o = build_at(&r3, &store(), &w2.join("out"), &[]);
     assert!(!o.status.success());
     assert!(stderr(&o).contains("damaged"), "{}", stderr(&o));
@@ -143,13 +221,27 @@ fn a_wrong_sha256_names_both_sums_and_nothing_enters_the_store() {
     let w = work("fetch-wrong");
     let good = sha256(&srv.dir.join("webclient-v1.0.0.tar.gz"));
     let wrong = "0".repeat(64);
-    let r = recipe(&w, &format!("http://127.0.0.1:{}/webclient-v1.0.0.tar.gz", srv.port), &wrong);
+    let r = recipe(
+        &w,
+        &format!("http://127.0.0.1:{}/webclient-v1.0.0.tar.gz", srv.port),
+        &wrong,
+    );
     let o = build_at(&r, &store(), &w.join("out"), &[]);
     assert!(!o.status.success());
     let e = stderr(&o);
-    assert!(e.contains(&wrong) && e.contains(&good), "both sums named: {e}");
-    assert!(!store().join("v1/blobs").join(&wrong).exists() && !store().join("v1/blobs").join(&good).exists());
-    assert_eq!(std::fs::read_dir(store().join("v1/tmp")).unwrap().count(), 0, "no leftovers");
+    assert!(
+        e.contains(&wrong) && e.contains(&good),
+        "both sums named: {e}"
+    );
+    assert!(
+        !store().join("v1/blobs").join(&wrong).exists()
+            && !store().join("v1/blobs").join(&good).exists()
+    );
+    assert_eq!(
+        std::fs::read_dir(store().join("v1/tmp")).unwrap().count(),
+        0,
+        "no leftovers"
+    );
 }
 
 #[test]
@@ -157,10 +249,18 @@ fn a_cut_transfer_fails_cleanly() {
     let srv = serve();
     let w = work("fetch-cut");
     let sha = sha256(&srv.dir.join("truncated-v1.0.0.tar.gz"));
-    let r = recipe(&w, &format!("http://127.0.0.1:{}/truncated-v1.0.0.tar.gz", srv.port), &sha);
+    let r = recipe(
+        &w,
+        &format!("http://127.0.0.1:{}/truncated-v1.0.0.tar.gz", srv.port),
+        &sha,
+    );
     let o = build_at(&r, &store(), &w.join("out"), &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("truncated-v1.0.0.tar.gz"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("truncated-v1.0.0.tar.gz"),
+        "{}",
+        stderr(&o)
+    );
     assert!(!store().join("v1/blobs").join(&sha).exists());
 }
 
@@ -173,7 +273,11 @@ fn hostile_archives_are_refused() {
         let r = recipe(&w, &format!("http://127.0.0.1:{}/{name}", srv.port), &sha);
         let o = build_at(&r, &store(), &w.join("out"), &[]);
         assert!(!o.status.success(), "{name} accepted");
-        assert!(stderr(&o).contains("refusing to unpack"), "{name}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("refusing to unpack"),
+            "{name}: {}",
+            stderr(&o)
+        );
         assert!(!w.join("out/fetchtest.qcow2").exists());
     }
 }
@@ -184,16 +288,32 @@ fn store_add_satisfies_a_pin_whose_host_is_unreachable_and_offline_builds_match(
     let w = work("fetch-offline");
     let tarball = srv.dir.join("webclient-v1.0.0.tar.gz");
     let sha = sha256(&tarball);
-    let r = recipe(&w, "http://127.0.0.1:9/unreachable/webclient-v1.0.0.tar.gz", &sha);
+    let r = recipe(
+        &w,
+        "http://127.0.0.1:9/unreachable/webclient-v1.0.0.tar.gz",
+        &sha,
+    );
     // Another target, so the layer step is not already in the store.
-    std::fs::write(&r, std::fs::read_to_string(&r).unwrap().replace("/var/www/element", "/srv/offline-test")).unwrap();
+    std::fs::write(
+        &r,
+        std::fs::read_to_string(&r)
+            .unwrap()
+            .replace("/var/www/element", "/srv/offline-test"),
+    )
+    .unwrap();
     let _ = std::fs::remove_file(store().join("v1/blobs").join(&sha));
     // Unreachable and not in the store: the error says which file and how to supply it.
     let o = build_at(&r, &store(), &w.join("out"), &[]);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains(&sha) && stderr(&o).contains("mimg store add"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains(&sha) && stderr(&o).contains("mimg store add"),
+        "{}",
+        stderr(&o)
+    );
     let mut c = mimg();
-    c.args(["store", "add"]).arg(&tarball).env("MIMG_STORE", store());
+    c.args(["store", "add"])
+        .arg(&tarball)
+        .env("MIMG_STORE", store());
     assert!(run(c).status.success());
     let o = build_at(&r, &store(), &w.join("out"), &[]);
     assert!(o.status.success());
@@ -219,12 +339,26 @@ fn store_add_satisfies_a_pin_whose_host_is_unreachable_and_offline_builds_match(
     assert_eq!(sha256(&w.join("offline/fetchtest.qcow2")), online);
 
     // --locked names what changed since the lock.
-    std::fs::write(&r, std::fs::read_to_string(&r).unwrap().replace("strip = 1", "strip = 0")).unwrap();
+    std::fs::write(
+        &r,
+        std::fs::read_to_string(&r)
+            .unwrap()
+            .replace("strip = 1", "strip = 0"),
+    )
+    .unwrap();
     let mut c = mimg();
-    c.args(["build", "--locked"]).arg(&r).arg("--out").arg(w.join("out")).env("MIMG_STORE", store());
+    c.args(["build", "--locked"])
+        .arg(&r)
+        .arg("--out")
+        .arg(w.join("out"))
+        .env("MIMG_STORE", store());
     let o = run(c);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("layer `element` changed"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("layer `element` changed"),
+        "{}",
+        stderr(&o)
+    );
 
     // Offline with an empty store fails clearly, without a hang or a panic.
     let empty = work("fetch-empty-store");
@@ -239,5 +373,9 @@ fn store_add_satisfies_a_pin_whose_host_is_unreachable_and_offline_builds_match(
         .output()
         .unwrap();
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("--offline") && !stderr(&o).contains("panicked"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("--offline") && !stderr(&o).contains("panicked"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -23,7 +23,16 @@ fn image_root(store: &Path, manifest: &Path, into: &Path) {
         let dir = store.join("v1/steps").join(s["key"].as_str().unwrap());
         for f in ["rootfs.tar", "layer.tar"] {
             if dir.join(f).exists() {
-                assert!(Command::new("tar").arg("-xf").arg(dir.join(f)).arg("-C").arg(into).status().unwrap().success());
+                assert!(
+                    Command::new("tar")
+                        .arg("-xf")
+                        .arg(dir.join(f))
+                        .arg("-C")
+                        .arg(into)
+                        .status()
+                        .unwrap()
+                        .success()
+                );
             }
         }
     }
@@ -35,7 +44,21 @@ fn inside(root: &Path, args: &[&str]) -> std::process::Output {
         .arg("--bind")
         .arg(root)
         .arg("/")
-        .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--"])
+        .args([
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+            "--tmpfs",
+            "/run",
+            "--unshare-pid",
+            "--unshare-net",
+            "--unshare-ipc",
+            "--unshare-uts",
+            "--",
+        ])
         .args(args)
         .output()
         .unwrap();
@@ -67,51 +90,104 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
     let o = build(recipe.to_str().unwrap(), &store_b, &w.join("out-b"));
     assert!(stdout(&o).contains("reused 0"));
     let a = sha256(&w.join("out-a/maas-homeserver-test.qcow2"));
-    assert_eq!(a, sha256(&w.join("out-b/maas-homeserver-test.qcow2")), "two fresh stores differ");
-    let o = Command::new("qemu-img").arg("check").arg(w.join("out-a/maas-homeserver-test.qcow2")).output().unwrap();
+    assert_eq!(
+        a,
+        sha256(&w.join("out-b/maas-homeserver-test.qcow2")),
+        "two fresh stores differ"
+    );
+    let o = Command::new("qemu-img")
+        .arg("check")
+        .arg(w.join("out-a/maas-homeserver-test.qcow2"))
+        .output()
+        .unwrap();
     assert!(o.status.success());
 
     let root = w.join("root");
     std::fs::create_dir_all(&root).unwrap();
-    image_root(&store_a, &w.join("out-a/maas-homeserver-test.manifest.json"), &root);
+    image_root(
+        &store_a,
+        &w.join("out-a/maas-homeserver-test.manifest.json"),
+        &root,
+    );
     // What the image holds.
-    assert_eq!(std::fs::read_to_string(root.join("var/www/element/index.html")).unwrap(), "<html>stand-in web client</html>\n");
+    assert_eq!(
+        std::fs::read_to_string(root.join("var/www/element/index.html")).unwrap(),
+        "<html>stand-in web client</html>\n"
+    );
     assert!(root.join("usr/sbin/nginx").exists());
     assert!(root.join("usr/local/sbin/mimg-firstboot").exists());
-    let pg: Vec<_> = std::fs::read_dir(root.join("usr/lib/postgresql")).unwrap().flatten().collect();
-    assert!(pg.iter().any(|v| v.path().join("bin/postgres").exists()), "PostgreSQL binaries");
-    let o = inside(&root, &["/opt/venvs/matrix-synapse/bin/python", "-c", "import synapse, psycopg2; print(synapse.__version__)"]);
-    assert!(o.status.success() && stdout(&o).starts_with("1."), "Synapse imports in its venv");
+    let pg: Vec<_> = std::fs::read_dir(root.join("usr/lib/postgresql"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        pg.iter().any(|v| v.path().join("bin/postgres").exists()),
+        "PostgreSQL binaries"
+    );
+    let o = inside(
+        &root,
+        &[
+            "/opt/venvs/matrix-synapse/bin/python",
+            "-c",
+            "import synapse, psycopg2; print(synapse.__version__)",
+        ],
+    );
+    assert!(
+        o.status.success() && stdout(&o).starts_with("1."),
+        "Synapse imports in its venv"
+    );
     // What it must not hold: a cluster, host keys, generated keys.
     for d in ["var/lib/postgresql", "etc/postgresql"] {
         let mut found = Vec::new();
         files_matching(&root.join(d), &|_| true, &mut found);
-        assert!(found.is_empty(), "no PostgreSQL cluster at build time: {found:?}");
+        assert!(
+            found.is_empty(),
+            "no PostgreSQL cluster at build time: {found:?}"
+        );
     }
     let mut keys = Vec::new();
     files_matching(
         &root,
         &|p| {
             let n = p.file_name().unwrap().to_string_lossy();
-            n.starts_with("ssh_host_") || n == "ssl-cert-snakeoil.key" || n.ends_with(".signing.key")
+            n.starts_with("ssh_host_")
+                || n == "ssl-cert-snakeoil.key"
+                || n.ends_with(".signing.key")
         },
         &mut keys,
     );
     assert!(keys.is_empty(), "private keys in the image: {keys:?}");
     let mut pem = Vec::new();
     for d in ["etc", "var", "root", "srv"] {
-        files_matching(&root.join(d), &|p| std::fs::read(p).is_ok_and(|b| b.windows(11).any(|w| w == b"PRIVATE KEY")), &mut pem);
+        files_matching(
+            &root.join(d),
+            &|p| std::fs::read(p).is_ok_and(|b| b.windows(11).any(|w| w == b"PRIVATE KEY")),
+            &mut pem,
+        );
     }
-    assert!(pem.is_empty(), "private keys under /etc, /var, /root, /srv: {pem:?}");
+    assert!(
+        pem.is_empty(),
+        "private keys under /etc, /var, /root, /srv: {pem:?}"
+    );
     assert_eq!(std::fs::read(root.join("etc/machine-id")).unwrap().len(), 0);
 
     // Configuration rendered from the example overlay passes Synapse's and nginx's own checks.
     let seed = w.join("seed.img");
     let mut c = mimg();
-    c.args(["seed", "overlays/example.toml", "--out"]).arg(&seed);
+    c.args(["seed", "overlays/example.toml", "--out"])
+        .arg(&seed);
     assert!(run(c).status.success());
     let ud = w.join("user-data");
-    assert!(Command::new("mcopy").arg("-i").arg(&seed).arg("::user-data").arg(&ud).status().unwrap().success());
+    assert!(
+        Command::new("mcopy")
+            .arg("-i")
+            .arg(&seed)
+            .arg("::user-data")
+            .arg(&ud)
+            .status()
+            .unwrap()
+            .success()
+    );
     let text = std::fs::read_to_string(&ud).unwrap();
     for (path, body) in write_files(&text) {
         let p = root.join(path.trim_start_matches('/'));
@@ -119,18 +195,50 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
         std::fs::write(p, body).unwrap();
     }
     std::fs::create_dir_all(root.join("var/lib/matrix-synapse")).unwrap();
-    for s in ["registration_shared_secret", "macaroon_secret_key", "form_secret"] {
-        std::fs::write(root.join("var/lib/matrix-synapse").join(s), "test-only-secret\n").unwrap();
+    for s in [
+        "registration_shared_secret",
+        "macaroon_secret_key",
+        "form_secret",
+    ] {
+        std::fs::write(
+            root.join("var/lib/matrix-synapse").join(s),
+            "test-only-secret\n",
+        )
+        .unwrap();
     }
-    let o = inside(&root, &["/opt/venvs/matrix-synapse/bin/generate_signing_key", "-o", "/var/lib/matrix-synapse/homeserver.signing.key"]);
+    let o = inside(
+        &root,
+        &[
+            "/opt/venvs/matrix-synapse/bin/generate_signing_key",
+            "-o",
+            "/var/lib/matrix-synapse/homeserver.signing.key",
+        ],
+    );
     assert!(o.status.success());
-    let check = ["/opt/venvs/matrix-synapse/bin/python", "-m", "synapse.config", "read", "server_name", "-c", "/etc/matrix-synapse/homeserver.yaml", "-c", "/etc/matrix-synapse/conf.d/"];
+    let check = [
+        "/opt/venvs/matrix-synapse/bin/python",
+        "-m",
+        "synapse.config",
+        "read",
+        "server_name",
+        "-c",
+        "/etc/matrix-synapse/homeserver.yaml",
+        "-c",
+        "/etc/matrix-synapse/conf.d/",
+    ];
     let o = inside(&root, &check);
-    assert!(stdout(&o).contains("Config parses OK"), "Synapse refused the rendered config");
+    assert!(
+        stdout(&o).contains("Config parses OK"),
+        "Synapse refused the rendered config"
+    );
     // The check can fail: a bad value is refused by Synapse.
     let conf = root.join("etc/matrix-synapse/conf.d/50-mimg.yaml");
     let good = std::fs::read_to_string(&conf).unwrap();
-    std::fs::write(&conf, good.replace("max_upload_size: \"50M\"", "max_upload_size: \"fifty\"")).unwrap();
+    std::fs::write(
+        &conf,
+        good.replace("max_upload_size: \"50M\"", "max_upload_size: \"fifty\""),
+    )
+    .unwrap();
     assert!(!stdout(&inside(&root, &check)).contains("Config parses OK"));
     std::fs::write(&conf, good).unwrap();
     let o = inside(&root, &["nginx", "-t"]);
@@ -171,14 +279,21 @@ fn the_turn_image_holds_coturn_and_its_config_template() {
     let w = work("turn");
     let store = w.join("store");
     let mut c = mimg();
-    c.args(["build", "turn", "--out"]).arg(w.join("out")).env("MIMG_STORE", &store);
+    c.args(["build", "turn", "--out"])
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &store);
     assert!(run(c).status.success());
     let root = w.join("root");
     std::fs::create_dir_all(&root).unwrap();
     image_root(&store, &w.join("out/turn.manifest.json"), &root);
     assert!(root.join("usr/bin/turnserver").exists());
     let t = std::fs::read_to_string(root.join("etc/mimg/turnserver.conf.in")).unwrap();
-    for want in ["use-auth-secret", "no-tcp-relay", "denied-peer-ip=10.0.0.0-10.255.255.255", "denied-peer-ip=fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"] {
+    for want in [
+        "use-auth-secret",
+        "no-tcp-relay",
+        "denied-peer-ip=10.0.0.0-10.255.255.255",
+        "denied-peer-ip=fc00::-fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+    ] {
         assert!(t.contains(want), "{want}");
     }
     std::fs::remove_dir_all(&root).unwrap();
@@ -188,16 +303,28 @@ fn the_turn_image_holds_coturn_and_its_config_template() {
 fn every_shipped_recipe_parses_and_plans_offline() {
     // ungleich-prod-buster cannot be fetched here: its plan is made from its lock-free
     // parse; the others plan from their committed locks without the network.
-    for r in ["minimal", "maas-homeserver", "ungleich-prod", "ungleich-staging", "turn"] {
+    for r in [
+        "minimal",
+        "maas-homeserver",
+        "ungleich-prod",
+        "ungleich-staging",
+        "turn",
+    ] {
         let mut c = mimg();
-        c.args(["plan", r, "--offline"]).env("MIMG_STORE", work("plan-store"));
+        c.args(["plan", r, "--offline"])
+            .env("MIMG_STORE", work("plan-store"));
         let o = run(c);
         assert!(o.status.success(), "{r}");
         assert!(stdout(&o).contains("image"), "{r}");
     }
     let mut c = mimg();
-    c.args(["plan", "ungleich-prod-buster"]).env("MIMG_STORE", work("plan-store"));
+    c.args(["plan", "ungleich-prod-buster"])
+        .env("MIMG_STORE", work("plan-store"));
     let o = run(c);
     assert!(!o.status.success());
-    assert!(stderr(&o).contains("buster"), "says which suite it could not find: {}", stderr(&o));
+    assert!(
+        stderr(&o).contains("buster"),
+        "says which suite it could not find: {}",
+        stderr(&o)
+    );
 }

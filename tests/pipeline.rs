@@ -23,7 +23,11 @@ fn two_fresh_stores_give_identical_images_whatever_tz_umask_locale() {
         .env("LANG", "de_DE.UTF-8")
         .env("LC_ALL", "de_DE.UTF-8");
     let mut sh = Command::new("sh");
-    sh.arg("-c").arg("umask 077; exec \"$@\"").arg("sh").arg(c.get_program()).args(c.get_args());
+    sh.arg("-c")
+        .arg("umask 077; exec \"$@\"")
+        .arg("sh")
+        .arg(c.get_program())
+        .args(c.get_args());
     for (k, v) in c.get_envs() {
         sh.env(k, v.unwrap());
     }
@@ -47,14 +51,40 @@ fn rootless_build_matches_the_root_build() {
         return;
     }
     let user = "mimg-rootless";
-    if !Command::new("id").arg(user).output().unwrap().status.success() {
+    if !Command::new("id")
+        .arg(user)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
         // useradd gives the user /etc/subuid and /etc/subgid ranges.
-        assert!(Command::new("useradd").args(["-m", user]).status().unwrap().success());
+        assert!(
+            Command::new("useradd")
+                .args(["-m", user])
+                .status()
+                .unwrap()
+                .success()
+        );
     }
     let w = work("rootless");
-    assert!(Command::new("chown").arg(format!("{user}:")).arg(&w).status().unwrap().success());
+    assert!(
+        Command::new("chown")
+            .arg(format!("{user}:"))
+            .arg(&w)
+            .status()
+            .unwrap()
+            .success()
+    );
     let o = Command::new("runuser")
-        .args(["-u", user, "--", "env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin"])
+        .args([
+            "-u",
+            user,
+            "--",
+            "env",
+            "-i",
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+        ])
         .arg(format!("HOME=/home/{user}"))
         .arg(format!("MIMG_STORE={}", w.join("store").display()))
         .arg(env!("CARGO_BIN_EXE_mimg"))
@@ -67,7 +97,11 @@ fn rootless_build_matches_the_root_build() {
         .unwrap();
     eprintln!("{}{}", stdout(&o), stderr(&o));
     assert!(o.status.success(), "rootless build failed");
-    assert_eq!(sha256(&w.join("out/minimal.qcow2")), a.sha, "rootless and root builds differ");
+    assert_eq!(
+        sha256(&w.join("out/minimal.qcow2")),
+        a.sha,
+        "rootless and root builds differ"
+    );
 }
 
 fn is_root() -> bool {
@@ -78,7 +112,11 @@ fn is_root() -> bool {
 fn a_rebuild_with_nothing_changed_runs_no_step() {
     let a = minimal();
     let o = build("minimal", &a.store, &a.out);
-    assert!(stdout(&o).contains("built 0 steps, reused 4"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("built 0 steps, reused 4"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(sha256(&a.image), a.sha);
     let mut c = mimg();
     c.args(["plan", "minimal"]).env("MIMG_STORE", &a.store);
@@ -90,19 +128,55 @@ fn a_rebuild_with_nothing_changed_runs_no_step() {
 fn changing_one_file_rebuilds_that_layer_and_the_image_only() {
     let a = minimal();
     let w = work("files-change");
-    assert!(Command::new("cp").arg("-a").arg(repo().join("recipes")).arg(w.join("recipes")).status().unwrap().success());
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(repo().join("recipes"))
+            .arg(w.join("recipes"))
+            .status()
+            .unwrap()
+            .success()
+    );
     std::fs::write(w.join("recipes/files/minimal/etc/motd"), "changed\n").unwrap();
     let mut c = mimg();
-    c.args(["plan", "minimal", "--json", "--recipes"]).arg(w.join("recipes")).env("MIMG_STORE", &a.store);
+    c.args(["plan", "minimal", "--json", "--recipes"])
+        .arg(w.join("recipes"))
+        .env("MIMG_STORE", &a.store);
     let p = run(c);
     let plan: serde_json::Value = serde_json::from_slice(&p.stdout).unwrap();
-    let cached: Vec<(String, bool)> = plan["steps"].as_array().unwrap().iter().map(|s| (s["label"].as_str().unwrap().to_string(), s["cached"].as_bool().unwrap())).collect();
-    assert_eq!(cached, [("tools".into(), true), ("rootfs".into(), true), ("layer:base-config".into(), false), ("image".into(), false)]);
+    let cached: Vec<(String, bool)> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["label"].as_str().unwrap().to_string(),
+                s["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        cached,
+        [
+            ("tools".into(), true),
+            ("rootfs".into(), true),
+            ("layer:base-config".into(), false),
+            ("image".into(), false)
+        ]
+    );
     let mut c = mimg();
-    c.args(["build", "minimal", "--recipes"]).arg(w.join("recipes")).arg("--out").arg(w.join("out")).env("MIMG_STORE", &a.store);
+    c.args(["build", "minimal", "--recipes"])
+        .arg(w.join("recipes"))
+        .arg("--out")
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &a.store);
     let o = run(c);
     assert!(o.status.success());
-    assert!(stdout(&o).contains("built 2 steps, reused 2"), "{}", stdout(&o));
+    assert!(
+        stdout(&o).contains("built 2 steps, reused 2"),
+        "{}",
+        stdout(&o)
+    );
     assert_ne!(sha256(&w.join("out/minimal.qcow2")), a.sha);
 }
 
@@ -132,29 +206,89 @@ fn check_tool(store: &Path, args: &[&str], dir: &Path) -> std::process::Output {
 #[test]
 fn the_image_passes_qemu_img_check_sfdisk_verify_and_e2fsck() {
     let a = minimal();
-    let o = Command::new("qemu-img").arg("check").arg(&a.image).output().unwrap();
+    let o = Command::new("qemu-img")
+        .arg("check")
+        .arg(&a.image)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "qemu-img check: {}", stdout(&o));
     let w = work("checks");
-    assert!(Command::new("qemu-img").args(["convert", "-O", "raw"]).arg(&a.image).arg(w.join("disk.raw")).status().unwrap().success());
-    let o = Command::new("sfdisk").arg("--verify").arg(w.join("disk.raw")).output().unwrap();
-    assert!(o.status.success() && stdout(&o).contains("No errors detected"), "sfdisk: {}{}", stdout(&o), stderr(&o));
-    let o = Command::new("sfdisk").arg("--dump").arg(w.join("disk.raw")).output().unwrap();
+    assert!(
+        Command::new("qemu-img")
+            .args(["convert", "-O", "raw"])
+            .arg(&a.image)
+            .arg(w.join("disk.raw"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let o = Command::new("sfdisk")
+        .arg("--verify")
+        .arg(w.join("disk.raw"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success() && stdout(&o).contains("No errors detected"),
+        "sfdisk: {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    let o = Command::new("sfdisk")
+        .arg("--dump")
+        .arg(w.join("disk.raw"))
+        .output()
+        .unwrap();
     let dump = stdout(&o);
     assert!(dump.contains("label: gpt"));
-    assert_eq!(dump.matches("start=").count(), 3, "BIOS boot, ESP and root: {dump}");
+    assert_eq!(
+        dump.matches("start=").count(),
+        3,
+        "BIOS boot, ESP and root: {dump}"
+    );
     // The root starts at 34 MiB (see src/stages/disk.rs).
-    let o = check_tool(&a.store, &["e2fsck", "-fn", "/mnt/disk.raw?offset=35651584"], &w);
+    let o = check_tool(
+        &a.store,
+        &["e2fsck", "-fn", "/mnt/disk.raw?offset=35651584"],
+        &w,
+    );
     assert!(o.status.success(), "e2fsck -fn found problems");
-    let o = check_tool(&a.store, &["debugfs", "-R", "cat /etc/hostname", "/mnt/disk.raw?offset=35651584"], &w);
+    let o = check_tool(
+        &a.store,
+        &[
+            "debugfs",
+            "-R",
+            "cat /etc/hostname",
+            "/mnt/disk.raw?offset=35651584",
+        ],
+        &w,
+    );
     assert_eq!(stdout(&o), "localhost\n");
-    let o = check_tool(&a.store, &["debugfs", "-R", "ls -l /etc/ssh", "/mnt/disk.raw?offset=35651584"], &w);
-    assert!(stdout(&o).contains("sshd_config") && !stdout(&o).contains("ssh_host_"), "no ssh host keys in the image");
+    let o = check_tool(
+        &a.store,
+        &[
+            "debugfs",
+            "-R",
+            "ls -l /etc/ssh",
+            "/mnt/disk.raw?offset=35651584",
+        ],
+        &w,
+    );
+    assert!(
+        stdout(&o).contains("sshd_config") && !stdout(&o).contains("ssh_host_"),
+        "no ssh host keys in the image"
+    );
 }
 
 #[test]
 fn boots_to_a_login_prompt_under_seabios() {
     let a = minimal();
-    let (t, log) = boot(&a.image, Firmware::SeaBios, &[], "login:", Duration::from_secs(300));
+    let (t, log) = boot(
+        &a.image,
+        Firmware::SeaBios,
+        &[],
+        "login:",
+        Duration::from_secs(300),
+    );
     assert!(t.is_some(), "no login prompt under SeaBIOS:\n{log}");
     eprintln!("SeaBIOS: login prompt after {:.1}s", t.unwrap());
 }
@@ -162,7 +296,13 @@ fn boots_to_a_login_prompt_under_seabios() {
 #[test]
 fn boots_to_a_login_prompt_under_ovmf() {
     let a = minimal();
-    let (t, log) = boot(&a.image, Firmware::Ovmf, &[], "login:", Duration::from_secs(300));
+    let (t, log) = boot(
+        &a.image,
+        Firmware::Ovmf,
+        &[],
+        "login:",
+        Duration::from_secs(300),
+    );
     assert!(t.is_some(), "no login prompt under OVMF:\n{log}");
     assert!(log.contains("GNU GRUB"), "booted through GRUB's EFI image");
     eprintln!("OVMF: login prompt after {:.1}s", t.unwrap());
@@ -172,32 +312,70 @@ fn boots_to_a_login_prompt_under_ovmf() {
 fn a_killed_build_leaves_the_store_consistent() {
     let a = minimal();
     let w = work("killed");
-    assert!(Command::new("cp").arg("-a").arg(repo().join("recipes")).arg(w.join("recipes")).status().unwrap().success());
+    assert!(
+        Command::new("cp")
+            .arg("-a")
+            .arg(repo().join("recipes"))
+            .arg(w.join("recipes"))
+            .status()
+            .unwrap()
+            .success()
+    );
     std::fs::write(w.join("recipes/files/minimal/etc/motd"), "killed\n").unwrap();
     // Kill at several points of the image step; whatever the point, every
     // entry in steps/ must be complete and the next build must finish.
     for delay_ms in [300u64, 1500, 2500] {
         let mut c = mimg();
-        c.args(["build", "minimal", "-q", "--recipes"]).arg(w.join("recipes")).arg("--out").arg(w.join("out")).env("MIMG_STORE", &a.store);
+        c.args(["build", "minimal", "-q", "--recipes"])
+            .arg(w.join("recipes"))
+            .arg("--out")
+            .arg(w.join("out"))
+            .env("MIMG_STORE", &a.store);
         let mut child = c.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
-        for e in std::fs::read_dir(a.store.join("v1/steps")).unwrap().flatten() {
-            assert!(e.path().join("meta.json").is_file(), "incomplete entry {}", e.path().display());
+        for e in std::fs::read_dir(a.store.join("v1/steps"))
+            .unwrap()
+            .flatten()
+        {
+            assert!(
+                e.path().join("meta.json").is_file(),
+                "incomplete entry {}",
+                e.path().display()
+            );
         }
     }
     let mut c = mimg();
-    c.args(["build", "minimal", "--recipes"]).arg(w.join("recipes")).arg("--out").arg(w.join("out")).env("MIMG_STORE", &a.store);
+    c.args(["build", "minimal", "--recipes"])
+        .arg(w.join("recipes"))
+        .arg("--out")
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &a.store);
     assert!(run(c).status.success());
-    let o = Command::new("qemu-img").arg("check").arg(w.join("out/minimal.qcow2")).output().unwrap();
+    let o = Command::new("qemu-img")
+        .arg("check")
+        .arg(w.join("out/minimal.qcow2"))
+        .output()
+        .unwrap();
     assert!(o.status.success());
     // The store's record of the image matches the file it holds.
-    let meta_files: Vec<_> = std::fs::read_dir(a.store.join("v1/steps")).unwrap().flatten().map(|e| e.path()).collect();
+    let meta_files: Vec<_> = std::fs::read_dir(a.store.join("v1/steps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
     for dir in meta_files {
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
         for (name, sum) in meta["files"].as_object().unwrap() {
-            assert_eq!(sha256(&dir.join(name)), sum["sha256"].as_str().unwrap(), "{} in {}", name, dir.display());
+            assert_eq!(
+                sha256(&dir.join(name)),
+                sum["sha256"].as_str().unwrap(),
+                "{} in {}",
+                name,
+                dir.display()
+            );
         }
     }
 }
@@ -212,7 +390,13 @@ fn minimal_root() -> std::path::PathBuf {
         .map(|e| e.path().join("rootfs.tar"))
         .find(|p| p.exists())
         .expect("a rootfs in the store");
-    let st = Command::new("tar").arg("-xf").arg(&rootfs).arg("-C").arg(&root).status().unwrap();
+    let st = Command::new("tar")
+        .arg("-xf")
+        .arg(&rootfs)
+        .arg("-C")
+        .arg(&root)
+        .status()
+        .unwrap();
     assert!(st.success());
     root
 }
@@ -222,10 +406,17 @@ fn cloud_init_schema_accepts_every_seed_file() {
     let root = minimal_root();
     let w = work("seed-schema");
     let mut c = mimg();
-    c.args(["seed", "overlays/example.toml", "--out"]).arg(w.join("seed.img"));
+    c.args(["seed", "overlays/example.toml", "--out"])
+        .arg(w.join("seed.img"));
     assert!(run(c).status.success());
     for f in ["user-data", "network-config", "meta-data"] {
-        let st = Command::new("mcopy").arg("-i").arg(w.join("seed.img")).arg(format!("::{f}")).arg(root.join("tmp").join(f)).status().unwrap();
+        let st = Command::new("mcopy")
+            .arg("-i")
+            .arg(w.join("seed.img"))
+            .arg(format!("::{f}"))
+            .arg(root.join("tmp").join(f))
+            .status()
+            .unwrap();
         assert!(st.success());
     }
     let schema = |args: &[&str]| {
@@ -242,9 +433,20 @@ fn cloud_init_schema_accepts_every_seed_file() {
         o
     };
     let o = schema(&["--config-file", "/tmp/user-data"]);
-    assert!(o.status.success() && stdout(&o).contains("Valid schema"), "user-data refused by cloud-init schema");
-    let o = schema(&["--schema-type", "network-config", "--config-file", "/tmp/network-config"]);
-    assert!(o.status.success() && stdout(&o).contains("Valid schema"), "network-config refused by cloud-init schema");
+    assert!(
+        o.status.success() && stdout(&o).contains("Valid schema"),
+        "user-data refused by cloud-init schema"
+    );
+    let o = schema(&[
+        "--schema-type",
+        "network-config",
+        "--config-file",
+        "/tmp/network-config",
+    ]);
+    assert!(
+        o.status.success() && stdout(&o).contains("Valid schema"),
+        "network-config refused by cloud-init schema"
+    );
     // The check can fail: a broken cloud-config is refused.
     std::fs::write(root.join("tmp/broken"), "#cloud-config\nwrite_files: 7\n").unwrap();
     assert!(!schema(&["--config-file", "/tmp/broken"]).status.success());
@@ -257,7 +459,10 @@ fn no_secret_of_the_example_is_in_the_image() {
     for f in ["turn.secret", "admin.password", "mattermost.token"] {
         let s = std::fs::read_to_string(repo().join("overlays/example-secrets").join(f)).unwrap();
         let s = s.trim().as_bytes();
-        assert!(!bytes.windows(s.len()).any(|w| w == s), "{f} found in the image");
+        assert!(
+            !bytes.windows(s.len()).any(|w| w == s),
+            "{f} found in the image"
+        );
     }
 }
 
@@ -272,13 +477,31 @@ fn a_seed_configures_the_vm_at_first_boot() {
         .replace("2001:db8:10::20/64", "fec0::20/64")
         .replace("2001:db8:10::1", "fec0::2")
         .replace("2001:db8::53", "fec0::3")
-        .replace("example-secrets/", &format!("{}/overlays/example-secrets/", repo().display()));
+        .replace(
+            "example-secrets/",
+            &format!("{}/overlays/example-secrets/", repo().display()),
+        );
     std::fs::write(w.join("seedtest.toml"), text).unwrap();
     let mut c = mimg();
-    c.arg("seed").arg(w.join("seedtest.toml")).arg("--out").arg(w.join("seed.img"));
+    c.arg("seed")
+        .arg(w.join("seedtest.toml"))
+        .arg("--out")
+        .arg(w.join("seed.img"));
     assert!(run(c).status.success());
-    let drive = format!("file={},if=virtio,format=raw,readonly=on", w.join("seed.img").display());
-    let (t, log) = boot(&a.image, Firmware::SeaBios, &["-drive", &drive], "seedtest login:", Duration::from_secs(300));
-    assert!(t.is_some(), "the VM did not take its hostname from the seed:\n{log}");
+    let drive = format!(
+        "file={},if=virtio,format=raw,readonly=on",
+        w.join("seed.img").display()
+    );
+    let (t, log) = boot(
+        &a.image,
+        Firmware::SeaBios,
+        &["-drive", &drive],
+        "seedtest login:",
+        Duration::from_secs(300),
+    );
+    assert!(
+        t.is_some(),
+        "the VM did not take its hostname from the seed:\n{log}"
+    );
     eprintln!("seeded boot: login prompt after {:.1}s", t.unwrap());
 }

@@ -42,7 +42,15 @@ impl crate::build::Reporter for Progress {
         if self.quiet {
             return;
         }
-        let line = if cached { format!("  {:<20} {}  cached", step.label, step.key.short()) } else { format!("  {:<20} {}  built in {seconds:.1}s", step.label, step.key.short()) };
+        let line = if cached {
+            format!("  {:<20} {}  cached", step.label, step.key.short())
+        } else {
+            format!(
+                "  {:<20} {}  built in {seconds:.1}s",
+                step.label,
+                step.key.short()
+            )
+        };
         match &self.bar {
             Some(b) => b.println(line),
             None => eprintln!("{line}"),
@@ -56,18 +64,37 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let store = cli.store()?;
     let bar = (!cli.quiet && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new_spinner();
-        b.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"));
+        b.set_style(
+            ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
+        );
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    let rep = Progress { bar, quiet: cli.quiet };
-    let out = crate::build::build(&recipe, &store, &a.out, &rep, crate::build::Options { offline: a.offline, locked: a.locked });
+    let rep = Progress {
+        bar,
+        quiet: cli.quiet,
+    };
+    let out = crate::build::build(
+        &recipe,
+        &store,
+        &a.out,
+        &rep,
+        crate::build::Options {
+            offline: a.offline,
+            locked: a.locked,
+        },
+    );
     if let Some(b) = &rep.bar {
         b.finish_and_clear();
     }
     let out = out?;
     println!("{}  sha256 {}", out.image.display(), out.sha256);
     println!("{}", out.manifest.display());
-    println!("built {} steps, reused {} in {:.2}s", out.built, out.reused, t0.elapsed().as_secs_f64());
+    println!(
+        "built {} steps, reused {} in {:.2}s",
+        out.built,
+        out.reused,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

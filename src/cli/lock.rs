@@ -24,17 +24,25 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         .layers
         .iter()
         .filter_map(|l| match &l.kind {
-            crate::recipe::LayerKind::Pip { requirements, .. } => Some((l.name.to_string(), requirements.clone())),
+            crate::recipe::LayerKind::Pip { requirements, .. } => {
+                Some((l.name.to_string(), requirements.clone()))
+            }
             _ => None,
         })
         .collect();
     let pip = match (&old, a.update) {
         // Keep the wheels while the requirements are those they were resolved from.
-        (Some(o), false) if o.pip_requirements == reqs && reqs.keys().all(|k| o.pip.contains_key(k)) => o.pip.clone(),
+        (Some(o), false)
+            if o.pip_requirements == reqs && reqs.keys().all(|k| o.pip.contains_key(k)) =>
+        {
+            o.pip.clone()
+        }
         _ => crate::build::resolve_pip(&recipe, &store)?,
     };
     for (name, wheels) in &pip {
-        facts.contents.insert(name.clone(), crate::lock::wheels_hash(wheels));
+        facts
+            .contents
+            .insert(name.clone(), crate::lock::wheels_hash(wheels));
     }
     let mut lock = crate::lock::make(&recipe, &facts);
     lock.pip = pip;
@@ -49,7 +57,18 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         }
     }
     let p = crate::lock::write(&recipe, &lock)?;
-    let what = if old.as_ref() == Some(&lock) { "unchanged" } else { "written" };
-    println!("{} {what}: epoch {}, {} suites, {} layers, in {:.2}s", p.display(), lock.epoch, lock.releases.len(), lock.layers.len(), t0.elapsed().as_secs_f64());
+    let what = if old.as_ref() == Some(&lock) {
+        "unchanged"
+    } else {
+        "written"
+    };
+    println!(
+        "{} {what}: epoch {}, {} suites, {} layers, in {:.2}s",
+        p.display(),
+        lock.epoch,
+        lock.releases.len(),
+        lock.layers.len(),
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

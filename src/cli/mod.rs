@@ -57,7 +57,10 @@ enum Command {
 
 impl Cli {
     fn store(&self) -> anyhow::Result<crate::store::Store> {
-        let root = self.store.clone().unwrap_or_else(crate::store::Store::default_root);
+        let root = self
+            .store
+            .clone()
+            .unwrap_or_else(crate::store::Store::default_root);
         Ok(crate::store::Store::open(&root)?)
     }
 
@@ -70,7 +73,10 @@ impl Cli {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("MIMG_LOG").unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MIMG_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     let res = match &cli.command {

@@ -20,7 +20,14 @@ pub struct Args {
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
-    let resolved = crate::build::facts(&recipe, crate::build::Options { offline: a.offline, locked: false }, &store)?;
+    let resolved = crate::build::facts(
+        &recipe,
+        crate::build::Options {
+            offline: a.offline,
+            locked: false,
+        },
+        &store,
+    )?;
     let plan = crate::plan::plan(&recipe, &resolved.facts);
     let cached = crate::build::cached(&plan, &store);
     if a.json {
@@ -30,13 +37,28 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             .zip(&cached)
             .map(|(s, c)| serde_json::json!({ "label": s.label, "kind": s.kind, "key": s.key, "cached": c, "inputs": s.inputs }))
             .collect();
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "recipe": plan.recipe, "epoch": plan.epoch, "steps": steps }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "recipe": plan.recipe, "epoch": plan.epoch, "steps": steps })
+            )?
+        );
         return Ok(());
     }
     println!("recipe {} (epoch {})", plan.recipe, plan.epoch);
     for (s, c) in plan.steps.iter().zip(&cached) {
-        let layers = if s.layers.is_empty() { String::new() } else { format!("  [{}]", s.layers.join(", ")) };
-        println!("  {:<20} {}  {}{}", s.label, s.key, if *c { "cached" } else { "to build" }, layers);
+        let layers = if s.layers.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", s.layers.join(", "))
+        };
+        println!(
+            "  {:<20} {}  {}{}",
+            s.label,
+            s.key,
+            if *c { "cached" } else { "to build" },
+            layers
+        );
     }
     let n = cached.iter().filter(|c| !**c).count();
     println!("{n} of {} steps to build", plan.steps.len());

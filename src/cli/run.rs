@@ -37,7 +37,10 @@ pub struct Args {
 }
 
 pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
-    let serial_log = a.serial_log.clone().unwrap_or_else(|| a.image.with_extension("serial.log"));
+    let serial_log = a
+        .serial_log
+        .clone()
+        .unwrap_or_else(|| a.image.with_extension("serial.log"));
     let spec = RunSpec {
         image: a.image.clone(),
         seed: a.seed.clone(),
@@ -49,7 +52,12 @@ pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
         uefi: a.uefi,
     };
     let mut vm = crate::vm::start(&spec)?;
-    eprintln!("mimg run: {} booting; network: {}; serial console: {}", a.image.display(), vm.mode, serial_log.display());
+    eprintln!(
+        "mimg run: {} booting; network: {}; serial console: {}",
+        a.image.display(),
+        vm.mode,
+        serial_log.display()
+    );
     if let Some(g) = vm.guest {
         eprintln!("mimg run: guest address {g}");
     }

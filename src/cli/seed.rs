@@ -23,23 +23,47 @@ pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
     let o = crate::overlay::load(&a.overlay)?;
     let r = crate::seed::render(&o);
     let img = crate::seed::image(&r, crate::seed::volume_id(&r))?;
-    let out = a.out.clone().unwrap_or_else(|| PathBuf::from("images").join(format!("{}-seed.img", o.customer)));
+    let out = a
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("images").join(format!("{}-seed.img", o.customer)));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     // Secrets inside: the file is private from its first byte.
-    let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = out.with_file_name(format!(".{name}.tmp.{}", std::process::id()));
     {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
         f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
         f.write_all(&img)?;
         f.sync_all()?;
     }
     std::fs::rename(&tmp, &out).with_context(|| format!("cannot rename into {}", out.display()))?;
-    let instance = r.meta_data.lines().next().unwrap_or_default().trim_start_matches("instance-id: ").trim_matches('"').to_string();
-    println!("{}  customer {}  {instance}  in {:.3}s", out.display(), o.customer, t0.elapsed().as_secs_f64());
+    let instance = r
+        .meta_data
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("instance-id: ")
+        .trim_matches('"')
+        .to_string();
+    println!(
+        "{}  customer {}  {instance}  in {:.3}s",
+        out.display(),
+        o.customer,
+        t0.elapsed().as_secs_f64()
+    );
     Ok(())
 }

@@ -44,13 +44,18 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 match store.meta(&k) {
                     Ok(m) => {
                         let size: u64 = m.files.values().map(|f| f.size).sum();
-                        println!("  step {k}  {:<20} {:>10} bytes  built in {:.1}s", m.label, size, m.seconds);
+                        println!(
+                            "  step {k}  {:<20} {:>10} bytes  built in {:.1}s",
+                            m.label, size, m.seconds
+                        );
                     }
                     Err(e) => println!("  step {k}  damaged: {e}"),
                 }
             }
             for b in store.blobs()? {
-                let size = std::fs::metadata(store.blob(&b)).map(|m| m.len()).unwrap_or(0);
+                let size = std::fs::metadata(store.blob(&b))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
                 println!("  blob {b}  {size:>10} bytes");
             }
             Ok(())
@@ -65,16 +70,23 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 for b in &bad {
                     eprintln!("damaged: {b}");
                 }
-                bail!("{} of {n} store entries are damaged\nhint: remove them (or run `mimg store gc`) and build again", bad.len())
+                bail!(
+                    "{} of {n} store entries are damaged\nhint: remove them (or run `mimg store gc`) and build again",
+                    bad.len()
+                )
             }
         }
         Command::Gc { keep, dry_run } => {
             let mut keys = BTreeSet::new();
             for dir in keep {
-                let Ok(rd) = std::fs::read_dir(dir) else { continue };
+                let Ok(rd) = std::fs::read_dir(dir) else {
+                    continue;
+                };
                 for e in rd.flatten() {
                     if e.file_name().to_string_lossy().ends_with(".manifest.json")
-                        && let Ok(m) = serde_json::from_slice::<crate::build::Manifest>(&std::fs::read(e.path())?)
+                        && let Ok(m) = serde_json::from_slice::<crate::build::Manifest>(
+                            &std::fs::read(e.path())?,
+                        )
                     {
                         keys.extend(m.steps.into_iter().map(|s| s.key));
                     }
@@ -97,7 +109,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             let (mut steps, mut blobs) = (0, 0);
             for k in store.keys()? {
                 if !keys.contains(k.as_str()) {
-                    println!("{} step {k}", if *dry_run { "would remove" } else { "removed" });
+                    println!(
+                        "{} step {k}",
+                        if *dry_run { "would remove" } else { "removed" }
+                    );
                     if !dry_run {
                         let _l = store.lock(&k)?;
                         store.remove_step(&k);
@@ -107,19 +122,31 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             }
             for b in store.blobs()? {
                 if !pins.contains(&b) {
-                    println!("{} blob {b}", if *dry_run { "would remove" } else { "removed" });
+                    println!(
+                        "{} blob {b}",
+                        if *dry_run { "would remove" } else { "removed" }
+                    );
                     if !dry_run {
                         store.remove_blob(&b);
                     }
                     blobs += 1;
                 }
             }
-            println!("gc: {steps} steps and {blobs} blobs {}; kept {} steps named by manifests", if *dry_run { "to remove" } else { "removed" }, keys.len());
+            println!(
+                "gc: {steps} steps and {blobs} blobs {}; kept {} steps named by manifests",
+                if *dry_run { "to remove" } else { "removed" },
+                keys.len()
+            );
             Ok(())
         }
         Command::Add { file } => {
             let sum = store.add_file(file)?;
-            println!("{}  sha256 {}  {} bytes", file.display(), sum.sha256, sum.size);
+            println!(
+                "{}  sha256 {}  {} bytes",
+                file.display(),
+                sum.sha256,
+                sum.size
+            );
             Ok(())
         }
     }

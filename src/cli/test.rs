@@ -47,29 +47,47 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
     let overlay = crate::overlay::load(&a.overlay)?;
-    let built = crate::build::build(&recipe, &store, &a.out, &Quiet, crate::build::Options::default())?;
+    let built = crate::build::build(
+        &recipe,
+        &store,
+        &a.out,
+        &Quiet,
+        crate::build::Options::default(),
+    )?;
     let work = tempfile::Builder::new().prefix("mimg-test-").tempdir()?;
     let rendered = crate::seed::render(&overlay);
     let seed = work.path().join("seed.img");
-    std::fs::write(&seed, crate::seed::image(&rendered, crate::seed::volume_id(&rendered))?)?;
+    std::fs::write(
+        &seed,
+        crate::seed::image(&rendered, crate::seed::volume_id(&rendered))?,
+    )?;
     let data = match &a.data_disk {
         Some(d) => d.clone(),
         None => {
             let d = work.path().join("data.qcow2");
-            let st = std::process::Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&d).arg("8G").status()?;
+            let st = std::process::Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&d)
+                .arg("8G")
+                .status()?;
             if !st.success() {
                 bail!("qemu-img could not make a data disk");
             }
             d
         }
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let serial = work.path().join("serial.log");
     let spec = crate::vm::RunSpec {
         image: built.image.clone(),
         seed: Some(seed),
         data_disk: Some(data),
-        forwards: vec![crate::vm::Forward { host: port, guest: 80 }],
+        forwards: vec![crate::vm::Forward {
+            host: port,
+            guest: 80,
+        }],
         serial_log: serial.clone(),
         memory_mib: 2048,
         cpus: 2,
@@ -77,12 +95,21 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     };
     let mut vm = crate::vm::start(&spec)?;
     if !a.json {
-        eprintln!("booting {} ({}), waiting for Synapse through nginx", built.image.display(), vm.mode);
+        eprintln!(
+            "booting {} ({}), waiting for Synapse through nginx",
+            built.image.display(),
+            vm.mode
+        );
     }
     let client = acceptance::Client::new(port);
     let mut checks: Vec<Check> = Vec::new();
     let boot = Instant::now();
-    let healthy = acceptance::wait_healthy(&client, &overlay, Duration::from_secs(a.timeout), &mut || vm.running());
+    let healthy = acceptance::wait_healthy(
+        &client,
+        &overlay,
+        Duration::from_secs(a.timeout),
+        &mut || vm.running(),
+    );
     checks.push(Check {
         name: "boot until Synapse answers through nginx".into(),
         ok: healthy.is_ok(),
@@ -99,7 +126,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     drop(vm);
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "recipe": recipe.name, "image": built.image, "ok": failed.is_empty(), "seconds": t0.elapsed().as_secs_f64(), "checks": checks }))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "recipe": recipe.name, "image": built.image, "ok": failed.is_empty(), "seconds": t0.elapsed().as_secs_f64(), "checks": checks })
+            )?
+        );
     } else {
         let tty = std::io::stdout().is_terminal();
         for c in &checks {
@@ -111,12 +143,21 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             };
             println!("{mark} {:>7.1}s  {}  ({})", c.seconds, c.name, c.detail);
         }
-        println!("{} passed, {} failed", checks.len() - failed.len(), failed.len());
+        println!(
+            "{} passed, {} failed",
+            checks.len() - failed.len(),
+            failed.len()
+        );
     }
     if let Some(f) = failed.first() {
         let lines: Vec<&str> = serial_text.lines().collect();
         let tail = lines[lines.len().saturating_sub(30)..].join("\n");
-        return Err(anyhow::anyhow!("check failed: {}: {}\n--- last lines of the serial console:\n{tail}", f.name, f.detail)).context(format!("mimg test {}", recipe.name));
+        return Err(anyhow::anyhow!(
+            "check failed: {}: {}\n--- last lines of the serial console:\n{tail}",
+            f.name,
+            f.detail
+        ))
+        .context(format!("mimg test {}", recipe.name));
     }
     Ok(())
 }

@@ -11,12 +11,20 @@ use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    #[error("no Debian mirror configured\nhint: set MIMG_DEBIAN_MIRROR=http://MIRROR/debian or add a deb822 source under /etc/apt/sources.list.d/")]
+    #[error(
+        "no Debian mirror configured\nhint: set MIMG_DEBIAN_MIRROR=http://MIRROR/debian or add a deb822 source under /etc/apt/sources.list.d/"
+    )]
     NoMirror,
-    #[error("cannot reach the Debian mirror at {url}: {reason}\nhint: check the network or set MIMG_DEBIAN_MIRROR to a reachable mirror")]
+    #[error(
+        "cannot reach the Debian mirror at {url}: {reason}\nhint: check the network or set MIMG_DEBIAN_MIRROR to a reachable mirror"
+    )]
     Unreachable { url: String, reason: String },
     #[error("{url}: HTTP status {status}\nhint: is `{suite}` a suite this mirror carries?")]
-    Status { url: String, status: u16, suite: String },
+    Status {
+        url: String,
+        status: u16,
+        suite: String,
+    },
     #[error("{url}: no `Date:` field in InRelease")]
     NoDate { url: String },
 }
@@ -103,12 +111,19 @@ pub fn release(mirror: &str, suite: &str) -> Result<Release, FetchError> {
                         .find_map(|l| l.strip_prefix("Date:"))
                         .and_then(|d| parse_rfc2822(d.trim()))
                         .ok_or_else(|| FetchError::NoDate { url: url.clone() })?;
-                    return Ok(Release { sha256: hex::encode(Sha256::digest(&body)), epoch });
+                    return Ok(Release {
+                        sha256: hex::encode(Sha256::digest(&body)),
+                        epoch,
+                    });
                 }
                 Err(e) => last = e.to_string(),
             },
             Ok(r) if r.status().is_client_error() => {
-                return Err(FetchError::Status { url, status: r.status().as_u16(), suite: suite.into() });
+                return Err(FetchError::Status {
+                    url,
+                    status: r.status().as_u16(),
+                    suite: suite.into(),
+                });
             }
             Ok(r) => last = format!("HTTP status {}", r.status()),
             Err(e) => last = error_chain(&e),
@@ -134,7 +149,12 @@ pub fn parse_rfc2822(s: &str) -> Option<u64> {
     let mut it = s.split_whitespace();
     let day: u64 = it.next()?.parse().ok()?;
     let mon_name = it.next()?;
-    let mon = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"].iter().position(|m| *m == mon_name)? as u64 + 1;
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| *m == mon_name)? as u64
+        + 1;
     let year: u64 = it.next()?.parse().ok()?;
     let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
     let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
@@ -162,8 +182,14 @@ mod tests {
 
     #[test]
     fn release_dates() {
-        assert_eq!(parse_rfc2822("Sat, 01 Jan 2000 00:00:00 UTC"), Some(946684800));
-        assert_eq!(parse_rfc2822("Sat, 09 Aug 2025 09:26:03 UTC"), Some(1754731563));
+        assert_eq!(
+            parse_rfc2822("Sat, 01 Jan 2000 00:00:00 UTC"),
+            Some(946684800)
+        );
+        assert_eq!(
+            parse_rfc2822("Sat, 09 Aug 2025 09:26:03 UTC"),
+            Some(1754731563)
+        );
         assert_eq!(parse_rfc2822("garbage"), None);
     }
 
@@ -176,30 +202,64 @@ mod tests {
             "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm\n\nTypes: deb\nURIs: http://mirror.invalid/debian-security\n",
         )
         .unwrap();
-        assert_eq!(mirror_from_apt(d.path()).as_deref(), Some("http://mirror.invalid/debian"));
+        assert_eq!(
+            mirror_from_apt(d.path()).as_deref(),
+            Some("http://mirror.invalid/debian")
+        );
         let e = tempfile::tempdir().unwrap();
-        std::fs::write(e.path().join("sources.list"), "# x\ndeb [arch=amd64] http://m.invalid/debian/ bookworm main\n").unwrap();
-        assert_eq!(mirror_from_apt(e.path()).as_deref(), Some("http://m.invalid/debian"));
+        std::fs::write(
+            e.path().join("sources.list"),
+            "# x\ndeb [arch=amd64] http://m.invalid/debian/ bookworm main\n",
+        )
+        .unwrap();
+        assert_eq!(
+            mirror_from_apt(e.path()).as_deref(),
+            Some("http://m.invalid/debian")
+        );
     }
 }
 
 /// Why a pinned file could not be had.
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
-    #[error("the sha256 of {name} did not match: expected {expected}, got {got}\nhint: the upstream file changed or the download was cut; check the pin in the recipe")]
-    Mismatch { name: String, expected: String, got: String },
-    #[error("cannot download {url}: {reason}\nhint: fetch the file elsewhere and put it in the store with `mimg store add FILE` (it must have sha256 {sha256})")]
-    Failed { url: String, sha256: String, reason: String },
+    #[error(
+        "the sha256 of {name} did not match: expected {expected}, got {got}\nhint: the upstream file changed or the download was cut; check the pin in the recipe"
+    )]
+    Mismatch {
+        name: String,
+        expected: String,
+        got: String,
+    },
+    #[error(
+        "cannot download {url}: {reason}\nhint: fetch the file elsewhere and put it in the store with `mimg store add FILE` (it must have sha256 {sha256})"
+    )]
+    Failed {
+        url: String,
+        sha256: String,
+        reason: String,
+    },
     #[error("{url}: the transfer was cut after {got} of {expected} bytes")]
-    Truncated { url: String, got: u64, expected: u64 },
+    Truncated {
+        url: String,
+        got: u64,
+        expected: u64,
+    },
     #[error("writing {}: {source}", path.display())]
-    Write { path: std::path::PathBuf, source: std::io::Error },
+    Write {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// Download `url` into `dest`, hashing while streaming; the file is left
 /// only if its sha256 is `expected`. Three tries for network failures;
 /// `progress` gets (bytes so far, total if known).
-pub fn download(url: &str, expected: &str, dest: &Path, progress: &dyn Fn(u64, Option<u64>)) -> Result<(), DownloadError> {
+pub fn download(
+    url: &str,
+    expected: &str,
+    dest: &Path,
+    progress: &dyn Fn(u64, Option<u64>),
+) -> Result<(), DownloadError> {
     use std::io::{Read, Write};
     let name = url.rsplit('/').next().unwrap_or(url).to_string();
     let mut last = String::new();
@@ -210,7 +270,11 @@ pub fn download(url: &str, expected: &str, dest: &Path, progress: &dyn Fn(u64, O
         let resp = match client().get(url).send() {
             Ok(r) if r.status().is_success() => r,
             Ok(r) if r.status().is_client_error() => {
-                return Err(DownloadError::Failed { url: url.into(), sha256: expected.into(), reason: format!("HTTP status {}", r.status()) });
+                return Err(DownloadError::Failed {
+                    url: url.into(),
+                    sha256: expected.into(),
+                    reason: format!("HTTP status {}", r.status()),
+                });
             }
             Ok(r) => {
                 last = format!("HTTP status {}", r.status());
@@ -222,7 +286,10 @@ pub fn download(url: &str, expected: &str, dest: &Path, progress: &dyn Fn(u64, O
             }
         };
         let total = resp.content_length();
-        let mut f = std::fs::File::create(dest).map_err(|source| DownloadError::Write { path: dest.into(), source })?;
+        let mut f = std::fs::File::create(dest).map_err(|source| DownloadError::Write {
+            path: dest.into(),
+            source,
+        })?;
         let mut h = Sha256::new();
         let mut got = 0u64;
         let mut buf = vec![0u8; 1 << 16];
@@ -232,7 +299,11 @@ pub fn download(url: &str, expected: &str, dest: &Path, progress: &dyn Fn(u64, O
                 Ok(0) => break Ok(()),
                 Ok(n) => {
                     h.update(&buf[..n]);
-                    f.write_all(&buf[..n]).map_err(|source| DownloadError::Write { path: dest.into(), source })?;
+                    f.write_all(&buf[..n])
+                        .map_err(|source| DownloadError::Write {
+                            path: dest.into(),
+                            source,
+                        })?;
                     got += n as u64;
                     progress(got, total);
                 }
@@ -248,16 +319,32 @@ pub fn download(url: &str, expected: &str, dest: &Path, progress: &dyn Fn(u64, O
             && t != got
         {
             let _ = std::fs::remove_file(dest);
-            last = DownloadError::Truncated { url: url.into(), got, expected: t }.to_string();
+            last = DownloadError::Truncated {
+                url: url.into(),
+                got,
+                expected: t,
+            }
+            .to_string();
             continue;
         }
         let sum = hex::encode(h.finalize());
         if sum != expected {
             let _ = std::fs::remove_file(dest);
-            return Err(DownloadError::Mismatch { name, expected: expected.into(), got: sum });
+            return Err(DownloadError::Mismatch {
+                name,
+                expected: expected.into(),
+                got: sum,
+            });
         }
-        f.sync_all().map_err(|source| DownloadError::Write { path: dest.into(), source })?;
+        f.sync_all().map_err(|source| DownloadError::Write {
+            path: dest.into(),
+            source,
+        })?;
         return Ok(());
     }
-    Err(DownloadError::Failed { url: url.into(), sha256: expected.into(), reason: last })
+    Err(DownloadError::Failed {
+        url: url.into(),
+        sha256: expected.into(),
+        reason: last,
+    })
 }

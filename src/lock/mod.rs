@@ -51,13 +51,17 @@ pub fn layer_hashes(recipe: &Recipe, facts: &Facts) -> BTreeMap<String, String> 
         .map(|l| {
             let mut v = serde_json::to_value(l).expect("layers serialise");
             v["content"] = serde_json::json!(facts.contents.get(l.name.as_str()));
-            (l.name.to_string(), hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json"))))
+            (
+                l.name.to_string(),
+                hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json"))),
+            )
         })
         .collect()
 }
 
 fn recipe_sha256(recipe: &Recipe) -> String {
-    let v = serde_json::json!({ "base": recipe.base, "sources": recipe.sources, "disk": recipe.disk });
+    let v =
+        serde_json::json!({ "base": recipe.base, "sources": recipe.sources, "disk": recipe.disk });
     hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
 }
 
@@ -87,10 +91,17 @@ pub fn read(recipe: &Recipe) -> Result<Option<Lock>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let lock: Lock = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let lock: Lock = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
     if lock.version != VERSION {
-        bail!("{}: lock version {} is not supported (this mimg reads version {VERSION})\nhint: run `mimg lock {}`", p.display(), lock.version, recipe.name);
+        bail!(
+            "{}: lock version {} is not supported (this mimg reads version {VERSION})\nhint: run `mimg lock {}`",
+            p.display(),
+            lock.version,
+            recipe.name
+        );
     }
     Ok(Some(lock))
 }
@@ -100,8 +111,10 @@ pub fn read_inherited(recipe: &Recipe) -> Result<Option<Lock>> {
     for f in recipe.files.iter().skip(1) {
         let p = f.with_extension("lock");
         if p.is_file() {
-            let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-            let lock: Lock = toml::from_str(&text).map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
+            let text = std::fs::read_to_string(&p)
+                .with_context(|| format!("cannot read {}", p.display()))?;
+            let lock: Lock = toml::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
             if lock.version == VERSION {
                 return Ok(Some(lock));
             }
@@ -113,14 +126,24 @@ pub fn read_inherited(recipe: &Recipe) -> Result<Option<Lock>> {
 /// Write the lock atomically beside the recipe.
 pub fn write(recipe: &Recipe, lock: &Lock) -> Result<std::path::PathBuf> {
     let p = recipe.lock_path();
-    let text = format!("# Written by `mimg lock {}`. Commit it; refresh with `mimg lock {} --update`.\n{}", recipe.name, recipe.name, toml::to_string(lock)?);
+    let text = format!(
+        "# Written by `mimg lock {}`. Commit it; refresh with `mimg lock {} --update`.\n{}",
+        recipe.name,
+        recipe.name,
+        toml::to_string(lock)?
+    );
     crate::build::atomic_write(&p, text.as_bytes())?;
     Ok(p)
 }
 
 /// Facts for planning, from the lock and local files only.
 pub fn facts(lock: &Lock, contents: BTreeMap<String, String>) -> Facts {
-    Facts { releases: lock.releases.clone(), epoch: lock.epoch, tools_epoch: lock.tools_epoch, contents }
+    Facts {
+        releases: lock.releases.clone(),
+        epoch: lock.epoch,
+        tools_epoch: lock.tools_epoch,
+        contents,
+    }
 }
 
 /// What changed in the recipe since the lock was written; empty if nothing.

@@ -22,7 +22,10 @@ use crate::recipe::{Loc, span_loc};
 #[derive(Debug, thiserror::Error)]
 pub enum OverlayError {
     #[error("cannot read overlay {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{loc}: {msg}")]
     Syntax { loc: Loc, msg: String },
     #[error("{loc}: key `{key}`: {msg}")]
@@ -170,10 +173,18 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn err(&self, v: &Spanned<impl Sized>, key: &str, msg: impl Into<String>) -> OverlayError {
-        OverlayError::Invalid { loc: span_loc(self.path, self.text, v.span()), key: key.into(), msg: msg.into() }
+        OverlayError::Invalid {
+            loc: span_loc(self.path, self.text, v.span()),
+            key: key.into(),
+            msg: msg.into(),
+        }
     }
 
-    fn parse<T: std::str::FromStr<Err = Refused>>(&self, v: &Spanned<String>, key: &str) -> Result<T, OverlayError> {
+    fn parse<T: std::str::FromStr<Err = Refused>>(
+        &self,
+        v: &Spanned<String>,
+        key: &str,
+    ) -> Result<T, OverlayError> {
         v.get_ref().parse::<T>().map_err(|e| self.err(v, key, e.0))
     }
 
@@ -184,40 +195,87 @@ impl Ctx<'_> {
             return Err(self.err(v, key, "must name a file"));
         }
         let p = self.path.parent().unwrap_or(Path::new(".")).join(name);
-        let text = std::fs::read_to_string(&p).map_err(|e| self.err(v, key, format!("cannot read secret file {}: {e}", p.display())))?;
+        let text = std::fs::read_to_string(&p).map_err(|e| {
+            self.err(
+                v,
+                key,
+                format!("cannot read secret file {}: {e}", p.display()),
+            )
+        })?;
         Secret::parse(&text).map_err(|e| self.err(v, key, format!("{}: {}", p.display(), e.0)))
     }
 
-    fn choice<T: Copy>(&self, v: &Option<Spanned<String>>, key: &str, default: T, options: &[(&str, T)]) -> Result<T, OverlayError> {
+    fn choice<T: Copy>(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        default: T,
+        options: &[(&str, T)],
+    ) -> Result<T, OverlayError> {
         let Some(v) = v else { return Ok(default) };
-        options.iter().find(|(n, _)| *n == v.get_ref()).map(|(_, t)| *t).ok_or_else(|| {
-            let names: Vec<_> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
-            self.err(v, key, format!("`{}` is not one of {}", v.get_ref().escape_debug(), names.join(", ")))
-        })
+        options
+            .iter()
+            .find(|(n, _)| *n == v.get_ref())
+            .map(|(_, t)| *t)
+            .ok_or_else(|| {
+                let names: Vec<_> = options.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+                self.err(
+                    v,
+                    key,
+                    format!(
+                        "`{}` is not one of {}",
+                        v.get_ref().escape_debug(),
+                        names.join(", ")
+                    ),
+                )
+            })
     }
 }
 
 /// Load and validate the overlay at `path`.
 pub fn load(path: &Path) -> Result<Overlay, OverlayError> {
-    let text = std::fs::read_to_string(path).map_err(|source| OverlayError::Read { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| OverlayError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     parse(path, &text)
 }
 
 /// Validate overlay `text` as if read from `path` (secret files are read
 /// relative to it).
 pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
-    let raw: Raw = toml::from_str(text).map_err(|e| OverlayError::Syntax { loc: span_loc(path, text, e.span().unwrap_or(0..0)), msg: e.message().trim().to_string() })?;
+    let raw: Raw = toml::from_str(text).map_err(|e| OverlayError::Syntax {
+        loc: span_loc(path, text, e.span().unwrap_or(0..0)),
+        msg: e.message().trim().to_string(),
+    })?;
     let c = Ctx { path, text };
     let customer: Customer = c.parse(&raw.customer, "customer")?;
     let server_name: DomainName = c.parse(&raw.server_name, "server_name")?;
     let homeserver: DomainName = c.parse(&raw.homeserver, "homeserver")?;
     let web_client: DomainName = c.parse(&raw.web_client, "web_client")?;
     if web_client == homeserver || web_client == server_name {
-        return Err(c.err(&raw.web_client, "web_client", "the web client needs a domain of its own (not the homeserver's or the server name)"));
+        return Err(c.err(
+            &raw.web_client,
+            "web_client",
+            "the web client needs a domain of its own (not the homeserver's or the server name)",
+        ));
     }
-    let tls = c.choice(&raw.tls, "tls", Tls::External, &[("external", Tls::External), ("acme", Tls::Acme)])?;
-    let registration =
-        c.choice(&raw.registration, "registration", Registration::Closed, &[("closed", Registration::Closed), ("open", Registration::Open), ("token", Registration::Token)])?;
+    let tls = c.choice(
+        &raw.tls,
+        "tls",
+        Tls::External,
+        &[("external", Tls::External), ("acme", Tls::Acme)],
+    )?;
+    let registration = c.choice(
+        &raw.registration,
+        "registration",
+        Registration::Closed,
+        &[
+            ("closed", Registration::Closed),
+            ("open", Registration::Open),
+            ("token", Registration::Token),
+        ],
+    )?;
     let max_upload = match &raw.max_upload {
         Some(v) => c.parse(v, "max_upload")?,
         None => Size { bytes: 50 << 20 },
@@ -227,8 +285,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
             if t.uris.is_empty() {
                 return Err(c.err(&t.secret_file, "turn.uris", "needs at least one TURN URI"));
             }
-            let uris = t.uris.iter().map(|u| c.parse(u, "turn.uris")).collect::<Result<Vec<TurnUri>, _>>()?;
-            Some(Turn { uris, secret: c.secret(&t.secret_file, "turn.secret_file")? })
+            let uris = t
+                .uris
+                .iter()
+                .map(|u| c.parse(u, "turn.uris"))
+                .collect::<Result<Vec<TurnUri>, _>>()?;
+            Some(Turn {
+                uris,
+                secret: c.secret(&t.secret_file, "turn.secret_file")?,
+            })
         }
         None => None,
     };
@@ -239,24 +304,44 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         if !seen.insert(user.clone()) {
             return Err(c.err(&a.user, "admin.user", format!("`{user}` is listed twice")));
         }
-        admins.push(Admin { user, password: c.secret(&a.password_file, "admin.password_file")? });
+        admins.push(Admin {
+            user,
+            password: c.secret(&a.password_file, "admin.password_file")?,
+        });
     }
     let n = &raw.network;
     let address: Ipv6Net = c.parse(&n.address, "network.address")?;
-    let gateway = parse_ipv6(n.gateway.get_ref()).map_err(|e| c.err(&n.gateway, "network.gateway", e.0))?;
+    let gateway =
+        parse_ipv6(n.gateway.get_ref()).map_err(|e| c.err(&n.gateway, "network.gateway", e.0))?;
     let link_local = (gateway.segments()[0] & 0xffc0) == 0xfe80;
     if !link_local && !same_prefix(address.addr, gateway, address.prefix) {
-        return Err(c.err(&n.gateway, "network.gateway", format!("{gateway} is neither in {address}'s network nor link-local")));
+        return Err(c.err(
+            &n.gateway,
+            "network.gateway",
+            format!("{gateway} is neither in {address}'s network nor link-local"),
+        ));
     }
     if gateway == address.addr {
-        return Err(c.err(&n.gateway, "network.gateway", "the gateway cannot be the VM's own address"));
+        return Err(c.err(
+            &n.gateway,
+            "network.gateway",
+            "the gateway cannot be the VM's own address",
+        ));
     }
-    let dns = n.dns.iter().map(|d| parse_ipv6(d.get_ref()).map_err(|e| c.err(d, "network.dns", e.0))).collect::<Result<Vec<_>, _>>()?;
+    let dns = n
+        .dns
+        .iter()
+        .map(|d| parse_ipv6(d.get_ref()).map_err(|e| c.err(d, "network.dns", e.0)))
+        .collect::<Result<Vec<_>, _>>()?;
     let interface = match &n.interface {
         Some(i) => {
             let id: Ident = c.parse(i, "network.interface")?;
             if id.as_str().len() > 15 {
-                return Err(c.err(i, "network.interface", "an interface name has at most 15 characters"));
+                return Err(c.err(
+                    i,
+                    "network.interface",
+                    "an interface name has at most 15 characters",
+                ));
             }
             id
         }
@@ -264,15 +349,30 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
     };
     let mac = match &n.mac {
         Some(m) => {
-            let ok = m.get_ref().len() == 17 && m.get_ref().split(':').all(|p| p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()));
+            let ok = m.get_ref().len() == 17
+                && m.get_ref().split(':').all(|p| {
+                    p.len() == 2
+                        && p.bytes()
+                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+                });
             if !ok {
-                return Err(c.err(m, "network.mac", "must be a lowercase MAC address like \"52:54:00:12:34:56\""));
+                return Err(c.err(
+                    m,
+                    "network.mac",
+                    "must be a lowercase MAC address like \"52:54:00:12:34:56\"",
+                ));
             }
             Some(m.get_ref().clone())
         }
         None => None,
     };
-    let network = Network { address, gateway, dns, interface, mac };
+    let network = Network {
+        address,
+        gateway,
+        dns,
+        interface,
+        mac,
+    };
     let data_disk = match &raw.data_disk {
         Some(d) => c.parse(&d.device, "data_disk.device")?,
         None => "/dev/vdb".parse().expect("valid"),
@@ -285,7 +385,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         }),
         None => None,
     };
-    let ssh_authorized_keys = raw.ssh_authorized_keys.iter().map(|k| c.parse(k, "ssh_authorized_keys")).collect::<Result<Vec<SshKey>, _>>()?;
+    let ssh_authorized_keys = raw
+        .ssh_authorized_keys
+        .iter()
+        .map(|k| c.parse(k, "ssh_authorized_keys"))
+        .collect::<Result<Vec<SshKey>, _>>()?;
     Ok(Overlay {
         file: path.to_path_buf(),
         customer,
@@ -305,7 +409,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
 }
 
 fn same_prefix(a: Ipv6Addr, b: Ipv6Addr, prefix: u8) -> bool {
-    let mask = if prefix == 0 { 0 } else { u128::MAX << (128 - prefix as u32) };
+    let mask = if prefix == 0 {
+        0
+    } else {
+        u128::MAX << (128 - prefix as u32)
+    };
     (u128::from(a) & mask) == (u128::from(b) & mask)
 }
 

@@ -63,7 +63,12 @@ text_type!(
 );
 
 fn ldh_label(l: &str) -> bool {
-    !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') && !l.starts_with('-') && !l.ends_with('-')
+    !l.is_empty()
+        && l.len() <= 63
+        && l.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
 }
 
 impl FromStr for Customer {
@@ -72,7 +77,10 @@ impl FromStr for Customer {
         if ldh_label(s) && s.len() <= 40 {
             Ok(Customer(s.into()))
         } else {
-            Err(Refused(format!("`{}` is not a customer id: use 1-40 of a-z, 0-9 and `-` (not at either end)", s.escape_debug())))
+            Err(Refused(format!(
+                "`{}` is not a customer id: use 1-40 of a-z, 0-9 and `-` (not at either end)",
+                s.escape_debug()
+            )))
         }
     }
 }
@@ -81,11 +89,17 @@ impl FromStr for DomainName {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
         let labels: Vec<&str> = s.split('.').collect();
-        let ok = s.len() <= 253 && labels.len() >= 2 && labels.iter().all(|l| ldh_label(l)) && !labels.last().unwrap().bytes().all(|b| b.is_ascii_digit());
+        let ok = s.len() <= 253
+            && labels.len() >= 2
+            && labels.iter().all(|l| ldh_label(l))
+            && !labels.last().unwrap().bytes().all(|b| b.is_ascii_digit());
         if ok {
             Ok(DomainName(s.into()))
         } else {
-            Err(Refused(format!("`{}` is not a domain name (lowercase labels of a-z, 0-9 and `-`, separated by dots; no port, no wildcard)", s.escape_debug())))
+            Err(Refused(format!(
+                "`{}` is not a domain name (lowercase labels of a-z, 0-9 and `-`, separated by dots; no port, no wildcard)",
+                s.escape_debug()
+            )))
         }
     }
 }
@@ -93,16 +107,36 @@ impl FromStr for DomainName {
 impl FromStr for Localpart {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
-        let ok = !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) && !s.starts_with(['.', '-']) && !s.contains("..");
-        if ok { Ok(Localpart(s.into())) } else { Err(Refused(format!("`{}` is not a Matrix user name: use 1-64 of a-z, 0-9, `.`, `_`, `-`", s.escape_debug()))) }
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+            && !s.starts_with(['.', '-'])
+            && !s.contains("..");
+        if ok {
+            Ok(Localpart(s.into()))
+        } else {
+            Err(Refused(format!(
+                "`{}` is not a Matrix user name: use 1-64 of a-z, 0-9, `.`, `_`, `-`",
+                s.escape_debug()
+            )))
+        }
     }
 }
 
 impl FromStr for TurnUri {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
-        let bad = || Refused(format!("`{}` is not a TURN URI like \"turn:turn.example.net:3478?transport=udp\"", s.escape_debug()));
-        let rest = s.strip_prefix("turns:").or_else(|| s.strip_prefix("turn:")).ok_or_else(bad)?;
+        let bad = || {
+            Refused(format!(
+                "`{}` is not a TURN URI like \"turn:turn.example.net:3478?transport=udp\"",
+                s.escape_debug()
+            ))
+        };
+        let rest = s
+            .strip_prefix("turns:")
+            .or_else(|| s.strip_prefix("turn:"))
+            .ok_or_else(bad)?;
         let (hostport, query) = match rest.split_once('?') {
             Some((h, q)) => (h, Some(q)),
             None => (rest, None),
@@ -127,19 +161,28 @@ impl FromStr for DevicePath {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
         let simple = |prefix: &str| {
-            s.strip_prefix(prefix).is_some_and(|r| !r.is_empty() && r.len() <= 3 && r.bytes().all(|b| b.is_ascii_lowercase()))
+            s.strip_prefix(prefix).is_some_and(|r| {
+                !r.is_empty() && r.len() <= 3 && r.bytes().all(|b| b.is_ascii_lowercase())
+            })
         };
         let nvme = s.strip_prefix("/dev/nvme").is_some_and(|r| {
             let mut parts = r.split('n');
             matches!((parts.next(), parts.next(), parts.next()), (Some(a), Some(b), None) if !a.is_empty() && !b.is_empty() && a.bytes().chain(b.bytes()).all(|c| c.is_ascii_digit()))
         });
         let by_id = s.strip_prefix("/dev/disk/by-id/").is_some_and(|r| {
-            !r.is_empty() && r.len() <= 128 && r.bytes().all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b)) && !r.starts_with('.')
+            !r.is_empty()
+                && r.len() <= 128
+                && r.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+                && !r.starts_with('.')
         });
         if simple("/dev/vd") || simple("/dev/sd") || simple("/dev/xvd") || nvme || by_id {
             Ok(DevicePath(s.into()))
         } else {
-            Err(Refused(format!("`{}` is not a disk device such as /dev/vdb or /dev/disk/by-id/NAME", s.escape_debug())))
+            Err(Refused(format!(
+                "`{}` is not a disk device such as /dev/vdb or /dev/disk/by-id/NAME",
+                s.escape_debug()
+            )))
         }
     }
 }
@@ -164,11 +207,21 @@ impl FromStr for SshKey {
         if !TYPES.contains(&ty) {
             return Err(bad("unknown key type"));
         }
-        if blob.len() < 16 || !blob.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)) {
+        if blob.len() < 16
+            || !blob
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+        {
             return Err(bad("the key is not base64"));
         }
-        if comment.len() > 100 || !comment.bytes().all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b)) {
-            return Err(bad("the comment may hold only letters, digits, `@`, `.`, `_`, `-`"));
+        if comment.len() > 100
+            || !comment
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"@._-".contains(&b))
+        {
+            return Err(bad(
+                "the comment may hold only letters, digits, `@`, `.`, `_`, `-`",
+            ));
         }
         Ok(SshKey(s.into()))
     }
@@ -177,14 +230,23 @@ impl FromStr for SshKey {
 impl FromStr for HttpsUrl {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
-        let bad = || Refused(format!("`{}` is not an https URL of a domain name with a plain path", s.escape_debug()));
+        let bad = || {
+            Refused(format!(
+                "`{}` is not an https URL of a domain name with a plain path",
+                s.escape_debug()
+            ))
+        };
         let rest = s.strip_prefix("https://").ok_or_else(bad)?;
         let (host, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
         };
         host.parse::<DomainName>().map_err(|_| bad())?;
-        if !path.bytes().all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b)) || path.contains("..") {
+        if !path
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-".contains(&b))
+            || path.contains("..")
+        {
             return Err(bad());
         }
         Ok(HttpsUrl(s.into()))
@@ -194,10 +256,17 @@ impl FromStr for HttpsUrl {
 impl FromStr for Ident {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
-        if !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b)) {
+        if !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b))
+        {
             Ok(Ident(s.into()))
         } else {
-            Err(Refused(format!("`{}` is not an identifier: use 1-64 of a-z, 0-9, `_`, `-`", s.escape_debug())))
+            Err(Refused(format!(
+                "`{}` is not an identifier: use 1-64 of a-z, 0-9, `_`, `-`",
+                s.escape_debug()
+            )))
         }
     }
 }
@@ -212,7 +281,12 @@ pub struct Ipv6Net {
 impl FromStr for Ipv6Net {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
-        let bad = |why: &str| Refused(format!("`{}` is not an IPv6 address with a prefix like \"2001:db8::20/64\" ({why})", s.escape_debug()));
+        let bad = |why: &str| {
+            Refused(format!(
+                "`{}` is not an IPv6 address with a prefix like \"2001:db8::20/64\" ({why})",
+                s.escape_debug()
+            ))
+        };
         let (a, p) = s.split_once('/').ok_or_else(|| bad("no /prefix"))?;
         let addr = parse_ipv6(a).map_err(|e| bad(&e.0))?;
         let prefix: u8 = p.parse().map_err(|_| bad("the prefix is not a number"))?;
@@ -234,7 +308,9 @@ pub fn parse_ipv6(s: &str) -> Result<Ipv6Addr, Refused> {
     if s.parse::<std::net::Ipv4Addr>().is_ok() {
         return Err(Refused(format!("`{s}` is IPv4; this network is IPv6-only")));
     }
-    let a: Ipv6Addr = s.parse().map_err(|_| Refused(format!("`{}` is not an IPv6 address", s.escape_debug())))?;
+    let a: Ipv6Addr = s
+        .parse()
+        .map_err(|_| Refused(format!("`{}` is not an IPv6 address", s.escape_debug())))?;
     if a.is_unspecified() || a.to_ipv4_mapped().is_some() {
         return Err(Refused(format!("`{s}` cannot be used as a host address")));
     }
@@ -262,7 +338,12 @@ impl Size {
 impl FromStr for Size {
     type Err = Refused;
     fn from_str(s: &str) -> Result<Self, Refused> {
-        let bad = || Refused(format!("`{}` is not a size like \"50M\" (K, M or G; 1K to 100G)", s.escape_debug()));
+        let bad = || {
+            Refused(format!(
+                "`{}` is not a size like \"50M\" (K, M or G; 1K to 100G)",
+                s.escape_debug()
+            ))
+        };
         let n = s.bytes().take_while(u8::is_ascii_digit).count();
         if n == 0 || n > 6 {
             return Err(bad());
@@ -295,7 +376,10 @@ impl Secret {
         if t.len() < 8 || t.len() > 512 {
             return Err(Refused("a secret must be 8 to 512 characters".into()));
         }
-        if !t.bytes().all(|b| b.is_ascii_graphic() && !b"\"'\\`$;{}#".contains(&b)) {
+        if !t
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"\"'\\`$;{}#".contains(&b))
+        {
             return Err(Refused("a secret must be one line of printable ASCII without spaces, quotes, `\\`, `$`, `;`, `{`, `}` or `#`".into()));
         }
         Ok(Secret(t.into()))

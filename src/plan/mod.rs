@@ -78,7 +78,10 @@ impl StepKey {
 impl std::str::FromStr for StepKey {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        if s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if s.len() == 64
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             Ok(StepKey(s.to_string()))
         } else {
             Err(format!("`{s}` is not a step key (64 lowercase hex digits)"))
@@ -95,7 +98,14 @@ impl std::fmt::Display for StepKey {
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` in byte order.
 pub fn uuid_text(b: &[u8; 16]) -> String {
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 /// What the plan needs to know about the world, gathered at the edges.
@@ -146,9 +156,20 @@ pub struct Step {
 }
 
 impl Step {
-    fn new(kind: StepKind, label: String, inputs: BTreeMap<String, Value>, layers: Vec<String>) -> Step {
+    fn new(
+        kind: StepKind,
+        label: String,
+        inputs: BTreeMap<String, Value>,
+        layers: Vec<String>,
+    ) -> Step {
         let key = StepKey::compute(kind.name(), &inputs);
-        Step { kind, label, key, inputs, layers }
+        Step {
+            kind,
+            label,
+            key,
+            inputs,
+            layers,
+        }
     }
 }
 
@@ -162,7 +183,9 @@ pub struct Plan {
 
 impl Plan {
     pub fn image(&self) -> &Step {
-        self.steps.last().expect("a plan always ends with the image")
+        self.steps
+            .last()
+            .expect("a plan always ends with the image")
     }
     pub fn step(&self, kind: StepKind) -> Option<&Step> {
         self.steps.iter().find(|s| s.kind == kind)
@@ -190,7 +213,12 @@ fn layer_input(layer: &Layer, facts: &Facts) -> Value {
 /// Index after the last `run` layer: layers before it are applied in the
 /// rootfs step (they may need to run commands over earlier ones).
 pub fn head_len(recipe: &Recipe) -> usize {
-    recipe.layers.iter().rposition(|l| matches!(l.kind, LayerKind::Run { .. })).map(|i| i + 1).unwrap_or(0)
+    recipe
+        .layers
+        .iter()
+        .rposition(|l| matches!(l.kind, LayerKind::Run { .. }))
+        .map(|i| i + 1)
+        .unwrap_or(0)
 }
 
 /// Make the plan. Pure: the same recipe and facts give the same keys.
@@ -209,7 +237,9 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     for l in &recipe.layers {
         if let LayerKind::Apt { packages, source } = &l.kind {
             let key = source.as_ref().map(|s| s.to_string()).unwrap_or_default();
-            apt.entry(key).or_default().extend(packages.iter().map(|p| p.to_string()));
+            apt.entry(key)
+                .or_default()
+                .extend(packages.iter().map(|p| p.to_string()));
         }
     }
     for ps in apt.values_mut() {
@@ -225,12 +255,18 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     root_in.insert("base".into(), json!(recipe.base));
     root_in.insert("sources".into(), json!(recipe.sources));
     root_in.insert("packages".into(), json!(apt));
-    let used: BTreeMap<String, Value> =
-        suites(recipe).iter().map(|s| (s.to_string(), json!(facts.releases.get(s.as_str())))).collect();
+    let used: BTreeMap<String, Value> = suites(recipe)
+        .iter()
+        .map(|s| (s.to_string(), json!(facts.releases.get(s.as_str()))))
+        .collect();
     root_in.insert("releases".into(), json!(used));
     root_in.insert("epoch".into(), json!(facts.epoch));
     root_in.insert("layers".into(), json!(head_layers));
-    let head_names = recipe.layers[..head].iter().filter(|l| !matches!(l.kind, LayerKind::Apt { .. })).map(|l| l.name.to_string()).collect();
+    let head_names = recipe.layers[..head]
+        .iter()
+        .filter(|l| !matches!(l.kind, LayerKind::Apt { .. }))
+        .map(|l| l.name.to_string())
+        .collect();
     let rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, head_names);
 
     let mut tail = Vec::new();
@@ -241,13 +277,21 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
         let mut inp = BTreeMap::new();
         inp.insert("layer".into(), layer_input(l, facts));
         inp.insert("epoch".into(), json!(facts.epoch));
-        tail.push(Step::new(StepKind::Layer, format!("layer:{}", l.name), inp, vec![l.name.to_string()]));
+        tail.push(Step::new(
+            StepKind::Layer,
+            format!("layer:{}", l.name),
+            inp,
+            vec![l.name.to_string()],
+        ));
     }
 
     let mut img_in = BTreeMap::new();
     img_in.insert("tools".into(), json!(tools.key));
     img_in.insert("rootfs".into(), json!(rootfs.key));
-    img_in.insert("layers".into(), json!(tail.iter().map(|s| &s.key).collect::<Vec<_>>()));
+    img_in.insert(
+        "layers".into(),
+        json!(tail.iter().map(|s| &s.key).collect::<Vec<_>>()),
+    );
     img_in.insert("disk".into(), json!(recipe.disk));
     img_in.insert("epoch".into(), json!(facts.epoch));
     let image = Step::new(StepKind::Image, "image".into(), img_in, vec![]);
@@ -256,7 +300,11 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     steps.push(rootfs);
     steps.extend(tail);
     steps.push(image);
-    Plan { recipe: recipe.name.to_string(), epoch: facts.epoch, steps }
+    Plan {
+        recipe: recipe.name.to_string(),
+        epoch: facts.epoch,
+        steps,
+    }
 }
 
 #[cfg(test)]
@@ -273,7 +321,10 @@ mod tests {
     const R: &str = "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"sys\"\nkind = \"apt\"\npackages = [\"b\", \"a\"]\n[[layer]]\nname = \"motd\"\nkind = \"files\"\nfrom = \"files\"\n";
 
     fn facts(content: &str) -> Facts {
-        let mut f = Facts { epoch: 1_700_000_000, ..Default::default() };
+        let mut f = Facts {
+            epoch: 1_700_000_000,
+            ..Default::default()
+        };
         f.releases.insert("trixie".into(), "00".repeat(32));
         f.contents.insert("motd".into(), content.into());
         f
@@ -317,7 +368,10 @@ mod tests {
     #[test]
     fn layers_before_a_run_layer_go_into_the_rootfs() {
         let d = tempfile::tempdir().unwrap();
-        let r = recipe(d.path(), &format!("{R}[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\n"));
+        let r = recipe(
+            d.path(),
+            &format!("{R}[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\n"),
+        );
         let p = plan(&r, &facts("x"));
         let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["tools", "rootfs", "image"]);
@@ -339,11 +393,20 @@ mod recipe_tests {
     use super::*;
 
     fn repo_recipe(name: &str) -> Recipe {
-        crate::recipe::load(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes").join(format!("{name}.toml"))).unwrap()
+        crate::recipe::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("recipes")
+                .join(format!("{name}.toml")),
+        )
+        .unwrap()
     }
 
     fn facts_for(r: &Recipe) -> Facts {
-        let mut f = Facts { epoch: 1_593_000_000, tools_epoch: 1_700_000_000, ..Default::default() };
+        let mut f = Facts {
+            epoch: 1_593_000_000,
+            tools_epoch: 1_700_000_000,
+            ..Default::default()
+        };
         for s in suites(r) {
             f.releases.insert(s.to_string(), "11".repeat(32));
         }
@@ -355,29 +418,62 @@ mod recipe_tests {
     fn the_2020_buster_image_parses_and_plans() {
         let r = repo_recipe("ungleich-prod-buster");
         assert_eq!(r.base.suite.as_str(), "buster");
-        let backports = r.layers.iter().find(|l| l.name.as_str() == "synapse").unwrap();
+        let backports = r
+            .layers
+            .iter()
+            .find(|l| l.name.as_str() == "synapse")
+            .unwrap();
         match &backports.kind {
             LayerKind::Apt { packages, source } => {
-                assert_eq!(packages.iter().map(|p| p.as_str()).collect::<Vec<_>>(), ["matrix-synapse", "python3-psycopg2"]);
-                assert_eq!(r.sources[source.as_ref().unwrap()].suite.as_str(), "buster-backports");
+                assert_eq!(
+                    packages.iter().map(|p| p.as_str()).collect::<Vec<_>>(),
+                    ["matrix-synapse", "python3-psycopg2"]
+                );
+                assert_eq!(
+                    r.sources[source.as_ref().unwrap()].suite.as_str(),
+                    "buster-backports"
+                );
             }
             other => panic!("{other:?}"),
         }
         let p = plan(&r, &facts_for(&r));
         let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
-        assert_eq!(labels, ["tools", "rootfs", "layer:base-config", "layer:element", "image"]);
-        assert_eq!(p.steps[1].inputs["packages"]["backports"], json!(["matrix-synapse", "python3-psycopg2"]));
+        assert_eq!(
+            labels,
+            [
+                "tools",
+                "rootfs",
+                "layer:base-config",
+                "layer:element",
+                "image"
+            ]
+        );
+        assert_eq!(
+            p.steps[1].inputs["packages"]["backports"],
+            json!(["matrix-synapse", "python3-psycopg2"])
+        );
     }
 
     #[test]
     fn ungleich_prod_extends_maas_homeserver_and_adds_the_bridge() {
         let r = repo_recipe("ungleich-prod");
         let names: Vec<_> = r.layers.iter().map(|l| l.name.as_str()).collect();
-        for want in ["synapse", "element", "nginx", "postgresql", "firstboot", "matterbridge"] {
+        for want in [
+            "synapse",
+            "element",
+            "nginx",
+            "postgresql",
+            "firstboot",
+            "matterbridge",
+        ] {
             assert!(names.contains(&want), "{want} in {names:?}");
         }
         assert_eq!(names.last(), Some(&"matterbridge-config"));
         let staging = repo_recipe("ungleich-staging");
-        assert_eq!(staging.layers.len(), r.layers.len(), "staging replaces synapse in place");
+        assert_eq!(
+            staging.layers.len(),
+            r.layers.len(),
+            "staging replaces synapse in place"
+        );
     }
 }

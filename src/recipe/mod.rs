@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-pub use names::{Component, ImagePath, LayerName, PackageName, RecipeName, Sha256Hex, SourceName, Suite};
+pub use names::{
+    Component, ImagePath, LayerName, PackageName, RecipeName, Sha256Hex, SourceName, Suite,
+};
 
 /// Where in which file a value was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +45,10 @@ impl fmt::Display for Loc {
 #[derive(Debug, thiserror::Error)]
 pub enum RecipeError {
     #[error("cannot read recipe {}: {source}", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("{loc}: {msg}")]
     Syntax { loc: Loc, msg: String },
     #[error("{loc}: key `{key}`: {msg}")]
@@ -169,9 +174,16 @@ impl Recipe {
 /// Find a recipe by name (`recipes/NAME.toml` under `recipes_dir`) or path.
 pub fn locate(arg: &str, recipes_dir: &Path) -> Result<PathBuf, RecipeError> {
     let looks_like_path = arg.contains('/') || arg.ends_with(".toml");
-    let path = if looks_like_path { PathBuf::from(arg) } else { recipes_dir.join(format!("{arg}.toml")) };
+    let path = if looks_like_path {
+        PathBuf::from(arg)
+    } else {
+        recipes_dir.join(format!("{arg}.toml"))
+    };
     if !path.is_file() {
-        return Err(RecipeError::NotFound { name: arg.to_string(), path });
+        return Err(RecipeError::NotFound {
+            name: arg.to_string(),
+            path,
+        });
     }
     Ok(path)
 }
@@ -180,12 +192,21 @@ pub fn locate(arg: &str, recipes_dir: &Path) -> Result<PathBuf, RecipeError> {
 pub fn load(path: &Path) -> Result<Recipe, RecipeError> {
     let mut chain = Vec::new();
     let merged = load_merged(path, &mut chain)?;
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or_default();
-    let name = stem.parse::<RecipeName>().map_err(|e| RecipeError::Invalid {
-        loc: Loc { file: path.to_path_buf(), line: 1, col: 1 },
-        key: "(file name)".into(),
-        msg: e.0,
-    })?;
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default();
+    let name = stem
+        .parse::<RecipeName>()
+        .map_err(|e| RecipeError::Invalid {
+            loc: Loc {
+                file: path.to_path_buf(),
+                line: 1,
+                col: 1,
+            },
+            key: "(file name)".into(),
+            msg: e.0,
+        })?;
     merged.validate(name, path.to_path_buf(), chain)
 }
 
@@ -270,7 +291,11 @@ pub fn span_loc(path: &Path, text: &str, span: std::ops::Range<usize>) -> Loc {
     let upto = &text[..span.start.min(text.len())];
     let line = upto.matches('\n').count() + 1;
     let col = upto.len() - upto.rfind('\n').map(|i| i + 1).unwrap_or(0) + 1;
-    Loc { file: path.to_path_buf(), line, col }
+    Loc {
+        file: path.to_path_buf(),
+        line,
+        col,
+    }
 }
 
 impl SourceText {
@@ -278,7 +303,10 @@ impl SourceText {
         span_loc(&self.path, &self.text, span)
     }
     fn dir(&self) -> PathBuf {
-        self.path.parent().map(Path::to_path_buf).unwrap_or_default()
+        self.path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default()
     }
 }
 
@@ -297,12 +325,19 @@ impl<T> At<T> {
         self.value.get_ref()
     }
     fn invalid(&self, key: &str, msg: impl Into<String>) -> RecipeError {
-        RecipeError::Invalid { loc: self.loc(), key: key.to_string(), msg: msg.into() }
+        RecipeError::Invalid {
+            loc: self.loc(),
+            key: key.to_string(),
+            msg: msg.into(),
+        }
     }
 }
 
 fn from<T>(value: Option<Spanned<T>>, src: &SourceText) -> Option<At<T>> {
-    value.map(|value| At { value, src: src.clone() })
+    value.map(|value| At {
+        value,
+        src: src.clone(),
+    })
 }
 
 #[derive(Default)]
@@ -317,8 +352,14 @@ struct Merged {
 }
 
 fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, SourceText), RecipeError> {
-    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })?;
-    let src = SourceText { path: path.to_path_buf(), text: text.into() };
+    let text = std::fs::read_to_string(path).map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let src = SourceText {
+        path: path.to_path_buf(),
+        text: text.into(),
+    };
     let raw = toml::from_str::<T>(&src.text).map_err(|e| RecipeError::Syntax {
         loc: src.loc(e.span().unwrap_or(0..0)),
         msg: e.message().trim().to_string(),
@@ -327,11 +368,17 @@ fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(T, SourceTe
 }
 
 fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Merged, RecipeError> {
-    let canonical = path.canonicalize().map_err(|source| RecipeError::Read { path: path.to_path_buf(), source })?;
+    let canonical = path.canonicalize().map_err(|source| RecipeError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
     if chain.contains(&canonical) {
         let mut names: Vec<String> = chain.iter().map(|p| p.display().to_string()).collect();
         names.push(canonical.display().to_string());
-        return Err(RecipeError::Cycle { path: path.to_path_buf(), chain: names.join(" -> ") });
+        return Err(RecipeError::Cycle {
+            path: path.to_path_buf(),
+            chain: names.join(" -> "),
+        });
     }
     chain.push(canonical);
     let (raw, src): (RawRecipe, _) = read_toml(path)?;
@@ -390,11 +437,21 @@ fn resolve_relative(src: &SourceText, value: &str, name_allowed: bool) -> PathBu
 impl Merged {
     fn add_sources(&mut self, sources: BTreeMap<String, Spanned<RawSource>>, src: &SourceText) {
         for (name, s) in sources {
-            self.sources.insert(name, At { value: s, src: src.clone() });
+            self.sources.insert(
+                name,
+                At {
+                    value: s,
+                    src: src.clone(),
+                },
+            );
         }
     }
 
-    fn add_layers(&mut self, layers: Vec<Spanned<RawLayer>>, src: &SourceText) -> Result<(), RecipeError> {
+    fn add_layers(
+        &mut self,
+        layers: Vec<Spanned<RawLayer>>,
+        src: &SourceText,
+    ) -> Result<(), RecipeError> {
         let mut seen_here = Vec::new();
         for layer in layers {
             let name = layer.get_ref().name.get_ref().clone();
@@ -406,8 +463,15 @@ impl Merged {
                 });
             }
             seen_here.push(name.clone());
-            let item = At { value: layer, src: src.clone() };
-            match self.layers.iter_mut().find(|l| l.get().name.get_ref() == &name) {
+            let item = At {
+                value: layer,
+                src: src.clone(),
+            };
+            match self
+                .layers
+                .iter_mut()
+                .find(|l| l.get().name.get_ref() == &name)
+            {
                 Some(existing) => *existing = item,
                 None => self.layers.push(item),
             }
@@ -415,8 +479,17 @@ impl Merged {
         Ok(())
     }
 
-    fn validate(self, name: RecipeName, file: PathBuf, files: Vec<PathBuf>) -> Result<Recipe, RecipeError> {
-        let top = Loc { file: file.clone(), line: 1, col: 1 };
+    fn validate(
+        self,
+        name: RecipeName,
+        file: PathBuf,
+        files: Vec<PathBuf>,
+    ) -> Result<Recipe, RecipeError> {
+        let top = Loc {
+            file: file.clone(),
+            line: 1,
+            col: 1,
+        };
         let missing = |key: &str| RecipeError::Invalid {
             loc: top.clone(),
             key: key.to_string(),
@@ -424,7 +497,12 @@ impl Merged {
         };
         let distribution = match &self.distribution {
             Some(d) if d.get() == "debian" => "debian".to_string(),
-            Some(d) => return Err(d.invalid("base.distribution", format!("`{}` is not supported; use \"debian\"", d.get()))),
+            Some(d) => {
+                return Err(d.invalid(
+                    "base.distribution",
+                    format!("`{}` is not supported; use \"debian\"", d.get()),
+                ));
+            }
             None => "debian".to_string(),
         };
         let suite_raw = self.suite.as_ref().ok_or_else(|| missing("base.suite"))?;
@@ -433,30 +511,57 @@ impl Merged {
             Some(c) => parse_list(c, "base.components")?,
             None => vec!["main".parse().expect("valid")],
         };
-        let base = Base { distribution, suite, components };
+        let base = Base {
+            distribution,
+            suite,
+            components,
+        };
 
         let mut sources = BTreeMap::new();
         for (sname, s) in &self.sources {
             let key = format!("sources.{sname}");
             let sn: SourceName = parse_at(s, &key, sname)?;
             let raw = s.get();
-            let sub = |v: &Spanned<String>| At { value: v.clone(), src: s.src.clone() };
-            let suite = parse_at(&sub(&raw.suite), &format!("{key}.suite"), raw.suite.get_ref())?;
+            let sub = |v: &Spanned<String>| At {
+                value: v.clone(),
+                src: s.src.clone(),
+            };
+            let suite = parse_at(
+                &sub(&raw.suite),
+                &format!("{key}.suite"),
+                raw.suite.get_ref(),
+            )?;
             let components = match &raw.components {
-                Some(c) => parse_list(&At { value: c.clone(), src: s.src.clone() }, &format!("{key}.components"))?,
+                Some(c) => parse_list(
+                    &At {
+                        value: c.clone(),
+                        src: s.src.clone(),
+                    },
+                    &format!("{key}.components"),
+                )?,
                 None => base.components.clone(),
             };
             let keyring = match &raw.keyring {
                 Some(k) => {
                     let p = s.src.dir().join(k.get_ref());
                     if !p.is_file() {
-                        return Err(sub(k).invalid(&format!("{key}.keyring"), format!("no keyring file at {}", p.display())));
+                        return Err(sub(k).invalid(
+                            &format!("{key}.keyring"),
+                            format!("no keyring file at {}", p.display()),
+                        ));
                     }
                     Some(p)
                 }
                 None => None,
             };
-            sources.insert(sn, Source { suite, components, keyring });
+            sources.insert(
+                sn,
+                Source {
+                    suite,
+                    components,
+                    keyring,
+                },
+            );
         }
 
         let size = match &self.size {
@@ -470,7 +575,14 @@ impl Merged {
                     modes.push(match m.as_str() {
                         "bios" => BootMode::Bios,
                         "uefi" => BootMode::Uefi,
-                        other => return Err(b.invalid("disk.boot", format!("unknown boot mode `{other}`; use \"bios\" and/or \"uefi\""))),
+                        other => {
+                            return Err(b.invalid(
+                                "disk.boot",
+                                format!(
+                                    "unknown boot mode `{other}`; use \"bios\" and/or \"uefi\""
+                                ),
+                            ));
+                        }
                     });
                 }
                 modes.sort();
@@ -487,15 +599,30 @@ impl Merged {
         for l in &self.layers {
             layers.push(validate_layer(l, &sources)?);
         }
-        Ok(Recipe { name, file, files, base, sources, disk: Disk { size, boot }, layers })
+        Ok(Recipe {
+            name,
+            file,
+            files,
+            base,
+            sources,
+            disk: Disk { size, boot },
+            layers,
+        })
     }
 }
 
-fn parse_at<T: std::str::FromStr<Err = names::InvalidName>, V>(at: &At<V>, key: &str, text: &str) -> Result<T, RecipeError> {
+fn parse_at<T: std::str::FromStr<Err = names::InvalidName>, V>(
+    at: &At<V>,
+    key: &str,
+    text: &str,
+) -> Result<T, RecipeError> {
     text.parse::<T>().map_err(|e| at.invalid(key, e.0))
 }
 
-fn parse_list<T: std::str::FromStr<Err = names::InvalidName>>(at: &At<Vec<String>>, key: &str) -> Result<Vec<T>, RecipeError> {
+fn parse_list<T: std::str::FromStr<Err = names::InvalidName>>(
+    at: &At<Vec<String>>,
+    key: &str,
+) -> Result<Vec<T>, RecipeError> {
     at.get().iter().map(|s| parse_at(at, key, s)).collect()
 }
 
@@ -504,7 +631,9 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
     let digits = t.bytes().take_while(u8::is_ascii_digit).count();
     let (num, unit) = t.split_at(digits);
-    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a size like \"4G\" or \"512M\""))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size like \"4G\" or \"512M\""))?;
     let mult: u64 = match unit.trim() {
         "" => 1,
         "K" | "KiB" | "k" => 1 << 10,
@@ -513,9 +642,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         "T" | "TiB" => 1 << 40,
         _ => return Err(format!("`{text}`: unknown unit; use K, M, G or T")),
     };
-    let bytes = n.checked_mul(mult).ok_or_else(|| format!("`{text}` is too large"))?;
+    let bytes = n
+        .checked_mul(mult)
+        .ok_or_else(|| format!("`{text}` is too large"))?;
     if bytes % (1 << 20) != 0 || bytes < (256 << 20) {
-        return Err(format!("`{text}` must be a whole number of MiB and at least 256M"));
+        return Err(format!(
+            "`{text}` must be a whole number of MiB and at least 256M"
+        ));
     }
     Ok(bytes)
 }
@@ -532,15 +665,25 @@ fn allowed_keys(kind: &str) -> Option<&'static [&'static str]> {
     })
 }
 
-fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> Result<Layer, RecipeError> {
+fn validate_layer(
+    l: &At<RawLayer>,
+    sources: &BTreeMap<SourceName, Source>,
+) -> Result<Layer, RecipeError> {
     let raw = l.get();
     let src = &l.src;
-    let at = |v: &Spanned<String>| At { value: v.clone(), src: src.clone() };
+    let at = |v: &Spanned<String>| At {
+        value: v.clone(),
+        src: src.clone(),
+    };
     let name: LayerName = parse_at(&at(&raw.name), "layer.name", raw.name.get_ref())?;
     let key = |k: &str| format!("layer.{name}.{k}");
     let kind = raw.kind.get_ref().as_str();
-    let allowed = allowed_keys(kind)
-        .ok_or_else(|| at(&raw.kind).invalid(&key("kind"), format!("unknown layer kind `{kind}`; use apt, fetch, pip, files or run")))?;
+    let allowed = allowed_keys(kind).ok_or_else(|| {
+        at(&raw.kind).invalid(
+            &key("kind"),
+            format!("unknown layer kind `{kind}`; use apt, fetch, pip, files or run"),
+        )
+    })?;
     // Keys that belong to other kinds are mistakes: say which.
     let present: [(&str, Option<std::ops::Range<usize>>); 13] = [
         ("python", raw.python.as_ref().map(|v| v.span())),
@@ -564,7 +707,10 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
             return Err(RecipeError::Invalid {
                 loc: src.loc(span),
                 key: key(k),
-                msg: format!("is not a key of a `{kind}` layer (it takes: {})", allowed.join(", ")),
+                msg: format!(
+                    "is not a key of a `{kind}` layer (it takes: {})",
+                    allowed.join(", ")
+                ),
             });
         }
     }
@@ -582,7 +728,10 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
                 key: key("packages"),
                 msg: "an `apt` layer needs `packages`".into(),
             })?;
-            let p = At { value: p.clone(), src: src.clone() };
+            let p = At {
+                value: p.clone(),
+                src: src.clone(),
+            };
             let packages: Vec<PackageName> = parse_list(&p, &key("packages"))?;
             if packages.is_empty() {
                 return Err(p.invalid(&key("packages"), "must list at least one package"));
@@ -591,7 +740,10 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
                 Some(s) => {
                     let sn: SourceName = parse_at(&at(s), &key("source"), s.get_ref())?;
                     if !sources.contains_key(&sn) {
-                        return Err(at(s).invalid(&key("source"), format!("no source named `{sn}` in [sources]")));
+                        return Err(at(s).invalid(
+                            &key("source"),
+                            format!("no source named `{sn}` in [sources]"),
+                        ));
                     }
                     Some(sn)
                 }
@@ -603,7 +755,10 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
             let f = need(&raw.from, "from")?;
             let from = src.dir().join(f.get());
             if !from.exists() {
-                return Err(f.invalid(&key("from"), format!("no such file or directory: {}", from.display())));
+                return Err(f.invalid(
+                    &key("from"),
+                    format!("no such file or directory: {}", from.display()),
+                ));
             }
             let to = match &raw.to {
                 Some(t) => parse_at(&at(t), &key("to"), t.get_ref())?,
@@ -616,46 +771,92 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
             if s.get().trim().is_empty() {
                 return Err(s.invalid(&key("script"), "must not be empty"));
             }
-            LayerKind::Run { script: s.get().clone() }
+            LayerKind::Run {
+                script: s.get().clone(),
+            }
         }
         "fetch" => {
             let url = need(&raw.url, "url")?;
-            if !(url.get().starts_with("https://") || url.get().starts_with("http://")) || url.get().chars().any(char::is_whitespace) {
-                return Err(url.invalid(&key("url"), "must be an http:// or https:// URL without spaces"));
+            if !(url.get().starts_with("https://") || url.get().starts_with("http://"))
+                || url.get().chars().any(char::is_whitespace)
+            {
+                return Err(url.invalid(
+                    &key("url"),
+                    "must be an http:// or https:// URL without spaces",
+                ));
             }
             let sha = need(&raw.sha256, "sha256")?;
             let sha256 = parse_at(&sha, &key("sha256"), sha.get())?;
-            let to = parse_at(&need(&raw.to, "to")?, &key("to"), raw.to.as_ref().map(|t| t.get_ref().as_str()).unwrap_or(""))?;
+            let to = parse_at(
+                &need(&raw.to, "to")?,
+                &key("to"),
+                raw.to.as_ref().map(|t| t.get_ref().as_str()).unwrap_or(""),
+            )?;
             let strip = match &raw.strip {
                 Some(s) if (0..=16).contains(s.get_ref()) => *s.get_ref() as u32,
                 Some(s) => {
-                    return Err(RecipeError::Invalid { loc: src.loc(s.span()), key: key("strip"), msg: "must be between 0 and 16".into() });
+                    return Err(RecipeError::Invalid {
+                        loc: src.loc(s.span()),
+                        key: key("strip"),
+                        msg: "must be between 0 and 16".into(),
+                    });
                 }
                 None => 0,
             };
             let inferred = crate::recipe::archive_kind(url.get()).is_some();
-            let unpack = raw.unpack.as_ref().map(|u| *u.get_ref()).unwrap_or(inferred);
+            let unpack = raw
+                .unpack
+                .as_ref()
+                .map(|u| *u.get_ref())
+                .unwrap_or(inferred);
             if unpack && !inferred {
                 return Err(url.invalid(&key("unpack"), "cannot tell the archive type from the file name (.tar.gz, .tgz, .tar.xz, .zip); set `unpack = false`"));
             }
             let mode = match &raw.mode {
-                Some(m) => Some(u32::from_str_radix(m.get_ref(), 8).ok().filter(|v| *v <= 0o7777).ok_or_else(|| {
-                    at(m).invalid(&key("mode"), "must be an octal mode such as \"0755\"")
-                })?),
+                Some(m) => Some(
+                    u32::from_str_radix(m.get_ref(), 8)
+                        .ok()
+                        .filter(|v| *v <= 0o7777)
+                        .ok_or_else(|| {
+                            at(m).invalid(&key("mode"), "must be an octal mode such as \"0755\"")
+                        })?,
+                ),
                 None => None,
             };
-            LayerKind::Fetch { url: url.get().clone(), sha256, to, strip, unpack, mode }
+            LayerKind::Fetch {
+                url: url.get().clone(),
+                sha256,
+                to,
+                strip,
+                unpack,
+                mode,
+            }
         }
         "pip" => {
-            let r = raw.requirements.as_ref().ok_or_else(|| RecipeError::Invalid {
-                loc: src.loc(raw.name.span()),
-                key: key("requirements"),
-                msg: "a `pip` layer needs `requirements`".into(),
-            })?;
-            let venv = parse_at(&need(&raw.venv, "venv")?, &key("venv"), raw.venv.as_ref().map(|t| t.get_ref().as_str()).unwrap_or(""))?;
-            let reqs = At { value: r.clone(), src: src.clone() };
+            let r = raw
+                .requirements
+                .as_ref()
+                .ok_or_else(|| RecipeError::Invalid {
+                    loc: src.loc(raw.name.span()),
+                    key: key("requirements"),
+                    msg: "a `pip` layer needs `requirements`".into(),
+                })?;
+            let venv = parse_at(
+                &need(&raw.venv, "venv")?,
+                &key("venv"),
+                raw.venv
+                    .as_ref()
+                    .map(|t| t.get_ref().as_str())
+                    .unwrap_or(""),
+            )?;
+            let reqs = At {
+                value: r.clone(),
+                src: src.clone(),
+            };
             if r.get_ref().is_empty() {
-                return Err(reqs.invalid(&key("requirements"), "must list at least one requirement"));
+                return Err(
+                    reqs.invalid(&key("requirements"), "must list at least one requirement")
+                );
             }
             for req in r.get_ref() {
                 if !valid_requirement(req) {
@@ -663,29 +864,57 @@ fn validate_layer(l: &At<RawLayer>, sources: &BTreeMap<SourceName, Source>) -> R
                 }
             }
             let python = match &raw.python {
-                Some(p) if p.get_ref().split('.').count() == 2 && p.get_ref().split('.').all(|x| !x.is_empty() && x.len() <= 2 && x.bytes().all(|b| b.is_ascii_digit())) => p.get_ref().clone(),
-                Some(p) => return Err(at(p).invalid(&key("python"), "must be a Python version such as \"3.13\"")),
+                Some(p)
+                    if p.get_ref().split('.').count() == 2
+                        && p.get_ref().split('.').all(|x| {
+                            !x.is_empty() && x.len() <= 2 && x.bytes().all(|b| b.is_ascii_digit())
+                        }) =>
+                {
+                    p.get_ref().clone()
+                }
+                Some(p) => {
+                    return Err(
+                        at(p).invalid(&key("python"), "must be a Python version such as \"3.13\"")
+                    );
+                }
                 None => String::new(),
             };
-            LayerKind::Pip { requirements: r.get_ref().clone(), venv, python }
+            LayerKind::Pip {
+                requirements: r.get_ref().clone(),
+                venv,
+                python,
+            }
         }
         _ => unreachable!("checked by allowed_keys"),
     };
-    Ok(Layer { name, kind, loc: l.loc() })
+    Ok(Layer {
+        name,
+        kind,
+        loc: l.loc(),
+    })
 }
 
 /// A PEP 508 requirement without markers, URLs or options:
 /// `name`, `name[extra,...]`, each optionally with version clauses.
 pub fn valid_requirement(r: &str) -> bool {
-    let name_len = r.bytes().take_while(|b| b.is_ascii_alphanumeric() || b"._-".contains(b)).count();
+    let name_len = r
+        .bytes()
+        .take_while(|b| b.is_ascii_alphanumeric() || b"._-".contains(b))
+        .count();
     if name_len == 0 || !r.as_bytes()[0].is_ascii_alphanumeric() {
         return false;
     }
     let mut rest = &r[name_len..];
     if let Some(after) = rest.strip_prefix('[') {
-        let Some(end) = after.find(']') else { return false };
+        let Some(end) = after.find(']') else {
+            return false;
+        };
         let extras = &after[..end];
-        if extras.is_empty() || !extras.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-,".contains(&b)) {
+        if extras.is_empty()
+            || !extras
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"._-,".contains(&b))
+        {
             return false;
         }
         rest = &after[end + 1..];
@@ -694,11 +923,15 @@ pub fn valid_requirement(r: &str) -> bool {
         return true;
     }
     rest.split(',').all(|clause| {
-        let op = ["===", "==", ">=", "<=", "~=", "!=", "<", ">"].iter().find(|op| clause.starts_with(**op));
+        let op = ["===", "==", ">=", "<=", "~=", "!=", "<", ">"]
+            .iter()
+            .find(|op| clause.starts_with(**op));
         match op {
             Some(op) => {
                 let v = &clause[op.len()..];
-                !v.is_empty() && v.bytes().all(|b| b.is_ascii_alphanumeric() || b".*+!_-".contains(&b))
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b".*+!_-".contains(&b))
             }
             None => false,
         }

@@ -11,13 +11,21 @@ use std::str::FromStr;
 #[error("{0}")]
 pub struct InvalidName(pub String);
 
-fn check(value: &str, what: &str, max: usize, first: fn(u8) -> bool, rest: fn(u8) -> bool) -> Result<(), InvalidName> {
+fn check(
+    value: &str,
+    what: &str,
+    max: usize,
+    first: fn(u8) -> bool,
+    rest: fn(u8) -> bool,
+) -> Result<(), InvalidName> {
     let bytes = value.as_bytes();
     if bytes.is_empty() {
         return Err(InvalidName(format!("{what} must not be empty")));
     }
     if bytes.len() > max {
-        return Err(InvalidName(format!("{what} `{value}` is longer than {max} characters")));
+        return Err(InvalidName(format!(
+            "{what} `{value}` is longer than {max} characters"
+        )));
     }
     if !first(bytes[0]) || !bytes[1..].iter().all(|b| rest(*b)) {
         return Err(InvalidName(format!("`{value}` is not a valid {what}")));
@@ -100,7 +108,9 @@ impl FromStr for Sha256Hex {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let lower = s.to_ascii_lowercase();
         if lower.len() != 64 || !lower.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(InvalidName(format!("`{s}` is not a sha256 (64 hex digits)")));
+            return Err(InvalidName(format!(
+                "`{s}` is not a sha256 (64 hex digits)"
+            )));
         }
         Ok(Self(lower))
     }
@@ -129,10 +139,15 @@ impl FromStr for ImagePath {
     type Err = InvalidName;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if !s.starts_with('/') {
-            return Err(InvalidName(format!("`{s}` must be an absolute path in the image")));
+            return Err(InvalidName(format!(
+                "`{s}` must be an absolute path in the image"
+            )));
         }
         if s.bytes().any(|b| b == 0 || b == b'\n' || b == b'\\') {
-            return Err(InvalidName(format!("`{}` holds a forbidden character", s.escape_debug())));
+            return Err(InvalidName(format!(
+                "`{}` holds a forbidden character",
+                s.escape_debug()
+            )));
         }
         let parts: Vec<&str> = s.split('/').filter(|p| !p.is_empty()).collect();
         if parts.iter().any(|p| *p == "." || *p == "..") {
@@ -174,7 +189,10 @@ mod tests {
 
     #[test]
     fn image_paths_are_normalised_and_safe() {
-        assert_eq!("/var//www/".parse::<ImagePath>().unwrap().as_str(), "/var/www");
+        assert_eq!(
+            "/var//www/".parse::<ImagePath>().unwrap().as_str(),
+            "/var/www"
+        );
         assert_eq!("/".parse::<ImagePath>().unwrap().relative(), "");
         for bad in ["var/www", "/var/../etc", "/a/./b", "/a\0b"] {
             assert!(bad.parse::<ImagePath>().is_err(), "{bad}");

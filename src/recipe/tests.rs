@@ -78,12 +78,16 @@ script = "true"
 
 fn err_of(text: &str) -> String {
     let d = tempfile::tempdir().unwrap();
-    load(&write(d.path(), "bad.toml", text)).unwrap_err().to_string()
+    load(&write(d.path(), "bad.toml", text))
+        .unwrap_err()
+        .to_string()
 }
 
 #[test]
 fn errors_name_file_line_and_key() {
-    let e = err_of("[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"apt\"\npackages = [\"Bad Name\"]\n");
+    let e = err_of(
+        "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"apt\"\npackages = [\"Bad Name\"]\n",
+    );
     assert!(e.contains("bad.toml:6:"), "{e}");
     assert!(e.contains("layer.x.packages"), "{e}");
 
@@ -91,13 +95,20 @@ fn errors_name_file_line_and_key() {
     assert!(e.contains("bad.toml:3:"), "{e}");
     assert!(e.contains("mirror"), "{e}");
 
-    let e = err_of("[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"run\"\npackages = [\"a\"]\nscript = \"true\"\n");
-    assert!(e.contains("bad.toml:6:") && e.contains("is not a key of a `run` layer"), "{e}");
+    let e = err_of(
+        "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"run\"\npackages = [\"a\"]\nscript = \"true\"\n",
+    );
+    assert!(
+        e.contains("bad.toml:6:") && e.contains("is not a key of a `run` layer"),
+        "{e}"
+    );
 
     let e = err_of("[base]\nsuite = \"trixie\"\n[disk]\nsize = \"12X\"\n");
     assert!(e.contains("bad.toml:4:") && e.contains("disk.size"), "{e}");
 
-    let e = err_of("[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"apt\"\npackages = [\"a\"]\nsource = \"nope\"\n");
+    let e = err_of(
+        "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"apt\"\npackages = [\"a\"]\nsource = \"nope\"\n",
+    );
     assert!(e.contains("no source named `nope`"), "{e}");
 
     let e = err_of("[base\nsuite = 1\n");

@@ -55,22 +55,43 @@ fn q(s: &str) -> String {
 /// Render every file for `o`.
 pub fn render(o: &Overlay) -> Rendered {
     let mut files = Vec::new();
-    let plain = |path: &str, content: String| VmFile { path: path.into(), mode: 0o644, content, secret: false };
-    let secret = |name: &str, value: &str| VmFile { path: format!("{SECRETS_DIR}/{name}"), mode: 0o600, content: format!("{value}\n"), secret: true };
+    let plain = |path: &str, content: String| VmFile {
+        path: path.into(),
+        mode: 0o644,
+        content,
+        secret: false,
+    };
+    let secret = |name: &str, value: &str| VmFile {
+        path: format!("{SECRETS_DIR}/{name}"),
+        mode: 0o600,
+        content: format!("{value}\n"),
+        secret: true,
+    };
 
     files.push(plain("/etc/mimg/overlay.json", overlay_json(o)));
     if let Some(t) = &o.turn {
         files.push(secret("turn.secret", t.secret.expose()));
     }
     for a in &o.admins {
-        files.push(secret(&format!("admin-{}.password", a.user), a.password.expose()));
+        files.push(secret(
+            &format!("admin-{}.password", a.user),
+            a.password.expose(),
+        ));
     }
-    files.push(plain("/etc/matrix-synapse/conf.d/50-mimg.yaml", synapse_yaml(o)));
+    files.push(plain(
+        "/etc/matrix-synapse/conf.d/50-mimg.yaml",
+        synapse_yaml(o),
+    ));
     files.push(plain("/etc/nginx/conf.d/mimg-matrix.conf", nginx_conf(o)));
     files.push(plain("/etc/element-web/config.json", element_config(o)));
     if let Some(m) = &o.mattermost {
         files.push(secret("mattermost.token", m.token.expose()));
-        files.push(VmFile { path: "/etc/matterbridge/matterbridge.toml".into(), mode: 0o600, content: matterbridge_toml(o), secret: true });
+        files.push(VmFile {
+            path: "/etc/matterbridge/matterbridge.toml".into(),
+            mode: 0o600,
+            content: matterbridge_toml(o),
+            secret: true,
+        });
     }
     if !o.network.dns.is_empty() {
         let mut r = String::from("# Written by mimg seed.\n");
@@ -86,8 +107,17 @@ pub fn render(o: &Overlay) -> Rendered {
     h.update(network_config.as_bytes());
     h.update(user_data.as_bytes());
     let id = hex::encode(h.finalize());
-    let meta_data = format!("instance-id: {}\nlocal-hostname: {}\n", q(&format!("{}-{}", o.customer, &id[..16])), q(o.customer.as_str()));
-    Rendered { meta_data, user_data, network_config, files }
+    let meta_data = format!(
+        "instance-id: {}\nlocal-hostname: {}\n",
+        q(&format!("{}-{}", o.customer, &id[..16])),
+        q(o.customer.as_str())
+    );
+    Rendered {
+        meta_data,
+        user_data,
+        network_config,
+        files,
+    }
 }
 
 fn overlay_json(o: &Overlay) -> String {
@@ -111,7 +141,10 @@ fn overlay_json(o: &Overlay) -> String {
 fn synapse_yaml(o: &Overlay) -> String {
     let mut s = format!("# Written by mimg seed for customer {}.\n", o.customer);
     s.push_str(&format!("server_name: {}\n", q(o.server_name.as_str())));
-    s.push_str(&format!("public_baseurl: {}\n", q(&format!("https://{}/", o.homeserver))));
+    s.push_str(&format!(
+        "public_baseurl: {}\n",
+        q(&format!("https://{}/", o.homeserver))
+    ));
     s.push_str("serve_server_wellknown: false\n");
     s.push_str(&format!("max_upload_size: {}\n", q(&o.max_upload.text())));
     let (enable, token) = match o.registration {
@@ -129,7 +162,10 @@ fn synapse_yaml(o: &Overlay) -> String {
         for u in &t.uris {
             s.push_str(&format!("  - {}\n", q(u.as_str())));
         }
-        s.push_str(&format!("turn_shared_secret_path: {}\n", q(&format!("{SECRETS_DIR}/turn.secret"))));
+        s.push_str(&format!(
+            "turn_shared_secret_path: {}\n",
+            q(&format!("{SECRETS_DIR}/turn.secret"))
+        ));
         s.push_str("turn_user_lifetime: \"1h\"\nturn_allow_guests: false\n");
     }
     s
@@ -150,8 +186,11 @@ fn nginx_conf(o: &Overlay) -> String {
     let hs = o.homeserver.as_str();
     let sn = o.server_name.as_str();
     let wc = o.web_client.as_str();
-    let server_json = serde_json::to_string(&json!({ "m.server": format!("{hs}:443") })).expect("json");
-    let client_json = serde_json::to_string(&json!({ "m.homeserver": { "base_url": format!("https://{hs}") } })).expect("json");
+    let server_json =
+        serde_json::to_string(&json!({ "m.server": format!("{hs}:443") })).expect("json");
+    let client_json =
+        serde_json::to_string(&json!({ "m.homeserver": { "base_url": format!("https://{hs}") } }))
+            .expect("json");
     let mut s = format!("# Written by mimg seed for customer {}.\n", o.customer);
     if o.tls == Tls::Acme {
         s.push_str(&format!(
@@ -191,7 +230,14 @@ fn element_config(o: &Overlay) -> String {
 
 fn matterbridge_toml(o: &Overlay) -> String {
     let m = o.mattermost.as_ref().expect("called with a bridge");
-    let host = m.url.as_str().trim_start_matches("https://").split('/').next().unwrap_or_default().to_string();
+    let host = m
+        .url
+        .as_str()
+        .trim_start_matches("https://")
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
     format!(
         "# Written by mimg seed for customer {c}.\n# The Matrix side logs in as @matterbridge:{sn}; the first-boot script\n# creates that user and writes its password to /var/lib/mimg/matterbridge.password.\n[mattermost.{team}]\nServer = {server}\nTeam = {team_q}\nToken = {token}\nRemoteNickFormat = \"[{{PROTOCOL}}] <{{NICK}}> \"\n\n[matrix.{c}]\nServer = \"http://127.0.0.1:8008\"\nLogin = \"matterbridge\"\nPasswordFile = \"/var/lib/mimg/matterbridge.password\"\nRemoteNickFormat = \"[{{PROTOCOL}}] <{{NICK}}> \"\n",
         c = o.customer,
@@ -205,14 +251,25 @@ fn matterbridge_toml(o: &Overlay) -> String {
 
 fn network_config(o: &Overlay) -> String {
     let n = &o.network;
-    let mut s = String::from("# Written by mimg seed: IPv6 only, static.\nversion: 2\nethernets:\n");
+    let mut s =
+        String::from("# Written by mimg seed: IPv6 only, static.\nversion: 2\nethernets:\n");
     s.push_str(&format!("  {}:\n", n.interface));
     if let Some(mac) = &n.mac {
-        s.push_str(&format!("    match:\n      macaddress: {}\n    set-name: {}\n", q(mac), n.interface));
+        s.push_str(&format!(
+            "    match:\n      macaddress: {}\n    set-name: {}\n",
+            q(mac),
+            n.interface
+        ));
     }
     s.push_str("    dhcp4: false\n    dhcp6: false\n    accept-ra: false\n");
-    s.push_str(&format!("    addresses:\n      - {}\n", q(&n.address.to_string())));
-    s.push_str(&format!("    routes:\n      - to: \"::/0\"\n        via: {}\n", q(&n.gateway.to_string())));
+    s.push_str(&format!(
+        "    addresses:\n      - {}\n",
+        q(&n.address.to_string())
+    ));
+    s.push_str(&format!(
+        "    routes:\n      - to: \"::/0\"\n        via: {}\n",
+        q(&n.gateway.to_string())
+    ));
     if !n.dns.is_empty() {
         s.push_str("    nameservers:\n      addresses:\n");
         for d in &n.dns {
@@ -223,7 +280,10 @@ fn network_config(o: &Overlay) -> String {
 }
 
 fn user_data(o: &Overlay, files: &[VmFile]) -> String {
-    let mut s = format!("#cloud-config\n# Written by mimg seed for customer {}. Re-run `mimg seed` to change it.\n", o.customer);
+    let mut s = format!(
+        "#cloud-config\n# Written by mimg seed for customer {}. Re-run `mimg seed` to change it.\n",
+        o.customer
+    );
     s.push_str("ssh_pwauth: false\ndisable_root: true\n");
     s.push_str("users:\n  - default\n");
     if !o.ssh_authorized_keys.is_empty() {
@@ -234,7 +294,11 @@ fn user_data(o: &Overlay, files: &[VmFile]) -> String {
     }
     s.push_str("write_files:\n");
     for f in files {
-        s.push_str(&format!("  - path: {}\n    owner: \"root:root\"\n    permissions: {}\n    content: |\n", q(&f.path), q(&format!("0{:o}", f.mode))));
+        s.push_str(&format!(
+            "  - path: {}\n    owner: \"root:root\"\n    permissions: {}\n    content: |\n",
+            q(&f.path),
+            q(&format!("0{:o}", f.mode))
+        ));
         for line in f.content.lines() {
             if line.is_empty() {
                 s.push('\n');
@@ -256,13 +320,18 @@ pub fn image(r: &Rendered, volume_id: u32) -> anyhow::Result<Vec<u8>> {
         *b"CIDATA     ",
         volume_id,
         fatfs::FatType::Fat12,
-        &[("meta-data", r.meta_data.as_bytes()), ("user-data", r.user_data.as_bytes()), ("network-config", r.network_config.as_bytes())],
+        &[
+            ("meta-data", r.meta_data.as_bytes()),
+            ("user-data", r.user_data.as_bytes()),
+            ("network-config", r.network_config.as_bytes()),
+        ],
     )
 }
 
 /// A volume id derived from the rendered content.
 pub fn volume_id(r: &Rendered) -> u32 {
-    let d = Sha256::digest(format!("{}{}{}", r.meta_data, r.user_data, r.network_config).as_bytes());
+    let d =
+        Sha256::digest(format!("{}{}{}", r.meta_data, r.user_data, r.network_config).as_bytes());
     u32::from_le_bytes([d[0], d[1], d[2], d[3]])
 }
 

@@ -5,7 +5,8 @@ use std::path::Path;
 use super::*;
 
 fn example() -> Overlay {
-    crate::overlay::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/example.toml")).unwrap()
+    crate::overlay::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/example.toml"))
+        .unwrap()
 }
 
 #[test]
@@ -26,7 +27,14 @@ fn golden_meta_data() {
 #[test]
 fn golden_nginx_and_synapse() {
     let r = render(&example());
-    let get = |p: &str| r.files.iter().find(|f| f.path == p).unwrap().content.clone();
+    let get = |p: &str| {
+        r.files
+            .iter()
+            .find(|f| f.path == p)
+            .unwrap()
+            .content
+            .clone()
+    };
     insta::assert_snapshot!("nginx", get("/etc/nginx/conf.d/mimg-matrix.conf"));
     insta::assert_snapshot!("synapse", get("/etc/matrix-synapse/conf.d/50-mimg.yaml"));
     insta::assert_snapshot!("element", get("/etc/element-web/config.json"));
@@ -39,7 +47,11 @@ fn secrets_are_0600_and_only_in_secret_files() {
     let turn = o.turn.as_ref().unwrap().secret.expose().to_string();
     for f in &r.files {
         if f.content.contains(&turn) {
-            assert!(f.secret && f.mode == 0o600, "{} holds the TURN secret", f.path);
+            assert!(
+                f.secret && f.mode == 0o600,
+                "{} holds the TURN secret",
+                f.path
+            );
         }
     }
     assert!(!r.meta_data.contains(&turn) && !r.network_config.contains(&turn));
@@ -63,7 +75,11 @@ fn the_seed_is_a_cidata_fat_volume() {
     let fs = fatfs::FileSystem::new(std::io::Cursor::new(img), fatfs::FsOptions::new()).unwrap();
     assert_eq!(fs.volume_label(), "CIDATA");
     let mut s = String::new();
-    std::io::Read::read_to_string(&mut fs.root_dir().open_file("user-data").unwrap(), &mut s).unwrap();
+    std::io::Read::read_to_string(&mut fs.root_dir().open_file("user-data").unwrap(), &mut s)
+        .unwrap();
     assert!(s.starts_with("#cloud-config\n"));
-    assert!(fs.root_dir().open_file("meta-data").is_ok() && fs.root_dir().open_file("network-config").is_ok());
+    assert!(
+        fs.root_dir().open_file("meta-data").is_ok()
+            && fs.root_dir().open_file("network-config").is_ok()
+    );
 }

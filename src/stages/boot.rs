@@ -17,7 +17,20 @@ use crate::tools::{self, ToolsEnv};
 
 /// Modules built into both core images.
 const MODULES: &[&str] = &[
-    "part_gpt", "ext2", "search", "search_fs_uuid", "normal", "linux", "serial", "terminal", "configfile", "echo", "test", "gzio", "minicmd", "sleep",
+    "part_gpt",
+    "ext2",
+    "search",
+    "search_fs_uuid",
+    "normal",
+    "linux",
+    "serial",
+    "terminal",
+    "configfile",
+    "echo",
+    "test",
+    "gzio",
+    "minicmd",
+    "sleep",
 ];
 
 /// The newest kernel and its initrd under /boot, as image paths.
@@ -31,7 +44,9 @@ pub fn kernel(tree: &Tree) -> Result<(String, String)> {
             best = Some(v.to_string());
         }
     }
-    let Some(v) = best else { bail!("the image has no kernel in /boot (add e.g. linux-image-cloud-amd64 to an apt layer)") };
+    let Some(v) = best else {
+        bail!("the image has no kernel in /boot (add e.g. linux-image-cloud-amd64 to an apt layer)")
+    };
     let initrd = format!("boot/initrd.img-{v}");
     if tree.get(&initrd).is_none() {
         bail!("the image has /boot/vmlinuz-{v} but no /{initrd} (is initramfs-tools installed?)");
@@ -41,7 +56,12 @@ pub fn kernel(tree: &Tree) -> Result<(String, String)> {
 
 /// Compare kernel versions by their numeric runs.
 fn version_lt(a: &str, b: &str) -> bool {
-    let nums = |s: &str| s.split(|c: char| !c.is_ascii_digit()).filter(|x| !x.is_empty()).map(|x| x.parse::<u64>().unwrap_or(0)).collect::<Vec<_>>();
+    let nums = |s: &str| {
+        s.split(|c: char| !c.is_ascii_digit())
+            .filter(|x| !x.is_empty())
+            .map(|x| x.parse::<u64>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
     nums(a) < nums(b)
 }
 
@@ -70,21 +90,51 @@ pub fn fstab(root_uuid: &str) -> String {
 /// The files the boot layer adds to the root.
 pub fn boot_layer(root_uuid: &str, kernel: &str, initrd: &str, mtime: u64) -> Tree {
     let mut t = Tree::default();
-    t.insert("etc/fstab", Entry::file(fstab(root_uuid).into_bytes(), 0o644, mtime));
-    t.insert("boot/grub/grub.cfg", Entry::file(grub_cfg(root_uuid, kernel, initrd).into_bytes(), 0o644, mtime));
+    t.insert(
+        "etc/fstab",
+        Entry::file(fstab(root_uuid).into_bytes(), 0o644, mtime),
+    );
+    t.insert(
+        "boot/grub/grub.cfg",
+        Entry::file(
+            grub_cfg(root_uuid, kernel, initrd).into_bytes(),
+            0o644,
+            mtime,
+        ),
+    );
     t.add_parents(mtime);
     t
 }
 
 fn early_cfg(root_uuid: &str) -> String {
-    format!("search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n")
+    format!(
+        "search --no-floppy --fs-uuid --set=root {root_uuid}\nset prefix=($root)/boot/grub\nconfigfile $prefix/grub.cfg\n"
+    )
 }
 
 /// Run grub-mkimage for `format` in the tools environment; returns the image.
-fn mkimage(tools: &ToolsEnv, work: &Path, format: &str, extra: &[&str], root_uuid: &str, epoch: u64) -> Result<Vec<u8>> {
+fn mkimage(
+    tools: &ToolsEnv,
+    work: &Path,
+    format: &str,
+    extra: &[&str],
+    root_uuid: &str,
+    epoch: u64,
+) -> Result<Vec<u8>> {
     std::fs::write(work.join("early.cfg"), early_cfg(root_uuid))?;
     let mut cmd = tools.command("grub-mkimage", work, epoch)?;
-    cmd.args(["-O", format, "-o", "/mnt/grub.img", "-c", "/mnt/early.cfg", "-p", "/boot/grub"]).args(MODULES).args(extra);
+    cmd.args([
+        "-O",
+        format,
+        "-o",
+        "/mnt/grub.img",
+        "-c",
+        "/mnt/early.cfg",
+        "-p",
+        "/boot/grub",
+    ])
+    .args(MODULES)
+    .args(extra);
     tools::run(cmd, "grub-mkimage")?;
     let img = std::fs::read(work.join("grub.img")).context("reading grub-mkimage's output")?;
     std::fs::remove_file(work.join("grub.img"))?;
@@ -99,7 +149,14 @@ pub fn core_img(tools: &ToolsEnv, work: &Path, root_uuid: &str, epoch: u64) -> R
 
 /// The UEFI loader (for /EFI/BOOT/BOOTX64.EFI).
 pub fn efi_img(tools: &ToolsEnv, work: &Path, root_uuid: &str, epoch: u64) -> Result<Vec<u8>> {
-    mkimage(tools, work, "x86_64-efi", &["fat", "efi_gop", "efi_uga"], root_uuid, epoch)
+    mkimage(
+        tools,
+        work,
+        "x86_64-efi",
+        &["fat", "efi_gop", "efi_uga"],
+        root_uuid,
+        epoch,
+    )
 }
 
 /// GRUB's `boot.img` from the tools environment.
@@ -153,18 +210,34 @@ mod tests {
 
     #[test]
     fn grub_cfg_snapshot() {
-        insta::assert_snapshot!(grub_cfg("0b3f2a8e-1111-4222-8333-444455556666", "/boot/vmlinuz-6.12.0-1-cloud-amd64", "/boot/initrd.img-6.12.0-1-cloud-amd64"));
+        insta::assert_snapshot!(grub_cfg(
+            "0b3f2a8e-1111-4222-8333-444455556666",
+            "/boot/vmlinuz-6.12.0-1-cloud-amd64",
+            "/boot/initrd.img-6.12.0-1-cloud-amd64"
+        ));
     }
 
     #[test]
     fn newest_kernel_wins() {
         let mut t = Tree::default();
-        for v in ["6.1.0-9-cloud-amd64", "6.12.0-1-cloud-amd64", "6.2.0-1-cloud-amd64"] {
+        for v in [
+            "6.1.0-9-cloud-amd64",
+            "6.12.0-1-cloud-amd64",
+            "6.2.0-1-cloud-amd64",
+        ] {
             t.insert(&format!("boot/vmlinuz-{v}"), Entry::file(vec![1], 0o644, 0));
-            t.insert(&format!("boot/initrd.img-{v}"), Entry::file(vec![1], 0o644, 0));
+            t.insert(
+                &format!("boot/initrd.img-{v}"),
+                Entry::file(vec![1], 0o644, 0),
+            );
         }
         assert_eq!(kernel(&t).unwrap().0, "/boot/vmlinuz-6.12.0-1-cloud-amd64");
-        assert!(kernel(&Tree::default()).unwrap_err().to_string().contains("no kernel"));
+        assert!(
+            kernel(&Tree::default())
+                .unwrap_err()
+                .to_string()
+                .contains("no kernel")
+        );
     }
 
     #[test]

@@ -35,7 +35,12 @@ pub struct Layout {
 impl Layout {
     /// The fixed layout for a disk of `size` bytes (whole MiB, >= 256 MiB).
     pub fn new(size: u64) -> Layout {
-        Layout { size, bios: (MIB, 2 * MIB), esp: (2 * MIB, 34 * MIB), root: (34 * MIB, size - MIB) }
+        Layout {
+            size,
+            bios: (MIB, 2 * MIB),
+            esp: (2 * MIB, 34 * MIB),
+            root: (34 * MIB, size - MIB),
+        }
     }
 }
 
@@ -61,7 +66,11 @@ pub struct Guids {
 }
 
 /// Write the protective MBR and both GPT copies into `disk` (already `size` long).
-pub fn write_gpt<W: std::io::Read + Write + Seek>(disk: &mut W, layout: &Layout, guids: &Guids) -> Result<()> {
+pub fn write_gpt<W: std::io::Read + Write + Seek>(
+    disk: &mut W,
+    layout: &Layout,
+    guids: &Guids,
+) -> Result<()> {
     let mut gpt = gptman::GPT::new_from(disk, SECTOR, guids.disk).context("creating the GPT")?;
     let parts = [
         (TYPE_BIOS_BOOT, guids.bios, layout.bios, "bios", 0u64),
@@ -85,20 +94,36 @@ pub fn write_gpt<W: std::io::Read + Write + Seek>(disk: &mut W, layout: &Layout,
 
 /// A FAT16 EFI system partition of `bytes` holding `files` (path, data).
 pub fn esp_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
-    fat_image(bytes, *b"EFI        ", volume_id, fatfs::FatType::Fat16, files)
+    fat_image(
+        bytes,
+        *b"EFI        ",
+        volume_id,
+        fatfs::FatType::Fat16,
+        files,
+    )
 }
 
 /// A FAT volume of `bytes` holding `files` (path, data). File times are
 /// fatfs's fixed 1980-01-01 (no clock is read), so the bytes depend only
 /// on the arguments.
-pub fn fat_image(bytes: u64, label: [u8; 11], volume_id: u32, fat_type: fatfs::FatType, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
+pub fn fat_image(
+    bytes: u64,
+    label: [u8; 11],
+    volume_id: u32,
+    fat_type: fatfs::FatType,
+    files: &[(&str, &[u8])],
+) -> Result<Vec<u8>> {
     let mut img = vec![0u8; bytes as usize];
     {
         let mut cur = Cursor::new(&mut img[..]);
-        let opts = fatfs::FormatVolumeOptions::new().volume_id(volume_id).volume_label(label).fat_type(fat_type);
+        let opts = fatfs::FormatVolumeOptions::new()
+            .volume_id(volume_id)
+            .volume_label(label)
+            .fat_type(fat_type);
         fatfs::format_volume(&mut cur, opts).context("formatting a FAT volume")?;
         cur.seek(SeekFrom::Start(0))?;
-        let fs = fatfs::FileSystem::new(cur, fatfs::FsOptions::new()).context("opening a FAT volume")?;
+        let fs =
+            fatfs::FileSystem::new(cur, fatfs::FsOptions::new()).context("opening a FAT volume")?;
         for (path, data) in files {
             let mut dir = fs.root_dir();
             let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
@@ -124,7 +149,10 @@ mod tests {
     #[test]
     fn guid_byte_order() {
         // The EFI system partition type as it appears on disk.
-        assert_eq!(hex::encode(guid_bytes(TYPE_ESP)), "28732ac11ff8d211ba4b00a0c93ec93b");
+        assert_eq!(
+            hex::encode(guid_bytes(TYPE_ESP)),
+            "28732ac11ff8d211ba4b00a0c93ec93b"
+        );
     }
 
     #[test]
@@ -132,7 +160,12 @@ mod tests {
         let size = 256 << 20;
         let mut disk = Cursor::new(vec![0u8; size as usize]);
         let l = Layout::new(size);
-        let g = Guids { disk: [1; 16], bios: [2; 16], esp: [3; 16], root: [4; 16] };
+        let g = Guids {
+            disk: [1; 16],
+            bios: [2; 16],
+            esp: [3; 16],
+            root: [4; 16],
+        };
         write_gpt(&mut disk, &l, &g).unwrap();
         let bytes = disk.get_ref().clone();
         assert_eq!(&bytes[510..512], &[0x55, 0xaa]);
@@ -154,7 +187,11 @@ mod tests {
         assert!(a == b);
         let fs = fatfs::FileSystem::new(Cursor::new(a), fatfs::FsOptions::new()).unwrap();
         let mut s = String::new();
-        std::io::Read::read_to_string(&mut fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap(), &mut s).unwrap();
+        std::io::Read::read_to_string(
+            &mut fs.root_dir().open_file("EFI/BOOT/BOOTX64.EFI").unwrap(),
+            &mut s,
+        )
+        .unwrap();
         assert_eq!(s, "MZ..");
         assert_eq!(fs.volume_id(), 0x1234_5678);
     }

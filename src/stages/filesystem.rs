@@ -25,7 +25,12 @@ pub fn merge(base: &mut Tree, layer: Tree) {
             Some(old) if old.kind == Kind::Dir && e.kind == Kind::Dir => continue,
             Some(old) if old.kind == Kind::Dir => {
                 let prefix = format!("{}/", k.path());
-                let doomed: Vec<PathKey> = base.entries.keys().filter(|p| p.path().starts_with(&prefix)).cloned().collect();
+                let doomed: Vec<PathKey> = base
+                    .entries
+                    .keys()
+                    .filter(|p| p.path().starts_with(&prefix))
+                    .cloned()
+                    .collect();
                 for d in doomed {
                     base.entries.remove(&d);
                 }
@@ -38,15 +43,29 @@ pub fn merge(base: &mut Tree, layer: Tree) {
 
 /// Make an ext4 filesystem of `bytes` at byte `offset` of `work/disk.raw`
 /// from `tree`.
-pub fn mkfs(tools: &ToolsEnv, work: &Path, tree: &Tree, offset: u64, bytes: u64, uuid: &str, epoch: u64) -> Result<()> {
+pub fn mkfs(
+    tools: &ToolsEnv,
+    work: &Path,
+    tree: &Tree,
+    offset: u64,
+    bytes: u64,
+    uuid: &str,
+    epoch: u64,
+) -> Result<()> {
     let mut cmd = tools.command("mkfs.ext4", work, epoch)?;
-    cmd.args(["-q", "-F", "-d", "-", "-L", "root", "-b", "4096", "-I", "256", "-U", uuid])
-        .arg("-E")
-        .arg(format!("hash_seed={uuid},offset={offset},root_owner=0:0"))
-        .arg("/mnt/disk.raw")
-        .arg(format!("{}k", bytes / 1024));
-    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let mut child = cmd.spawn().context("cannot start mkfs.ext4 in the tools environment")?;
+    cmd.args([
+        "-q", "-F", "-d", "-", "-L", "root", "-b", "4096", "-I", "256", "-U", uuid,
+    ])
+    .arg("-E")
+    .arg(format!("hash_seed={uuid},offset={offset},root_owner=0:0"))
+    .arg("/mnt/disk.raw")
+    .arg(format!("{}k", bytes / 1024));
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .context("cannot start mkfs.ext4 in the tools environment")?;
     let stdin = child.stdin.take().expect("piped");
     let writer = std::thread::scope(|s| {
         let h = s.spawn(move || -> std::io::Result<()> {
@@ -83,7 +102,10 @@ mod tests {
         layer.insert("srv", Entry::file(b"now a file".to_vec(), 0o644, 2));
         merge(&mut base, layer);
         assert_eq!(base.get("etc").unwrap().mode, 0o700);
-        assert_eq!(base.get("etc/motd").unwrap().kind, Kind::File(b"new".to_vec()));
+        assert_eq!(
+            base.get("etc/motd").unwrap().kind,
+            Kind::File(b"new".to_vec())
+        );
         assert!(base.get("srv/x").is_none());
     }
 }

@@ -18,7 +18,8 @@ use crate::recipe::{Layer, LayerKind};
 /// The tree of a `files` layer.
 pub fn files_tree(from: &Path, to: &str, mtime: u64) -> Result<Tree> {
     let mut t = Tree::default();
-    let md = fs::symlink_metadata(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let md =
+        fs::symlink_metadata(from).with_context(|| format!("cannot read {}", from.display()))?;
     let to = to.trim_matches('/');
     if md.is_dir() {
         walk(from, to, mtime, &mut t)?;
@@ -27,7 +28,11 @@ pub fn files_tree(from: &Path, to: &str, mtime: u64) -> Result<Tree> {
         }
     } else {
         let name = from.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-        let dest = if to.is_empty() { name.to_string() } else { to.to_string() };
+        let dest = if to.is_empty() {
+            name.to_string()
+        } else {
+            to.to_string()
+        };
         t.insert(&dest, host_entry(from, mtime)?);
     }
     t.add_parents(mtime);
@@ -35,14 +40,23 @@ pub fn files_tree(from: &Path, to: &str, mtime: u64) -> Result<Tree> {
 }
 
 fn join(base: &str, name: &str) -> String {
-    if base.is_empty() { name.to_string() } else { format!("{base}/{name}") }
+    if base.is_empty() {
+        name.to_string()
+    } else {
+        format!("{base}/{name}")
+    }
 }
 
 fn walk(dir: &Path, at: &str, mtime: u64, t: &mut Tree) -> Result<()> {
-    let mut names: Vec<_> = fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?.collect::<std::io::Result<_>>()?;
+    let mut names: Vec<_> = fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
     names.sort_by_key(|e| e.file_name());
     for e in names {
-        let name = e.file_name().into_string().map_err(|n| anyhow::anyhow!("{}: file name is not UTF-8: {n:?}", dir.display()))?;
+        let name = e
+            .file_name()
+            .into_string()
+            .map_err(|n| anyhow::anyhow!("{}: file name is not UTF-8: {n:?}", dir.display()))?;
         let p = e.path();
         let path = join(at, &name);
         if e.file_type()?.is_dir() {
@@ -59,14 +73,27 @@ fn host_entry(p: &Path, mtime: u64) -> Result<Entry> {
     let md = fs::symlink_metadata(p)?;
     let ft = md.file_type();
     if ft.is_symlink() {
-        let target = fs::read_link(p)?.to_str().map(str::to_string).with_context(|| format!("{}: link target is not UTF-8", p.display()))?;
-        Ok(Entry { kind: Kind::Symlink(target), ..Entry::dir(0o777, mtime) })
+        let target = fs::read_link(p)?
+            .to_str()
+            .map(str::to_string)
+            .with_context(|| format!("{}: link target is not UTF-8", p.display()))?;
+        Ok(Entry {
+            kind: Kind::Symlink(target),
+            ..Entry::dir(0o777, mtime)
+        })
     } else if ft.is_file() {
         let data = fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-        let mode = if md.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+        let mode = if md.permissions().mode() & 0o111 != 0 {
+            0o755
+        } else {
+            0o644
+        };
         Ok(Entry::file(data, mode, mtime))
     } else {
-        bail!("{}: only files, directories and symlinks can go into a layer", p.display())
+        bail!(
+            "{}: only files, directories and symlinks can go into a layer",
+            p.display()
+        )
     }
 }
 
@@ -76,18 +103,43 @@ pub type Blobs<'a> = &'a dyn Fn(&str, &crate::recipe::Sha256Hex) -> Result<Vec<u
 /// The tree a layer adds (not for `apt` and `run` layers, which act in the rootfs).
 pub fn layer_tree(layer: &Layer, mtime: u64, blobs: Blobs) -> Result<Tree> {
     match &layer.kind {
-        LayerKind::Files { from, to } => files_tree(from, to.as_str(), mtime).with_context(|| format!("layer `{}`", layer.name)),
-        LayerKind::Fetch { url, sha256, to, strip, unpack, mode } => {
+        LayerKind::Files { from, to } => {
+            files_tree(from, to.as_str(), mtime).with_context(|| format!("layer `{}`", layer.name))
+        }
+        LayerKind::Fetch {
+            url,
+            sha256,
+            to,
+            strip,
+            unpack,
+            mode,
+        } => {
             let data = blobs(url, sha256).with_context(|| format!("layer `{}`", layer.name))?;
             let name = url.rsplit('/').next().unwrap_or(url);
-            let kind = if *unpack { crate::recipe::archive_kind(url) } else { None };
-            let p = super::fetched::Placement { name, to: to.as_str(), strip: *strip, unpack: kind, mode: *mode };
-            super::fetched::tree(&data, &p, mtime).with_context(|| format!("layer `{}`", layer.name))
+            let kind = if *unpack {
+                crate::recipe::archive_kind(url)
+            } else {
+                None
+            };
+            let p = super::fetched::Placement {
+                name,
+                to: to.as_str(),
+                strip: *strip,
+                unpack: kind,
+                mode: *mode,
+            };
+            super::fetched::tree(&data, &p, mtime)
+                .with_context(|| format!("layer `{}`", layer.name))
         }
         LayerKind::Pip { .. } => {
-            bail!("layer `{}`: `pip` layers are not built yet (they need `mimg lock`, not written yet)", layer.name)
+            bail!(
+                "layer `{}`: `pip` layers are not built yet (they need `mimg lock`, not written yet)",
+                layer.name
+            )
         }
-        LayerKind::Apt { .. } | LayerKind::Run { .. } => unreachable!("apt and run layers act inside the rootfs step"),
+        LayerKind::Apt { .. } | LayerKind::Run { .. } => {
+            unreachable!("apt and run layers act inside the rootfs step")
+        }
     }
 }
 
@@ -96,7 +148,9 @@ pub fn content_hash(layer: &Layer) -> Result<Option<String>> {
     use sha2::{Digest, Sha256};
     match &layer.kind {
         LayerKind::Files { .. } => {
-            let no_blobs = |_: &str, _: &crate::recipe::Sha256Hex| -> Result<Vec<u8>> { unreachable!("files layers fetch nothing") };
+            let no_blobs = |_: &str, _: &crate::recipe::Sha256Hex| -> Result<Vec<u8>> {
+                unreachable!("files layers fetch nothing")
+            };
             let bytes = layer_tree(layer, 0, &no_blobs)?.write(Vec::new())?;
             Ok(Some(hex::encode(Sha256::digest(&bytes))))
         }
@@ -114,11 +168,18 @@ mod tests {
         fs::create_dir_all(d.path().join("etc/x")).unwrap();
         fs::write(d.path().join("etc/x/a"), "a").unwrap();
         fs::write(d.path().join("etc/run.sh"), "#!/bin/sh").unwrap();
-        fs::set_permissions(d.path().join("etc/run.sh"), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(
+            d.path().join("etc/run.sh"),
+            fs::Permissions::from_mode(0o700),
+        )
+        .unwrap();
         fs::set_permissions(d.path().join("etc/x/a"), fs::Permissions::from_mode(0o600)).unwrap();
         std::os::unix::fs::symlink("x/a", d.path().join("etc/l")).unwrap();
         let t = files_tree(d.path(), "/", 7).unwrap();
-        assert_eq!(t.paths().collect::<Vec<_>>(), ["etc", "etc/l", "etc/run.sh", "etc/x", "etc/x/a"]);
+        assert_eq!(
+            t.paths().collect::<Vec<_>>(),
+            ["etc", "etc/l", "etc/run.sh", "etc/x", "etc/x/a"]
+        );
         assert_eq!(t.get("etc/run.sh").unwrap().mode, 0o755);
         assert_eq!(t.get("etc/x/a").unwrap().mode, 0o644);
         assert!(t.entries.values().all(|e| e.uid == 0 && e.mtime == 7));

@@ -11,7 +11,18 @@ use crate::tools::{self, ToolsEnv};
 /// Convert `work/disk.raw` into `work/disk.qcow2`.
 pub fn convert(tools: &ToolsEnv, work: &Path, epoch: u64) -> Result<()> {
     let mut cmd = tools.command("qemu-img", work, epoch)?;
-    cmd.args(["convert", "-q", "-f", "raw", "-O", "qcow2", "-o", "compat=1.1,lazy_refcounts=off", "/mnt/disk.raw", "/mnt/disk.qcow2"]);
+    cmd.args([
+        "convert",
+        "-q",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        "-o",
+        "compat=1.1,lazy_refcounts=off",
+        "/mnt/disk.raw",
+        "/mnt/disk.qcow2",
+    ]);
     tools::run(cmd, "qemu-img convert")?;
     Ok(())
 }

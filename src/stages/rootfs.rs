@@ -30,11 +30,24 @@ pub struct Package {
 
 /// The apt source lines for mmdebstrap (with the mirror: transport only).
 fn source_lines(recipe: &Recipe, mirror: &str) -> Vec<String> {
-    let comps = |c: &[crate::recipe::Component]| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" ");
-    let mut v = vec![format!("deb {mirror} {} {}", recipe.base.suite, comps(&recipe.base.components))];
+    let comps =
+        |c: &[crate::recipe::Component]| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" ");
+    let mut v = vec![format!(
+        "deb {mirror} {} {}",
+        recipe.base.suite,
+        comps(&recipe.base.components)
+    )];
     for s in recipe.sources.values() {
-        let opts = s.keyring.as_ref().map(|k| format!("[signed-by={}] ", k.display())).unwrap_or_default();
-        v.push(format!("deb {opts}{mirror} {} {}", s.suite, comps(&s.components)));
+        let opts = s
+            .keyring
+            .as_ref()
+            .map(|k| format!("[signed-by={}] ", k.display()))
+            .unwrap_or_default();
+        v.push(format!(
+            "deb {opts}{mirror} {} {}",
+            s.suite,
+            comps(&s.components)
+        ));
     }
     v
 }
@@ -58,7 +71,14 @@ fn includes(recipe: &Recipe) -> Vec<String> {
 }
 
 /// Build the rootfs tar into `out/rootfs.tar`; returns the installed packages.
-pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Path, blobs: super::layer::Blobs) -> Result<Vec<Package>> {
+pub fn build(
+    recipe: &Recipe,
+    head: &[Layer],
+    mirror: &str,
+    epoch: u64,
+    out: &Path,
+    blobs: super::layer::Blobs,
+) -> Result<Vec<Package>> {
     let raw = out.join("mmdebstrap.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
     cmd.arg("--variant=apt").arg("--format=tar");
@@ -73,7 +93,9 @@ pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Pa
                 let f = out.join(format!("run-{i}.sh"));
                 fs::write(&f, script)?;
                 cmd.arg(format!("--customize-hook=copy-in {} /tmp", f.display()));
-                cmd.arg(format!("--customize-hook=unshare -n chroot \"$1\" /bin/sh -e /tmp/run-{i}.sh"));
+                cmd.arg(format!(
+                    "--customize-hook=unshare -n chroot \"$1\" /bin/sh -e /tmp/run-{i}.sh"
+                ));
                 cmd.arg(format!("--customize-hook=rm -f \"$1/tmp/run-{i}.sh\""));
             }
             _ => {
@@ -87,7 +109,8 @@ pub fn build(recipe: &Recipe, head: &[Layer], mirror: &str, epoch: u64, out: &Pa
     cmd.args(source_lines(recipe, mirror));
     tools::run(cmd, "mmdebstrap").map_err(|e| explain(e, &inc))?;
 
-    let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?).context("reading mmdebstrap's tar")?;
+    let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
+        .context("reading mmdebstrap's tar")?;
     fs::remove_file(&raw)?;
     for i in 0..head.len() {
         let _ = fs::remove_file(out.join(format!("run-{i}.sh")));
@@ -109,24 +132,46 @@ fn explain(e: tools::ToolError, includes: &[String]) -> anyhow::Error {
     if let tools::ToolError::Failed { stderr, .. } = &e {
         for line in stderr.lines() {
             if let Some(rest) = line.split("Unable to locate package ").nth(1) {
-                return anyhow::anyhow!("unknown package `{}`: no suite of the recipe has it\nhint: check the name in the recipe's apt layers (`apt-cache policy NAME`)", rest.trim());
+                return anyhow::anyhow!(
+                    "unknown package `{}`: no suite of the recipe has it\nhint: check the name in the recipe's apt layers (`apt-cache policy NAME`)",
+                    rest.trim()
+                );
             }
-            if line.contains("has no installation candidate") || line.contains("Couldn't find any package") {
-                return anyhow::anyhow!("{}\nhint: check the package names in the recipe's apt layers", line.trim());
+            if line.contains("has no installation candidate")
+                || line.contains("Couldn't find any package")
+            {
+                return anyhow::anyhow!(
+                    "{}\nhint: check the package names in the recipe's apt layers",
+                    line.trim()
+                );
             }
         }
-        if stderr.contains("Failed to fetch") || stderr.contains("Could not resolve") || stderr.contains("Could not connect") {
-            return anyhow::anyhow!("the Debian mirror could not be reached by apt:\n{stderr}\nhint: check the network or MIMG_DEBIAN_MIRROR");
+        if stderr.contains("Failed to fetch")
+            || stderr.contains("Could not resolve")
+            || stderr.contains("Could not connect")
+        {
+            return anyhow::anyhow!(
+                "the Debian mirror could not be reached by apt:\n{stderr}\nhint: check the network or MIMG_DEBIAN_MIRROR"
+            );
         }
         if stderr.contains("subuid") || stderr.contains("newuidmap") {
-            return anyhow::anyhow!("{e}\nhint: a rootless build needs ranges in /etc/subuid and /etc/subgid for this user (and the uidmap package)");
+            return anyhow::anyhow!(
+                "{e}\nhint: a rootless build needs ranges in /etc/subuid and /etc/subgid for this user (and the uidmap package)"
+            );
         }
     }
     let _ = includes;
     anyhow::Error::new(e)
 }
 
-const DROP_PREFIXES: &[&str] = &["dev/", "var/log/", "var/lib/apt/lists/", "var/cache/apt/", "tmp/", "run/"];
+const DROP_PREFIXES: &[&str] = &[
+    "dev/",
+    "var/log/",
+    "var/lib/apt/lists/",
+    "var/cache/apt/",
+    "tmp/",
+    "run/",
+];
 const DROP_EXACT: &[&str] = &[
     "var/cache/ldconfig/aux-cache",
     "var/lib/systemd/random-seed",
@@ -150,21 +195,37 @@ pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
     for p in paths {
         let e = tree.get(&p).expect("listed");
         let is_dir = e.kind == Kind::Dir;
-        let dropped_prefix = DROP_PREFIXES.iter().any(|d| p.starts_with(d)) && !(is_dir && keep_dir(&p));
+        let dropped_prefix =
+            DROP_PREFIXES.iter().any(|d| p.starts_with(d)) && !(is_dir && keep_dir(&p));
         let ssh_key = p.starts_with("etc/ssh/ssh_host_");
         let snakeoil_link = matches!(&e.kind, Kind::Symlink(t) if t.contains("ssl-cert-snakeoil"));
         // A PostgreSQL cluster has a random system identifier: it is made at
         // first boot on the data disk, never at build time.
-        let pg_cluster = (p.starts_with("var/lib/postgresql/") || p.starts_with("etc/postgresql/")) && p.split('/').count() >= 4;
-        let cache_file = (p.starts_with("var/cache/") && (p.ends_with(".bin") || p.ends_with("-old"))) || p.ends_with(".pyc") && p.contains("__pycache__/");
-        if dropped_prefix || pg_cluster || ssh_key || snakeoil_link || cache_file || DROP_EXACT.contains(&p.as_str()) {
+        let pg_cluster = (p.starts_with("var/lib/postgresql/") || p.starts_with("etc/postgresql/"))
+            && p.split('/').count() >= 4;
+        let cache_file = (p.starts_with("var/cache/")
+            && (p.ends_with(".bin") || p.ends_with("-old")))
+            || p.ends_with(".pyc") && p.contains("__pycache__/");
+        if dropped_prefix
+            || pg_cluster
+            || ssh_key
+            || snakeoil_link
+            || cache_file
+            || DROP_EXACT.contains(&p.as_str())
+        {
             tree.remove(&p);
         }
     }
     let file = |text: &str| Entry::file(text.as_bytes().to_vec(), 0o644, mtime);
     tree.insert("etc/hostname", file("localhost\n"));
     tree.insert("etc/resolv.conf", file(""));
-    tree.insert("etc/machine-id", Entry { mode: 0o444, ..file("") });
+    tree.insert(
+        "etc/machine-id",
+        Entry {
+            mode: 0o444,
+            ..file("")
+        },
+    );
     tree.insert(
         "etc/apt/sources.list",
         file(&format!(
@@ -176,7 +237,10 @@ pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
     if tree.get("etc/apt/mirrors").is_none() {
         tree.insert("etc/apt/mirrors", Entry::dir(0o755, mtime));
     }
-    tree.insert("etc/apt/mirrors/debian.list", file("# one Debian mirror URL per line\n"));
+    tree.insert(
+        "etc/apt/mirrors/debian.list",
+        file("# one Debian mirror URL per line\n"),
+    );
 }
 
 /// Directories under dropped prefixes that packages expect to exist.
@@ -186,7 +250,11 @@ fn keep_dir(p: &str) -> bool {
 
 /// The installed packages, from dpkg's status file.
 pub fn installed(tree: &Tree) -> Result<Vec<Package>> {
-    let Some(Entry { kind: Kind::File(data), .. }) = tree.get("var/lib/dpkg/status") else {
+    let Some(Entry {
+        kind: Kind::File(data),
+        ..
+    }) = tree.get("var/lib/dpkg/status")
+    else {
         bail!("the rootfs has no /var/lib/dpkg/status")
     };
     let text = String::from_utf8_lossy(data);
@@ -201,7 +269,11 @@ pub fn installed(tree: &Tree) -> Result<Vec<Package>> {
         if f.get("Status").is_some_and(|s| s.ends_with(" installed"))
             && let (Some(n), Some(v)) = (f.get("Package"), f.get("Version"))
         {
-            out.push(Package { name: n.to_string(), version: v.to_string(), arch: f.get("Architecture").unwrap_or(&"").to_string() });
+            out.push(Package {
+                name: n.to_string(),
+                version: v.to_string(),
+                arch: f.get("Architecture").unwrap_or(&"").to_string(),
+            });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -220,7 +292,10 @@ mod tests {
             Entry::file(b"Package: b\nStatus: install ok installed\nArchitecture: amd64\nVersion: 2\n\nPackage: a\nStatus: deinstall ok config-files\nVersion: 1\n\nPackage: a0\nStatus: install ok installed\nArchitecture: all\nVersion: 1:0.1-2\n".to_vec(), 0o644, 0),
         );
         let p = installed(&t).unwrap();
-        assert_eq!(p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(), ["a0", "b"]);
+        assert_eq!(
+            p.iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
+            ["a0", "b"]
+        );
         assert_eq!(p[0].version, "1:0.1-2");
     }
 }

@@ -36,10 +36,24 @@ pub struct Entry {
 
 impl Entry {
     pub fn dir(mode: u32, mtime: u64) -> Entry {
-        Entry { kind: Kind::Dir, mode, uid: 0, gid: 0, mtime, xattrs: vec![] }
+        Entry {
+            kind: Kind::Dir,
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: vec![],
+        }
     }
     pub fn file(data: Vec<u8>, mode: u32, mtime: u64) -> Entry {
-        Entry { kind: Kind::File(data), mode, uid: 0, gid: 0, mtime, xattrs: vec![] }
+        Entry {
+            kind: Kind::File(data),
+            mode,
+            uid: 0,
+            gid: 0,
+            mtime,
+            xattrs: vec![],
+        }
     }
 }
 
@@ -50,10 +64,21 @@ pub struct PathKey(Vec<u8>);
 
 impl PathKey {
     pub fn new(path: &str) -> PathKey {
-        PathKey(path.bytes().map(|b| if b == b'/' { 0 } else { b }).collect())
+        PathKey(
+            path.bytes()
+                .map(|b| if b == b'/' { 0 } else { b })
+                .collect(),
+        )
     }
     pub fn path(&self) -> String {
-        String::from_utf8_lossy(&self.0.iter().map(|b| if *b == 0 { b'/' } else { *b }).collect::<Vec<_>>()).into_owned()
+        String::from_utf8_lossy(
+            &self
+                .0
+                .iter()
+                .map(|b| if *b == 0 { b'/' } else { *b })
+                .collect::<Vec<_>>(),
+        )
+        .into_owned()
     }
 }
 
@@ -75,7 +100,11 @@ pub fn clean_path(raw: &str) -> Option<String> {
             p => parts.push(p),
         }
     }
-    if parts.is_empty() { None } else { Some(parts.join("/")) }
+    if parts.is_empty() {
+        None
+    } else {
+        Some(parts.join("/"))
+    }
 }
 
 impl Tree {
@@ -99,7 +128,9 @@ impl Tree {
         for e in ar.entries()? {
             let mut e = e?;
             let raw = String::from_utf8_lossy(&e.path_bytes()).into_owned();
-            let Some(path) = clean_path(&raw) else { continue };
+            let Some(path) = clean_path(&raw) else {
+                continue;
+            };
             let mut xattrs = Vec::new();
             if let Some(pax) = e.pax_extensions()? {
                 for x in pax.flatten() {
@@ -116,22 +147,46 @@ impl Tree {
             let uid = h.uid()?;
             let gid = h.gid()?;
             let mtime = h.mtime()?;
-            let link = || e.link_name_bytes().map(|l| String::from_utf8_lossy(&l).into_owned()).unwrap_or_default();
+            let link = || {
+                e.link_name_bytes()
+                    .map(|l| String::from_utf8_lossy(&l).into_owned())
+                    .unwrap_or_default()
+            };
             let kind = match h.entry_type() {
                 tar::EntryType::Directory => Kind::Dir,
                 tar::EntryType::Symlink => Kind::Symlink(link()),
                 tar::EntryType::Link => Kind::Hardlink(clean_path(&link()).unwrap_or_default()),
-                tar::EntryType::Char => Kind::Char(h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0)),
-                tar::EntryType::Block => Kind::Block(h.device_major()?.unwrap_or(0), h.device_minor()?.unwrap_or(0)),
+                tar::EntryType::Char => Kind::Char(
+                    h.device_major()?.unwrap_or(0),
+                    h.device_minor()?.unwrap_or(0),
+                ),
+                tar::EntryType::Block => Kind::Block(
+                    h.device_major()?.unwrap_or(0),
+                    h.device_minor()?.unwrap_or(0),
+                ),
                 tar::EntryType::Fifo => Kind::Fifo,
                 tar::EntryType::Regular | tar::EntryType::Continuous => {
                     let mut data = Vec::with_capacity(e.size() as usize);
                     e.read_to_end(&mut data)?;
                     Kind::File(data)
                 }
-                other => return Err(io::Error::other(format!("{path}: unsupported tar entry type {other:?}"))),
+                other => {
+                    return Err(io::Error::other(format!(
+                        "{path}: unsupported tar entry type {other:?}"
+                    )));
+                }
             };
-            t.insert(&path, Entry { kind, mode, uid, gid, mtime, xattrs });
+            t.insert(
+                &path,
+                Entry {
+                    kind,
+                    mode,
+                    uid,
+                    gid,
+                    mtime,
+                    xattrs,
+                },
+            );
         }
         Ok(t)
     }
@@ -142,11 +197,17 @@ impl Tree {
         let mut groups: BTreeMap<PathKey, Vec<PathKey>> = BTreeMap::new();
         for (k, e) in &self.entries {
             if let Kind::Hardlink(target) = &e.kind {
-                groups.entry(PathKey::new(target)).or_default().push(k.clone());
+                groups
+                    .entry(PathKey::new(target))
+                    .or_default()
+                    .push(k.clone());
             }
         }
         for (target, links) in groups {
-            let data_ok = matches!(self.entries.get(&target).map(|e| &e.kind), Some(Kind::File(_)));
+            let data_ok = matches!(
+                self.entries.get(&target).map(|e| &e.kind),
+                Some(Kind::File(_))
+            );
             if !data_ok {
                 for l in links {
                     self.entries.remove(&l);
@@ -159,7 +220,14 @@ impl Tree {
             let first = all[0].clone();
             if first != target {
                 let data = self.entries.get(&target).expect("checked").clone();
-                self.entries.insert(first.clone(), Entry { kind: data.kind, xattrs: data.xattrs, ..self.entries[&first].clone() });
+                self.entries.insert(
+                    first.clone(),
+                    Entry {
+                        kind: data.kind,
+                        xattrs: data.xattrs,
+                        ..self.entries[&first].clone()
+                    },
+                );
                 let t = self.entries.get_mut(&target).expect("checked");
                 t.kind = Kind::Hardlink(first.path());
                 t.xattrs.clear();
@@ -255,7 +323,11 @@ pub fn write_entry<W: Write>(b: &mut tar::Builder<W>, path: &str, e: &Entry) -> 
             b.append_link(&mut h, &p, t)
         }
         Kind::Char(ma, mi) | Kind::Block(ma, mi) => {
-            h.set_entry_type(if matches!(e.kind, Kind::Char(..)) { tar::EntryType::Char } else { tar::EntryType::Block });
+            h.set_entry_type(if matches!(e.kind, Kind::Char(..)) {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
             h.set_device_major(*ma)?;
             h.set_device_minor(*mi)?;
             h.set_size(0);
@@ -291,8 +363,20 @@ mod tests {
         t.insert("b-c", Entry::file(b"1".to_vec(), 0o644, 5));
         t.insert("b/c", Entry::file(b"2".to_vec(), 0o644, 99));
         t.insert("b", Entry::dir(0o755, 5));
-        t.insert("a", Entry { kind: Kind::Hardlink("z".into()), ..Entry::file(vec![], 0o755, 5) });
-        t.insert("z", Entry { xattrs: vec![("security.capability".into(), vec![1, 2, 0, 3])], ..Entry::file(b"data".to_vec(), 0o755, 5) });
+        t.insert(
+            "a",
+            Entry {
+                kind: Kind::Hardlink("z".into()),
+                ..Entry::file(vec![], 0o755, 5)
+            },
+        );
+        t.insert(
+            "z",
+            Entry {
+                xattrs: vec![("security.capability".into(), vec![1, 2, 0, 3])],
+                ..Entry::file(b"data".to_vec(), 0o755, 5)
+            },
+        );
         t
     }
 
@@ -314,7 +398,11 @@ mod tests {
         let bytes = t.write(Vec::new()).unwrap();
         let back = Tree::read(bytes.as_slice()).unwrap();
         assert_eq!(back.write(Vec::new()).unwrap(), bytes);
-        assert_eq!(back.get("a").unwrap().xattrs.len(), 1, "xattrs sit on the data holder");
+        assert_eq!(
+            back.get("a").unwrap().xattrs.len(),
+            1,
+            "xattrs sit on the data holder"
+        );
         assert_eq!(back.get("z").unwrap().xattrs.len(), 0);
         // Pinned digest: a change to the canonical form must be deliberate.
         use sha2::{Digest, Sha256};
@@ -327,7 +415,10 @@ mod tests {
         let r = pax_record("k", b"v");
         assert_eq!(r, b"6 k=v\n");
         let r = pax_record("SCHILY.xattr.x", &[0u8; 90]);
-        let n: usize = std::str::from_utf8(&r[..r.iter().position(|b| *b == b' ').unwrap()]).unwrap().parse().unwrap();
+        let n: usize = std::str::from_utf8(&r[..r.iter().position(|b| *b == b' ').unwrap()])
+            .unwrap()
+            .parse()
+            .unwrap();
         assert_eq!(n, r.len());
     }
 

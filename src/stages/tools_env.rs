@@ -14,8 +14,12 @@ use crate::tools;
 pub fn build(mirror: &str, epoch: u64, out: &Path) -> Result<()> {
     let tar = out.join("tools.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
-    cmd.arg("--variant=apt").arg("--format=tar").arg(format!("--include={}", TOOLS_PACKAGES.join(",")));
-    cmd.arg(TOOLS_SUITE).arg(&tar).arg(format!("deb {mirror} {TOOLS_SUITE} main"));
+    cmd.arg("--variant=apt")
+        .arg("--format=tar")
+        .arg(format!("--include={}", TOOLS_PACKAGES.join(",")));
+    cmd.arg(TOOLS_SUITE)
+        .arg(&tar)
+        .arg(format!("deb {mirror} {TOOLS_SUITE} main"));
     tools::run(cmd, "mmdebstrap (tools environment)")?;
     let root = out.join("root");
     fs::create_dir_all(&root)?;
@@ -34,7 +38,10 @@ fn unpack(tar: &Path, root: &Path) -> Result<()> {
     for e in ar.entries()? {
         let mut e = e?;
         let t = e.header().entry_type();
-        if matches!(t, tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo) {
+        if matches!(
+            t,
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo
+        ) {
             continue;
         }
         e.unpack_in(root)?;

@@ -25,12 +25,19 @@ pub struct Wheel {
 impl Wheel {
     /// Name and version from a wheel file name (`name-version-...-plat.whl`).
     pub fn from_file(file: &str, sha256: &str) -> Result<Wheel> {
-        let stem = file.strip_suffix(".whl").with_context(|| format!("{file} is not a wheel"))?;
+        let stem = file
+            .strip_suffix(".whl")
+            .with_context(|| format!("{file} is not a wheel"))?;
         let parts: Vec<&str> = stem.split('-').collect();
         if parts.len() < 5 {
             bail!("{file}: not a wheel file name");
         }
-        Ok(Wheel { name: parts[0].to_lowercase().replace('_', "-"), version: parts[1].into(), file: file.into(), sha256: sha256.into() })
+        Ok(Wheel {
+            name: parts[0].to_lowercase().replace('_', "-"),
+            version: parts[1].into(),
+            file: file.into(),
+            sha256: sha256.into(),
+        })
     }
 }
 
@@ -51,22 +58,37 @@ pub fn venv_tree(venv: &str, py: &str, wheels: &[(String, Vec<u8>)], mtime: u64)
     let site = format!("{root}/lib/python{py}/site-packages");
     let mut t = Tree::default();
     let file = |data: Vec<u8>, mode| Entry::file(data, mode, mtime);
-    let link = |target: &str| Entry { kind: Kind::Symlink(target.into()), ..Entry::dir(0o777, mtime) };
+    let link = |target: &str| Entry {
+        kind: Kind::Symlink(target.into()),
+        ..Entry::dir(0o777, mtime)
+    };
     t.insert(&format!("{root}/pyvenv.cfg"), file(format!("home = /usr/bin\ninclude-system-site-packages = false\nversion = {py}\nexecutable = /usr/bin/python{py}\n").into_bytes(), 0o644));
-    t.insert(&format!("{root}/bin/python"), link(&format!("/usr/bin/python{py}")));
+    t.insert(
+        &format!("{root}/bin/python"),
+        link(&format!("/usr/bin/python{py}")),
+    );
     t.insert(&format!("{root}/bin/python3"), link("python"));
     t.insert(&format!("{root}/bin/python{py}"), link("python"));
     t.insert(&format!("{root}/lib64"), link("lib"));
     t.insert(&site, Entry::dir(0o755, mtime));
     let python = format!("/{root}/bin/python");
     for (name, data) in wheels {
-        install(&mut t, name, data, &root, &site, &python, mtime).with_context(|| format!("installing {name}"))?;
+        install(&mut t, name, data, &root, &site, &python, mtime)
+            .with_context(|| format!("installing {name}"))?;
     }
     t.add_parents(mtime);
     Ok(t)
 }
 
-fn install(t: &mut Tree, name: &str, data: &[u8], root: &str, site: &str, python: &str, mtime: u64) -> Result<()> {
+fn install(
+    t: &mut Tree,
+    name: &str,
+    data: &[u8],
+    root: &str,
+    site: &str,
+    python: &str,
+    mtime: u64,
+) -> Result<()> {
     let mut z = zip::ZipArchive::new(std::io::Cursor::new(data)).context("not a zip file")?;
     let mut entry_points = None;
     for i in 0..z.len() {
@@ -74,7 +96,10 @@ fn install(t: &mut Tree, name: &str, data: &[u8], root: &str, site: &str, python
         if f.is_dir() {
             continue;
         }
-        let raw = f.name().map(|n| n.to_string()).context("unreadable member name")?;
+        let raw = f
+            .name()
+            .map(|n| n.to_string())
+            .context("unreadable member name")?;
         let parts: Vec<&str> = raw.split('/').collect();
         if raw.starts_with('/') || parts.iter().any(|p| *p == ".." || p.is_empty()) {
             bail!("wheel member `{raw}` leaves the venv");
@@ -103,13 +128,22 @@ fn install(t: &mut Tree, name: &str, data: &[u8], root: &str, site: &str, python
             bytes = format!("#!{python}").into_bytes();
             bytes.extend(rest);
         }
-        t.insert(&dest, Entry::file(bytes, if exec || script { 0o755 } else { 0o644 }, mtime));
+        t.insert(
+            &dest,
+            Entry::file(bytes, if exec || script { 0o755 } else { 0o644 }, mtime),
+        );
     }
     if let Some(ep) = entry_points {
         for (script, target) in console_scripts(&ep) {
-            let Some((module, attr)) = target.split_once(':') else { continue };
+            let Some((module, attr)) = target.split_once(':') else {
+                continue;
+            };
             let attr = attr.split_whitespace().next().unwrap_or(attr);
-            let ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b));
+            let ok = |s: &str| {
+                !s.is_empty()
+                    && s.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._".contains(&b))
+            };
             if !ok(&script.replace('-', "_")) || !ok(module) || !ok(attr) {
                 continue;
             }
@@ -117,7 +151,10 @@ fn install(t: &mut Tree, name: &str, data: &[u8], root: &str, site: &str, python
                 "#!{python}\n# -*- coding: utf-8 -*-\nimport re\nimport sys\nfrom {module} import {head}\nif __name__ == \"__main__\":\n    sys.argv[0] = re.sub(r\"(-script\\.pyw|\\.exe)?$\", \"\", sys.argv[0])\n    sys.exit({attr}())\n",
                 head = attr.split('.').next().unwrap_or(attr)
             );
-            t.insert(&format!("{root}/bin/{script}"), Entry::file(body.into_bytes(), 0o755, mtime));
+            t.insert(
+                &format!("{root}/bin/{script}"),
+                Entry::file(body.into_bytes(), 0o755, mtime),
+            );
         }
     }
     let _ = name;
@@ -149,8 +186,10 @@ mod tests {
         let o = zip::write::SimpleFileOptions::default();
         z.start_file("demo/__init__.py", o).unwrap();
         z.write_all(b"def main():\n    return 0\n").unwrap();
-        z.start_file("demo-1.0.dist-info/entry_points.txt", o).unwrap();
-        z.write_all(b"[console_scripts]\ndemo-run = demo:main\n").unwrap();
+        z.start_file("demo-1.0.dist-info/entry_points.txt", o)
+            .unwrap();
+        z.write_all(b"[console_scripts]\ndemo-run = demo:main\n")
+            .unwrap();
         z.start_file("demo-1.0.data/scripts/tool", o).unwrap();
         z.write_all(b"#!python\nprint(1)\n").unwrap();
         z.finish().unwrap().into_inner()
@@ -158,20 +197,41 @@ mod tests {
 
     #[test]
     fn a_wheel_becomes_a_venv() {
-        let t = venv_tree("/opt/venvs/x", "3.13", &[("demo-1.0-py3-none-any.whl".into(), wheel())], 5).unwrap();
-        assert!(t.get("opt/venvs/x/lib/python3.13/site-packages/demo/__init__.py").is_some());
+        let t = venv_tree(
+            "/opt/venvs/x",
+            "3.13",
+            &[("demo-1.0-py3-none-any.whl".into(), wheel())],
+            5,
+        )
+        .unwrap();
+        assert!(
+            t.get("opt/venvs/x/lib/python3.13/site-packages/demo/__init__.py")
+                .is_some()
+        );
         let run = t.get("opt/venvs/x/bin/demo-run").unwrap();
         assert_eq!(run.mode, 0o755);
         let Kind::File(d) = &run.kind else { panic!() };
         assert!(String::from_utf8_lossy(d).starts_with("#!/opt/venvs/x/bin/python\n"));
-        let Kind::File(d) = &t.get("opt/venvs/x/bin/tool").unwrap().kind else { panic!() };
+        let Kind::File(d) = &t.get("opt/venvs/x/bin/tool").unwrap().kind else {
+            panic!()
+        };
         assert!(d.starts_with(b"#!/opt/venvs/x/bin/python\n"));
-        assert_eq!(t.get("opt/venvs/x/bin/python").unwrap().kind, Kind::Symlink("/usr/bin/python3.13".into()));
+        assert_eq!(
+            t.get("opt/venvs/x/bin/python").unwrap().kind,
+            Kind::Symlink("/usr/bin/python3.13".into())
+        );
     }
 
     #[test]
     fn wheel_names() {
-        let w = Wheel::from_file("matrix_synapse-1.163.2-cp310-abi3-manylinux_2_28_x86_64.whl", "x").unwrap();
-        assert_eq!((w.name.as_str(), w.version.as_str()), ("matrix-synapse", "1.163.2"));
+        let w = Wheel::from_file(
+            "matrix_synapse-1.163.2-cp310-abi3-manylinux_2_28_x86_64.whl",
+            "x",
+        )
+        .unwrap();
+        assert_eq!(
+            (w.name.as_str(), w.version.as_str()),
+            ("matrix-synapse", "1.163.2")
+        );
     }
 }

@@ -55,9 +55,17 @@ pub struct FileSum {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("store at {}: {what}: {source}", root.display())]
-    Io { root: PathBuf, what: String, source: io::Error },
+    Io {
+        root: PathBuf,
+        what: String,
+        source: io::Error,
+    },
     #[error("store entry {key} is damaged: {what}\nhint: remove {path} and build again")]
-    Damaged { key: String, what: String, path: PathBuf },
+    Damaged {
+        key: String,
+        what: String,
+        path: PathBuf,
+    },
 }
 
 /// A handle on the store directory.
@@ -88,13 +96,17 @@ impl Store {
         if let Some(p) = std::env::var_os("XDG_CACHE_HOME").filter(|p| !p.is_empty()) {
             return PathBuf::from(p).join("mimg");
         }
-        let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/tmp"));
+        let home = std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/tmp"));
         home.join(".cache").join("mimg")
     }
 
     /// Open (and create) the store at `root`.
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let s = Store { root: root.to_path_buf() };
+        let s = Store {
+            root: root.to_path_buf(),
+        };
         for d in ["steps", "tmp", "locks", "blobs"] {
             fs::create_dir_all(s.base().join(d)).map_err(|e| s.io(format!("create {d}/"), e))?;
         }
@@ -110,7 +122,11 @@ impl Store {
     }
 
     fn io(&self, what: impl Into<String>, source: io::Error) -> StoreError {
-        StoreError::Io { root: self.root.clone(), what: what.into(), source }
+        StoreError::Io {
+            root: self.root.clone(),
+            what: what.into(),
+            source,
+        }
     }
 
     /// The directory of a finished step.
@@ -127,7 +143,11 @@ impl Store {
     pub fn meta(&self, key: &StepKey) -> Result<Meta, StoreError> {
         let p = self.path(key).join("meta.json");
         let text = fs::read(&p).map_err(|e| self.io(format!("read {}", p.display()), e))?;
-        serde_json::from_slice(&text).map_err(|e| StoreError::Damaged { key: key.to_string(), what: format!("meta.json: {e}"), path: self.path(key) })
+        serde_json::from_slice(&text).map_err(|e| StoreError::Damaged {
+            key: key.to_string(),
+            what: format!("meta.json: {e}"),
+            path: self.path(key),
+        })
     }
 
     /// Every finished step's key.
@@ -147,7 +167,12 @@ impl Store {
     /// Take the build lock of `key`, waiting for another build that holds it.
     pub fn lock(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
         let p = self.base().join("locks").join(format!("{key}.lock"));
-        let f = File::options().create(true).truncate(false).write(true).open(&p).map_err(|e| self.io("open lock", e))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| self.io("open lock", e))?;
         f.lock().map_err(|e| self.io("take lock", e))?;
         Ok(KeyLock { _file: f })
     }
@@ -166,11 +191,20 @@ impl Store {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
         let dir = tmp.join(format!("{key}.{}.{n}", std::process::id()));
         fs::create_dir_all(&dir).map_err(|e| self.io("create tmp dir", e))?;
-        Ok(Pending { dir, final_dir: self.path(key) })
+        Ok(Pending {
+            dir,
+            final_dir: self.path(key),
+        })
     }
 
     /// Finish a step: hash its files, write `meta.json`, sync, rename into place.
-    pub fn commit(&self, pending: Pending, step: &Step, seconds: f64, extra: serde_json::Value) -> Result<Meta, StoreError> {
+    pub fn commit(
+        &self,
+        pending: Pending,
+        step: &Step,
+        seconds: f64,
+        extra: serde_json::Value,
+    ) -> Result<Meta, StoreError> {
         let mut files = BTreeMap::new();
         sum_tree(&pending.dir, &pending.dir, &mut files).map_err(|e| self.io("hash outputs", e))?;
         let meta = Meta {
@@ -193,9 +227,12 @@ impl Store {
             // entry (no meta.json) is replaced.
             remove_all(&pending.final_dir);
         }
-        fs::rename(&pending.dir, &pending.final_dir).map_err(|e| self.io("rename into steps/", e))?;
+        fs::rename(&pending.dir, &pending.final_dir)
+            .map_err(|e| self.io("rename into steps/", e))?;
         if let Some(parent) = pending.final_dir.parent() {
-            File::open(parent).and_then(|d| d.sync_all()).map_err(|e| self.io("sync steps/", e))?;
+            File::open(parent)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| self.io("sync steps/", e))?;
         }
         Ok(meta)
     }
@@ -221,7 +258,9 @@ impl Store {
     /// A temporary path for a blob being written.
     pub fn blob_tmp(&self, sha256: &str) -> PathBuf {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        self.base().join("tmp").join(format!("blob-{sha256}.{}.{n}", std::process::id()))
+        self.base()
+            .join("tmp")
+            .join(format!("blob-{sha256}.{}.{n}", std::process::id()))
     }
 
     /// Move a verified temporary file into `blobs/` (atomic rename).
@@ -236,11 +275,16 @@ impl Store {
         let sum = hash_file(path).map_err(|e| self.io(format!("read {}", path.display()), e))?;
         let tmp = self.blob_tmp(&sum.sha256);
         fs::copy(path, &tmp).map_err(|e| self.io(format!("copy {}", path.display()), e))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| self.io("sync blob", e))?;
+        File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| self.io("sync blob", e))?;
         let again = hash_file(&tmp).map_err(|e| self.io("re-read blob", e))?;
         if again != sum {
             let _ = fs::remove_file(&tmp);
-            return Err(self.io(format!("{} changed while it was copied", path.display()), io::Error::other("content changed")));
+            return Err(self.io(
+                format!("{} changed while it was copied", path.display()),
+                io::Error::other("content changed"),
+            ));
         }
         self.put_blob(&tmp, &sum.sha256)?;
         Ok(sum)
@@ -255,7 +299,10 @@ impl Store {
                     for (name, sum) in &m.files {
                         match hash_file(&self.path(&key).join(name)) {
                             Ok(s) if &s == sum => {}
-                            Ok(s) => bad.push(format!("step {key}: {name}: expected sha256 {}, got {}", sum.sha256, s.sha256)),
+                            Ok(s) => bad.push(format!(
+                                "step {key}: {name}: expected sha256 {}, got {}",
+                                sum.sha256, s.sha256
+                            )),
                             Err(e) => bad.push(format!("step {key}: {name}: {e}")),
                         }
                     }
@@ -325,7 +372,12 @@ fn sum_tree(base: &Path, dir: &Path, out: &mut BTreeMap<String, FileSum>) -> io:
         let e = e?;
         let ft = e.file_type()?;
         if ft.is_file() {
-            let rel = e.path().strip_prefix(base).expect("under base").to_string_lossy().into_owned();
+            let rel = e
+                .path()
+                .strip_prefix(base)
+                .expect("under base")
+                .to_string_lossy()
+                .into_owned();
             out.insert(rel, hash_file(&e.path())?);
         }
     }
@@ -347,7 +399,10 @@ pub fn hash_file(p: &Path) -> io::Result<FileSum> {
         h.update(&buf[..n]);
         size += n as u64;
     }
-    Ok(FileSum { sha256: hex::encode(h.finalize()), size })
+    Ok(FileSum {
+        sha256: hex::encode(h.finalize()),
+        size,
+    })
 }
 
 fn sync_tree(dir: &Path) -> io::Result<()> {
@@ -363,12 +418,18 @@ fn sync_tree(dir: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::{StepKind, StepKey};
+    use crate::plan::{StepKey, StepKind};
 
     fn step(n: &str) -> Step {
         let mut inputs = BTreeMap::new();
         inputs.insert("n".into(), serde_json::json!(n));
-        Step { kind: StepKind::Layer, label: n.into(), key: StepKey::compute("layer", &inputs), inputs, layers: vec![] }
+        Step {
+            kind: StepKind::Layer,
+            label: n.into(),
+            key: StepKey::compute("layer", &inputs),
+            inputs,
+            layers: vec![],
+        }
     }
 
     #[test]

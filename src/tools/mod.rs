@@ -14,12 +14,21 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("`{tool}` is not installed on this host\nhint: run `make deps` (or apt-get install {package})")]
+    #[error(
+        "`{tool}` is not installed on this host\nhint: run `make deps` (or apt-get install {package})"
+    )]
     Missing { tool: String, package: String },
     #[error("cannot start `{tool}`: {source}")]
-    Spawn { tool: String, source: std::io::Error },
+    Spawn {
+        tool: String,
+        source: std::io::Error,
+    },
     #[error("`{tool}` failed ({status}):\n{stderr}")]
-    Failed { tool: String, status: ExitStatus, stderr: String },
+    Failed {
+        tool: String,
+        status: ExitStatus,
+        stderr: String,
+    },
 }
 
 /// Whether we run as root (else rootless, through user namespaces).
@@ -27,24 +36,38 @@ pub fn is_root() -> bool {
     // SAFETY-free: the effective uid is readable from /proc without libc.
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(2)).map(|u| u == "0"))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .map(|u| u == "0")
+        })
         .unwrap_or(false)
 }
 
 /// Find `tool` on the host's PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")]).map(|d| d.join(tool)).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
 }
 
 fn require(tool: &str, package: &str) -> Result<PathBuf, ToolError> {
-    which(tool).ok_or_else(|| ToolError::Missing { tool: tool.into(), package: package.into() })
+    which(tool).ok_or_else(|| ToolError::Missing {
+        tool: tool.into(),
+        package: package.into(),
+    })
 }
 
 /// A command with the clean environment every tool gets.
 fn clean(program: &Path, epoch: u64) -> Command {
     let mut c = Command::new("/bin/sh");
-    c.arg("-c").arg("umask 022; exec \"$@\"").arg("sh").arg(program);
+    c.arg("-c")
+        .arg("umask 022; exec \"$@\"")
+        .arg("sh")
+        .arg(program);
     c.env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LC_ALL", "C.UTF-8")
@@ -58,8 +81,13 @@ fn clean(program: &Path, epoch: u64) -> Command {
 
 /// Run to the end; on failure the error carries the last lines of stderr.
 pub fn run(mut cmd: Command, tool: &str) -> Result<(), ToolError> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
-    let child = cmd.spawn().map_err(|source| ToolError::Spawn { tool: tool.into(), source })?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().map_err(|source| ToolError::Spawn {
+        tool: tool.into(),
+        source,
+    })?;
     wait(child, tool)
 }
 
@@ -69,13 +97,20 @@ pub fn wait(mut child: Child, tool: &str) -> Result<(), ToolError> {
     if let Some(mut e) = child.stderr.take() {
         let _ = e.read_to_string(&mut err);
     }
-    let status = child.wait().map_err(|source| ToolError::Spawn { tool: tool.into(), source })?;
+    let status = child.wait().map_err(|source| ToolError::Spawn {
+        tool: tool.into(),
+        source,
+    })?;
     if status.success() {
         Ok(())
     } else {
         let lines: Vec<&str> = err.lines().collect();
         let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-        Err(ToolError::Failed { tool: tool.into(), status, stderr: tail })
+        Err(ToolError::Failed {
+            tool: tool.into(),
+            status,
+            stderr: tail,
+        })
     }
 }
 
@@ -83,7 +118,11 @@ pub fn wait(mut child: Child, tool: &str) -> Result<(), ToolError> {
 pub fn mmdebstrap(epoch: u64) -> Result<Command, ToolError> {
     let p = require("mmdebstrap", "mmdebstrap")?;
     let mut c = clean(&p, epoch);
-    c.arg(if is_root() { "--mode=root" } else { "--mode=unshare" });
+    c.arg(if is_root() {
+        "--mode=root"
+    } else {
+        "--mode=unshare"
+    });
     c.arg("--quiet");
     Ok(c)
 }
@@ -116,11 +155,27 @@ impl ToolsEnv {
             .arg("--bind")
             .arg(work)
             .arg("/mnt")
-            .args(["--chdir", "/mnt", "--unshare-all", "--die-with-parent", "--clearenv"])
+            .args([
+                "--chdir",
+                "/mnt",
+                "--unshare-all",
+                "--die-with-parent",
+                "--clearenv",
+            ])
             .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
-            .args(["--setenv", "LC_ALL", "C.UTF-8", "--setenv", "TZ", "UTC", "--setenv", "HOME", "/tmp"])
+            .args([
+                "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "TZ", "UTC", "--setenv", "HOME",
+                "/tmp",
+            ])
             .args(["--setenv", "SOURCE_DATE_EPOCH", &epoch.to_string()])
-            .args(["--", "/bin/sh", "-c", "umask 022; exec \"$@\"", "sh", program]);
+            .args([
+                "--",
+                "/bin/sh",
+                "-c",
+                "umask 022; exec \"$@\"",
+                "sh",
+                program,
+            ]);
         Ok(c)
     }
 }
@@ -128,11 +183,34 @@ impl ToolsEnv {
 /// `pip download` of binary wheels for Python `python` on x86_64 Linux
 /// into `dest`, with the host's pip and its configuration (index, proxy,
 /// certificates: transport only, the lock pins every wheel by sha256).
-pub fn pip_download(requirements: &[String], python: &str, no_deps: bool, dest: &Path) -> Result<(), ToolError> {
-    let py = which("python3").filter(|p| p.starts_with("/usr")).unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
+pub fn pip_download(
+    requirements: &[String],
+    python: &str,
+    no_deps: bool,
+    dest: &Path,
+) -> Result<(), ToolError> {
+    let py = which("python3")
+        .filter(|p| p.starts_with("/usr"))
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/python3"));
     let mut c = Command::new(py);
-    c.args(["-m", "pip", "download", "--quiet", "--only-binary=:all:", "--implementation", "cp", "--python-version", python]);
-    for plat in ["manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64", "linux_x86_64"] {
+    c.args([
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--only-binary=:all:",
+        "--implementation",
+        "cp",
+        "--python-version",
+        python,
+    ]);
+    for plat in [
+        "manylinux_2_28_x86_64",
+        "manylinux_2_17_x86_64",
+        "manylinux2014_x86_64",
+        "manylinux1_x86_64",
+        "linux_x86_64",
+    ] {
         c.args(["--platform", plat]);
     }
     if no_deps {

@@ -30,16 +30,32 @@ pub struct Client {
 
 impl Client {
     pub fn new(port: u16) -> Client {
-        let http = reqwest::blocking::Client::builder().timeout(Duration::from_secs(30)).redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let http = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
         Client { port, http }
     }
 
-    fn req(&self, method: reqwest::Method, host: &str, path: &str) -> reqwest::blocking::RequestBuilder {
-        self.http.request(method, format!("http://127.0.0.1:{}{path}", self.port)).header(reqwest::header::HOST, host)
+    fn req(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+    ) -> reqwest::blocking::RequestBuilder {
+        self.http
+            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+            .header(reqwest::header::HOST, host)
     }
 
     /// GET, returning status, headers and body.
-    pub fn get(&self, host: &str, path: &str, token: Option<&str>) -> Result<(u16, reqwest::header::HeaderMap, String)> {
+    pub fn get(
+        &self,
+        host: &str,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String)> {
         let mut r = self.req(reqwest::Method::GET, host, path);
         if let Some(t) = token {
             r = r.bearer_auth(t);
@@ -51,8 +67,18 @@ impl Client {
     }
 
     /// POST/PUT JSON, returning status and the JSON body.
-    pub fn send(&self, method: reqwest::Method, host: &str, path: &str, token: Option<&str>, body: &Value) -> Result<(u16, Value)> {
-        let mut r = self.req(method, host, path).header(reqwest::header::CONTENT_TYPE, "application/json").body(serde_json::to_vec(body)?);
+    pub fn send(
+        &self,
+        method: reqwest::Method,
+        host: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &Value,
+    ) -> Result<(u16, Value)> {
+        let mut r = self
+            .req(method, host, path)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(body)?);
         if let Some(t) = token {
             r = r.bearer_auth(t);
         }
@@ -64,7 +90,12 @@ impl Client {
 }
 
 /// Wait until Synapse answers /health through nginx, at most `limit`.
-pub fn wait_healthy(c: &Client, o: &Overlay, limit: Duration, alive: &mut dyn FnMut() -> bool) -> Result<f64> {
+pub fn wait_healthy(
+    c: &Client,
+    o: &Overlay,
+    limit: Duration,
+    alive: &mut dyn FnMut() -> bool,
+) -> Result<f64> {
     let t0 = Instant::now();
     while t0.elapsed() < limit {
         if !alive() {
@@ -77,7 +108,10 @@ pub fn wait_healthy(c: &Client, o: &Overlay, limit: Duration, alive: &mut dyn Fn
         }
         std::thread::sleep(Duration::from_millis(1000));
     }
-    bail!("Synapse did not answer /health through nginx within {}s", limit.as_secs())
+    bail!(
+        "Synapse did not answer /health through nginx within {}s",
+        limit.as_secs()
+    )
 }
 
 fn timed(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
@@ -85,21 +119,37 @@ fn timed(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
     let r = f();
     let seconds = t0.elapsed().as_secs_f64();
     match r {
-        Ok(detail) => Check { name: name.into(), ok: true, seconds, detail },
-        Err(e) => Check { name: name.into(), ok: false, seconds, detail: format!("{e:#}") },
+        Ok(detail) => Check {
+            name: name.into(),
+            ok: true,
+            seconds,
+            detail,
+        },
+        Err(e) => Check {
+            name: name.into(),
+            ok: false,
+            seconds,
+            detail: format!("{e:#}"),
+        },
     }
 }
 
 /// Wait until `@user:server_name` exists (its public profile answers).
 pub fn wait_user(c: &Client, o: &Overlay, user: &str, limit: Duration) -> Result<()> {
     let t0 = Instant::now();
-    let path = format!("/_matrix/client/v3/profile/{}", urlenc(&format!("@{user}:{}", o.server_name)));
+    let path = format!(
+        "/_matrix/client/v3/profile/{}",
+        urlenc(&format!("@{user}:{}", o.server_name))
+    );
     loop {
         if let Ok((200, _, _)) = c.get(o.homeserver.as_str(), &path, None) {
             return Ok(());
         }
         if t0.elapsed() > limit {
-            bail!("@{user} was not registered within {}s (see the first-boot script in the serial log)", limit.as_secs());
+            bail!(
+                "@{user} was not registered within {}s (see the first-boot script in the serial log)",
+                limit.as_secs()
+            );
         }
         std::thread::sleep(Duration::from_secs(2));
     }
@@ -110,7 +160,13 @@ pub fn wait_user(c: &Client, o: &Overlay, user: &str, limit: Duration) -> Result
 pub fn login(c: &Client, o: &Overlay, user: &str, password: &str) -> Result<String> {
     let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": user }, "password": password });
     for _ in 0..2 {
-        let (st, v) = c.send(reqwest::Method::POST, o.homeserver.as_str(), "/_matrix/client/v3/login", None, &body)?;
+        let (st, v) = c.send(
+            reqwest::Method::POST,
+            o.homeserver.as_str(),
+            "/_matrix/client/v3/login",
+            None,
+            &body,
+        )?;
         if st == 429 {
             let ms = v["retry_after_ms"].as_u64().unwrap_or(5000).min(300_000);
             std::thread::sleep(Duration::from_millis(ms + 500));
@@ -119,11 +175,13 @@ pub fn login(c: &Client, o: &Overlay, user: &str, password: &str) -> Result<Stri
         if st != 200 {
             bail!("login as {user}: HTTP {st}: {v}");
         }
-        return Ok(v["access_token"].as_str().context("no access_token")?.to_string());
+        return Ok(v["access_token"]
+            .as_str()
+            .context("no access_token")?
+            .to_string());
     }
     bail!("login as {user}: rate limited twice")
 }
-
 
 /// Every check of `mimg test`, in order.
 pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) -> Vec<Check> {
@@ -131,14 +189,20 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
     let sn = o.server_name.as_str();
     let wc = o.web_client.as_str();
     let mut out = Vec::new();
-    out.push(timed("synapse /_matrix/client/versions through nginx", || {
-        let (st, _, body) = c.get(hs, "/_matrix/client/versions", None)?;
-        let v: Value = serde_json::from_str(&body)?;
-        if st != 200 || !v["versions"].is_array() {
-            bail!("HTTP {st}: {body}");
-        }
-        Ok(format!("{} versions", v["versions"].as_array().map(|a| a.len()).unwrap_or(0)))
-    }));
+    out.push(timed(
+        "synapse /_matrix/client/versions through nginx",
+        || {
+            let (st, _, body) = c.get(hs, "/_matrix/client/versions", None)?;
+            let v: Value = serde_json::from_str(&body)?;
+            if st != 200 || !v["versions"].is_array() {
+                bail!("HTTP {st}: {body}");
+            }
+            Ok(format!(
+                "{} versions",
+                v["versions"].as_array().map(|a| a.len()).unwrap_or(0)
+            ))
+        },
+    ));
     out.push(timed("synapse /health", || {
         let (st, _, body) = c.get(hs, "/health", None)?;
         if st != 200 || body.trim() != "OK" {
@@ -146,22 +210,33 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
         }
         Ok("OK".into())
     }));
-    out.push(timed(".well-known/matrix/server on the server name", || {
-        let (st, h, body) = c.get(sn, "/.well-known/matrix/server", None)?;
-        let v: Value = serde_json::from_str(&body)?;
-        let want = format!("{hs}:443");
-        if st != 200 || v["m.server"] != json!(want) || !h.get("content-type").is_some_and(|t| t.to_str().unwrap_or("").contains("json")) {
-            bail!("HTTP {st} {h:?}: {body}");
-        }
-        Ok(body)
-    }));
+    out.push(timed(
+        ".well-known/matrix/server on the server name",
+        || {
+            let (st, h, body) = c.get(sn, "/.well-known/matrix/server", None)?;
+            let v: Value = serde_json::from_str(&body)?;
+            let want = format!("{hs}:443");
+            if st != 200
+                || v["m.server"] != json!(want)
+                || !h
+                    .get("content-type")
+                    .is_some_and(|t| t.to_str().unwrap_or("").contains("json"))
+            {
+                bail!("HTTP {st} {h:?}: {body}");
+            }
+            Ok(body)
+        },
+    ));
     out.push(timed(".well-known/matrix/client with CORS", || {
         let (st, h, body) = c.get(sn, "/.well-known/matrix/client", None)?;
         let v: Value = serde_json::from_str(&body)?;
         if st != 200 || v["m.homeserver"]["base_url"] != json!(format!("https://{hs}")) {
             bail!("HTTP {st}: {body}");
         }
-        if h.get("access-control-allow-origin").and_then(|v| v.to_str().ok()) != Some("*") {
+        if h.get("access-control-allow-origin")
+            .and_then(|v| v.to_str().ok())
+            != Some("*")
+        {
             bail!("no Access-Control-Allow-Origin: *");
         }
         Ok(body)
@@ -174,70 +249,126 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
         let (st, _, body) = c.get(wc, "/config.json", None)?;
         let v: Value = serde_json::from_str(&body)?;
         let hsc = &v["default_server_config"]["m.homeserver"];
-        if st != 200 || hsc["base_url"] != json!(format!("https://{hs}")) || hsc["server_name"] != json!(sn) {
+        if st != 200
+            || hsc["base_url"] != json!(format!("https://{hs}"))
+            || hsc["server_name"] != json!(sn)
+        {
             bail!("config.json: HTTP {st}: {body}");
         }
         Ok("base_url and server_name are the customer's".into())
     }));
     let admin = o.admins.first().cloned();
     let mut token = None;
-    out.push(timed("admin logs in, creates a room, sends and reads a message", || {
-        let a = admin.as_ref().context("the overlay has no [[admin]]")?;
-        // The first-boot script registers admins once Synapse is healthy:
-        // wait (bounded) until the user exists, without spending Synapse's
-        // login rate limit on failed attempts.
-        wait_user(c, o, a.user.as_str(), Duration::from_secs(300))?;
-        let t = login(c, o, a.user.as_str(), a.password.expose())?;
-        let (st, v) = c.send(reqwest::Method::POST, hs, "/_matrix/client/v3/createRoom", Some(&t), &json!({ "name": "mimg test" }))?;
-        let room = v["room_id"].as_str().with_context(|| format!("createRoom: HTTP {st}: {v}"))?.to_string();
-        let text = format!("hello from mimg test {}", std::process::id());
-        let path = format!("/_matrix/client/v3/rooms/{}/send/m.room.message/mimg{}", urlenc(&room), std::process::id());
-        let (st, v) = c.send(reqwest::Method::PUT, hs, &path, Some(&t), &json!({ "msgtype": "m.text", "body": text }))?;
-        if st != 200 {
-            bail!("send: HTTP {st}: {v}");
-        }
-        let (st, _, body) = c.get(hs, &format!("/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10", urlenc(&room)), Some(&t))?;
-        if st != 200 || !body.contains(&text) {
-            bail!("messages: HTTP {st}: message not found");
-        }
-        token = Some(t);
-        Ok(format!("room {room}"))
-    }));
-    out.push(timed("TURN credentials are the HMAC of the overlay's secret", || {
-        let t = token.as_deref().context("no login")?;
-        let turn = o.turn.as_ref().context("the overlay has no [turn]")?;
-        let (st, _, body) = c.get(hs, "/_matrix/client/v3/voip/turnServer", Some(t))?;
-        let v: Value = serde_json::from_str(&body)?;
-        let user = v["username"].as_str().with_context(|| format!("HTTP {st}: {body}"))?;
-        let mut mac = Hmac::<sha1::Sha1>::new_from_slice(turn.secret.expose().as_bytes()).expect("any key length");
-        mac.update(user.as_bytes());
-        let want = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-        if v["password"] != json!(want) {
-            bail!("password is not HMAC-SHA1(secret, username)");
-        }
-        let uris: Vec<String> = turn.uris.iter().map(|u| u.to_string()).collect();
-        if v["uris"] != json!(uris) {
-            bail!("uris {} differ from the overlay's", v["uris"]);
-        }
-        Ok(format!("username {user}"))
-    }));
+    out.push(timed(
+        "admin logs in, creates a room, sends and reads a message",
+        || {
+            let a = admin.as_ref().context("the overlay has no [[admin]]")?;
+            // The first-boot script registers admins once Synapse is healthy:
+            // wait (bounded) until the user exists, without spending Synapse's
+            // login rate limit on failed attempts.
+            wait_user(c, o, a.user.as_str(), Duration::from_secs(300))?;
+            let t = login(c, o, a.user.as_str(), a.password.expose())?;
+            let (st, v) = c.send(
+                reqwest::Method::POST,
+                hs,
+                "/_matrix/client/v3/createRoom",
+                Some(&t),
+                &json!({ "name": "mimg test" }),
+            )?;
+            let room = v["room_id"]
+                .as_str()
+                .with_context(|| format!("createRoom: HTTP {st}: {v}"))?
+                .to_string();
+            let text = format!("hello from mimg test {}", std::process::id());
+            let path = format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/mimg{}",
+                urlenc(&room),
+                std::process::id()
+            );
+            let (st, v) = c.send(
+                reqwest::Method::PUT,
+                hs,
+                &path,
+                Some(&t),
+                &json!({ "msgtype": "m.text", "body": text }),
+            )?;
+            if st != 200 {
+                bail!("send: HTTP {st}: {v}");
+            }
+            let (st, _, body) = c.get(
+                hs,
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=10",
+                    urlenc(&room)
+                ),
+                Some(&t),
+            )?;
+            if st != 200 || !body.contains(&text) {
+                bail!("messages: HTTP {st}: message not found");
+            }
+            token = Some(t);
+            Ok(format!("room {room}"))
+        },
+    ));
+    out.push(timed(
+        "TURN credentials are the HMAC of the overlay's secret",
+        || {
+            let t = token.as_deref().context("no login")?;
+            let turn = o.turn.as_ref().context("the overlay has no [turn]")?;
+            let (st, _, body) = c.get(hs, "/_matrix/client/v3/voip/turnServer", Some(t))?;
+            let v: Value = serde_json::from_str(&body)?;
+            let user = v["username"]
+                .as_str()
+                .with_context(|| format!("HTTP {st}: {body}"))?;
+            let mut mac = Hmac::<sha1::Sha1>::new_from_slice(turn.secret.expose().as_bytes())
+                .expect("any key length");
+            mac.update(user.as_bytes());
+            let want =
+                base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+            if v["password"] != json!(want) {
+                bail!("password is not HMAC-SHA1(secret, username)");
+            }
+            let uris: Vec<String> = turn.uris.iter().map(|u| u.to_string()).collect();
+            if v["uris"] != json!(uris) {
+                bail!("uris {} differ from the overlay's", v["uris"]);
+            }
+            Ok(format!("username {user}"))
+        },
+    ));
     if o.registration == Registration::Closed {
         out.push(timed("registration is refused (closed)", || {
-            let (st, v) = c.send(reqwest::Method::POST, hs, "/_matrix/client/v3/register", None, &json!({ "username": "mimg-intruder", "password": "x-long-password-1234" }))?;
+            let (st, v) = c.send(
+                reqwest::Method::POST,
+                hs,
+                "/_matrix/client/v3/register",
+                None,
+                &json!({ "username": "mimg-intruder", "password": "x-long-password-1234" }),
+            )?;
             if st != 403 {
                 bail!("HTTP {st}: {v}");
             }
             Ok(format!("HTTP {st} {}", v["errcode"]))
         }));
     }
-    out.push(timed("the VM has the overlay's IPv6 address", || match guest {
-        Some(g) if g == o.network.address.addr => Ok(format!("reached at {g}")),
-        Some(g) => bail!("reached at {g}, not {}", o.network.address.addr),
-        None => bail!("not checked: no network namespace (needs root)"),
-    }));
+    out.push(timed(
+        "the VM has the overlay's IPv6 address",
+        || match guest {
+            Some(g) if g == o.network.address.addr => Ok(format!("reached at {g}")),
+            Some(g) => bail!("reached at {g}, not {}", o.network.address.addr),
+            None => bail!("not checked: no network namespace (needs root)"),
+        },
+    ));
     out
 }
 
 fn urlenc(s: &str) -> String {
-    s.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect()
+    s.bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }

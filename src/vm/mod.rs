@@ -28,16 +28,28 @@ pub struct Forward {
 impl std::str::FromStr for Forward {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let (h, g) = s.split_once(':').ok_or_else(|| format!("`{s}` is not HOSTPORT:GUESTPORT"))?;
-        let p = |x: &str| x.parse::<u16>().ok().filter(|v| *v > 0).ok_or_else(|| format!("`{x}` is not a port (1-65535)"));
-        Ok(Forward { host: p(h)?, guest: p(g)? })
+        let (h, g) = s
+            .split_once(':')
+            .ok_or_else(|| format!("`{s}` is not HOSTPORT:GUESTPORT"))?;
+        let p = |x: &str| {
+            x.parse::<u16>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(|| format!("`{x}` is not a port (1-65535)"))
+        };
+        Ok(Forward {
+            host: p(h)?,
+            guest: p(g)?,
+        })
     }
 }
 
 /// The guest's address and gateway, read from a seed's network-config.
 pub fn seed_network(seed: &Path) -> Result<Option<(Ipv6Addr, u8, Ipv6Addr)>> {
-    let data = std::fs::read(seed).with_context(|| format!("cannot read seed {}", seed.display()))?;
-    let fs = fatfs::FileSystem::new(std::io::Cursor::new(data), fatfs::FsOptions::new()).context("the seed is not a FAT volume")?;
+    let data =
+        std::fs::read(seed).with_context(|| format!("cannot read seed {}", seed.display()))?;
+    let fs = fatfs::FileSystem::new(std::io::Cursor::new(data), fatfs::FsOptions::new())
+        .context("the seed is not a FAT volume")?;
     let mut text = String::new();
     match fs.root_dir().open_file("network-config") {
         Ok(mut f) => {
@@ -45,7 +57,13 @@ pub fn seed_network(seed: &Path) -> Result<Option<(Ipv6Addr, u8, Ipv6Addr)>> {
         }
         Err(_) => return Ok(None),
     }
-    let unq = |l: &str| l.trim().trim_start_matches("- ").trim().trim_matches('"').to_string();
+    let unq = |l: &str| {
+        l.trim()
+            .trim_start_matches("- ")
+            .trim()
+            .trim_matches('"')
+            .to_string()
+    };
     let mut addr = None;
     let mut gw = None;
     let mut lines = text.lines();
@@ -120,11 +138,31 @@ fn kvm_usable() -> bool {
         Ok("kvm") => return true,
         _ => {}
     }
-    if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
         return false;
     }
     let probe = Command::new("qemu-system-x86_64")
-        .args(["-accel", "kvm", "-cpu", "max", "-nodefaults", "-display", "none", "-monitor", "none", "-serial", "none", "-m", "32", "-S"])
+        .args([
+            "-accel",
+            "kvm",
+            "-cpu",
+            "max",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-monitor",
+            "none",
+            "-serial",
+            "none",
+            "-m",
+            "32",
+            "-S",
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -148,32 +186,76 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
     let overlay = work.path().join("overlay.qcow2");
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(std::fs::canonicalize(&spec.image).with_context(|| format!("no image at {}", spec.image.display()))?)
+        .arg(
+            std::fs::canonicalize(&spec.image)
+                .with_context(|| format!("no image at {}", spec.image.display()))?,
+        )
         .arg(&overlay)
         .status()
         .context("qemu-img is not installed (make deps)")?;
     if !st.success() {
-        bail!("qemu-img could not make an overlay of {}", spec.image.display());
+        bail!(
+            "qemu-img could not make an overlay of {}",
+            spec.image.display()
+        );
     }
-    let accel = if kvm_usable() { "kvm" } else { "tcg,thread=multi" };
+    let accel = if kvm_usable() {
+        "kvm"
+    } else {
+        "tcg,thread=multi"
+    };
     let mut args: Vec<String> = vec!["-accel".into(), accel.into(), "-cpu".into(), "max".into()];
-    args.extend(["-m".into(), spec.memory_mib.to_string(), "-smp".into(), spec.cpus.to_string()]);
-    args.extend(["-nographic".into(), "-monitor".into(), "none".into(), "-display".into(), "none".into()]);
-    args.extend(["-serial".into(), format!("file:{}", spec.serial_log.display())]);
-    args.extend(["-drive".into(), format!("file={},if=virtio,format=qcow2", overlay.display())]);
+    args.extend([
+        "-m".into(),
+        spec.memory_mib.to_string(),
+        "-smp".into(),
+        spec.cpus.to_string(),
+    ]);
+    args.extend([
+        "-nographic".into(),
+        "-monitor".into(),
+        "none".into(),
+        "-display".into(),
+        "none".into(),
+    ]);
+    args.extend([
+        "-serial".into(),
+        format!("file:{}", spec.serial_log.display()),
+    ]);
+    args.extend([
+        "-drive".into(),
+        format!("file={},if=virtio,format=qcow2", overlay.display()),
+    ]);
     if let Some(d) = &spec.data_disk {
-        let fmt = if d.extension().is_some_and(|e| e == "qcow2") { "qcow2" } else { "raw" };
-        args.extend(["-drive".into(), format!("file={},if=virtio,format={fmt}", d.display())]);
+        let fmt = if d.extension().is_some_and(|e| e == "qcow2") {
+            "qcow2"
+        } else {
+            "raw"
+        };
+        args.extend([
+            "-drive".into(),
+            format!("file={},if=virtio,format={fmt}", d.display()),
+        ]);
     }
     if let Some(s) = &spec.seed {
-        args.extend(["-drive".into(), format!("file={},if=virtio,format=raw,readonly=on", s.display())]);
+        args.extend([
+            "-drive".into(),
+            format!("file={},if=virtio,format=raw,readonly=on", s.display()),
+        ]);
     }
     if spec.uefi {
         let vars = work.path().join("vars.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).context("OVMF is not installed (make deps)")?;
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .context("OVMF is not installed (make deps)")?;
         args.extend(["-machine".into(), "q35".into()]);
-        args.extend(["-drive".into(), "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into()]);
-        args.extend(["-drive".into(), format!("if=pflash,format=raw,unit=1,file={}", vars.display())]);
+        args.extend([
+            "-drive".into(),
+            "if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".into(),
+        ]);
+        args.extend([
+            "-drive".into(),
+            format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
+        ]);
     }
     let net = match &spec.seed {
         Some(s) => seed_network(s)?,
@@ -184,7 +266,10 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
         Some((addr, prefix, gw)) if root => {
             let ns = format!("mimg-{}", std::process::id());
             let ip = |a: &[&str]| -> Result<()> {
-                let st = Command::new("ip").args(a).status().context("`ip` (iproute2) is not installed")?;
+                let st = Command::new("ip")
+                    .args(a)
+                    .status()
+                    .context("`ip` (iproute2) is not installed")?;
                 if !st.success() {
                     bail!("`ip {}` failed", a.join(" "));
                 }
@@ -194,7 +279,17 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
             let setup = (|| -> Result<()> {
                 ip(&["-n", &ns, "link", "set", "lo", "up"])?;
                 ip(&["-n", &ns, "tuntap", "add", "dev", "tap0", "mode", "tap"])?;
-                ip(&["-n", &ns, "-6", "addr", "add", &format!("{gw}/{prefix}"), "dev", "tap0", "nodad"])?;
+                ip(&[
+                    "-n",
+                    &ns,
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{gw}/{prefix}"),
+                    "dev",
+                    "tap0",
+                    "nodad",
+                ])?;
                 ip(&["-n", &ns, "link", "set", "tap0", "up"])?;
                 Ok(())
             })();
@@ -202,12 +297,23 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
                 let _ = Command::new("ip").args(["netns", "del", &ns]).status();
                 return Err(e);
             }
-            args.extend(["-netdev".into(), "tap,id=n0,ifname=tap0,script=no,downscript=no".into(), "-device".into(), "virtio-net-pci,netdev=n0".into()]);
-            (Some(ns), Some(addr), "IPv6 in a private network namespace (tap)")
+            args.extend([
+                "-netdev".into(),
+                "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
+                "-device".into(),
+                "virtio-net-pci,netdev=n0".into(),
+            ]);
+            (
+                Some(ns),
+                Some(addr),
+                "IPv6 in a private network namespace (tap)",
+            )
         }
         _ => {
             if net.is_some() {
-                eprintln!("mimg run: not root, so no network namespace or tap device: falling back to QEMU's user network; forwards reach the guest over IPv4 only");
+                eprintln!(
+                    "mimg run: not root, so no network namespace or tap device: falling back to QEMU's user network; forwards reach the guest over IPv4 only"
+                );
             }
             let mut nic = "user,model=virtio-net-pci,ipv6-net=fec0::/64".to_string();
             for f in &spec.forwards {
@@ -225,9 +331,21 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
         }
         None => Command::new("qemu-system-x86_64"),
     };
-    cmd.args(&args).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::inherit());
-    let child = cmd.spawn().context("cannot start qemu-system-x86_64 (make deps)")?;
-    let vm = Vm { child, netns: netns.clone(), _work: work, serial_log: spec.serial_log.clone(), guest, mode };
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let child = cmd
+        .spawn()
+        .context("cannot start qemu-system-x86_64 (make deps)")?;
+    let vm = Vm {
+        child,
+        netns: netns.clone(),
+        _work: work,
+        serial_log: spec.serial_log.clone(),
+        guest,
+        mode,
+    };
     if let (Some(ns), Some(g)) = (&netns, guest) {
         for f in &spec.forwards {
             relay(f.host, ns.clone(), g, f.guest)?;
@@ -239,7 +357,8 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
 /// Listen on 127.0.0.1:`host`; relay each connection to [`guest`]:`port`
 /// inside the namespace through `mimg __relay` run there.
 fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
-    let l = TcpListener::bind(("127.0.0.1", host)).with_context(|| format!("cannot listen on 127.0.0.1:{host}"))?;
+    let l = TcpListener::bind(("127.0.0.1", host))
+        .with_context(|| format!("cannot listen on 127.0.0.1:{host}"))?;
     // Not current_exe(): that path may be gone if the binary was replaced.
     let exe = PathBuf::from(format!("/proc/{}/exe", std::process::id()));
     std::thread::spawn(move || {
@@ -323,7 +442,13 @@ mod tests {
 
     #[test]
     fn forwards_parse() {
-        assert_eq!("8080:80".parse::<Forward>().unwrap(), Forward { host: 8080, guest: 80 });
+        assert_eq!(
+            "8080:80".parse::<Forward>().unwrap(),
+            Forward {
+                host: 8080,
+                guest: 80
+            }
+        );
         assert!("80".parse::<Forward>().is_err());
         assert!("0:80".parse::<Forward>().is_err());
     }

@@ -30,7 +30,12 @@ pub fn mimg() -> Command {
 /// Run and return output; print it so failures are readable.
 pub fn run(mut c: Command) -> Output {
     let out = c.stdin(Stdio::null()).output().expect("mimg runs");
-    eprintln!("--- {:?}\n{}{}", c, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!(
+        "--- {:?}\n{}{}",
+        c,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     out
 }
 
@@ -44,13 +49,19 @@ pub fn stderr(o: &Output) -> String {
 
 pub fn sha256(p: &Path) -> String {
     let out = Command::new("sha256sum").arg(p).output().unwrap();
-    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_string()
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
 }
 
 /// Build `recipe` into `store` and `out`; panics unless it succeeds.
 pub fn build(recipe: &str, store: &Path, out: &Path) -> Output {
     let mut c = mimg();
-    c.args(["build", recipe, "--out"]).arg(out).env("MIMG_STORE", store);
+    c.args(["build", recipe, "--out"])
+        .arg(out)
+        .env("MIMG_STORE", store);
     let o = run(c);
     assert!(o.status.success(), "build of {recipe} failed");
     o
@@ -71,10 +82,18 @@ pub fn minimal() -> &'static Built {
         let store = w.join("store");
         let out = w.join("out");
         let o = build("minimal", &store, &out);
-        assert!(stdout(&o).contains("built 4 steps, reused 0"), "a cold build runs every step");
+        assert!(
+            stdout(&o).contains("built 4 steps, reused 0"),
+            "a cold build runs every step"
+        );
         let image = out.join("minimal.qcow2");
         let sha = sha256(&image);
-        Built { store, out, image, sha }
+        Built {
+            store,
+            out,
+            image,
+            sha,
+        }
     })
 }
 
@@ -87,7 +106,13 @@ pub enum Firmware {
 
 /// Boot `image` (through a throw-away overlay) with TCG until `want`
 /// appears on the serial console; returns the seconds it took and the log.
-pub fn boot(image: &Path, fw: Firmware, extra: &[&str], want: &str, limit: Duration) -> (Option<f64>, String) {
+pub fn boot(
+    image: &Path,
+    fw: Firmware,
+    extra: &[&str],
+    want: &str,
+    limit: Duration,
+) -> (Option<f64>, String) {
     let w = work(&format!("boot-{fw:?}-{}", std::process::id()));
     let overlay = w.join("overlay.qcow2");
     let st = Command::new("qemu-img")
@@ -99,23 +124,46 @@ pub fn boot(image: &Path, fw: Firmware, extra: &[&str], want: &str, limit: Durat
     assert!(st.success());
     let serial = w.join("serial.log");
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg,thread=multi", "-cpu", "max", "-m", "1024", "-smp", "2", "-nographic", "-monitor", "none", "-display", "none"])
-        .arg("-serial")
-        .arg(format!("file:{}", serial.display()))
-        .arg("-drive")
-        .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
-        .args(["-nic", "user,model=virtio-net-pci"]);
+    c.args([
+        "-accel",
+        "tcg,thread=multi",
+        "-cpu",
+        "max",
+        "-m",
+        "1024",
+        "-smp",
+        "2",
+        "-nographic",
+        "-monitor",
+        "none",
+        "-display",
+        "none",
+    ])
+    .arg("-serial")
+    .arg(format!("file:{}", serial.display()))
+    .arg("-drive")
+    .arg(format!("file={},if=virtio,format=qcow2", overlay.display()))
+    .args(["-nic", "user,model=virtio-net-pci"]);
     if let Firmware::Ovmf = fw {
         let vars = w.join("vars.fd");
-        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars).expect("ovmf is installed (make deps)");
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .expect("ovmf is installed (make deps)");
         c.args(["-machine", "q35"])
             .arg("-drive")
             .arg("if=pflash,format=raw,unit=0,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd")
             .arg("-drive")
-            .arg(format!("if=pflash,format=raw,unit=1,file={}", vars.display()));
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
     }
     c.args(extra);
-    let mut child = c.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("qemu-system-x86_64 runs");
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("qemu-system-x86_64 runs");
     let t0 = Instant::now();
     let mut found = None;
     while t0.elapsed() < limit {
@@ -159,7 +207,14 @@ pub fn standin(dir: &Path) -> (Server, String) {
     std::fs::create_dir_all(&www).unwrap();
     let tarball = www.join("element-v0.0.0-standin.tar.gz");
     let st = Command::new("tar")
-        .args(["--sort=name", "--mtime=@1600000000", "--owner=0", "--group=0", "--numeric-owner", "-czf"])
+        .args([
+            "--sort=name",
+            "--mtime=@1600000000",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "-czf",
+        ])
         .arg(&tarball)
         .arg("-C")
         .arg(dir.join("src"))
@@ -167,10 +222,20 @@ pub fn standin(dir: &Path) -> (Server, String) {
         .status()
         .unwrap();
     assert!(st.success());
-    let mut child = Command::new("python3").arg(repo().join("tests/fixtures/serve.py")).arg(&www).stdout(Stdio::piped()).spawn().unwrap();
+    let mut child = Command::new("python3")
+        .arg(repo().join("tests/fixtures/serve.py"))
+        .arg(&www)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap()).read_line(&mut line).unwrap();
-    (Server(child, line.trim().parse().unwrap()), sha256(&tarball))
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (
+        Server(child, line.trim().parse().unwrap()),
+        sha256(&tarball),
+    )
 }
 
 /// A recipe extending `base` whose `element` layer is the stand-in.
@@ -186,4 +251,3 @@ pub fn test_recipe(dir: &Path, base: &str, port: u16, sha: &str) -> PathBuf {
     .unwrap();
     p
 }
-
