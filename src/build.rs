@@ -14,8 +14,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::debs::{self, AptSource};
 use crate::fetch;
-use crate::lock::{self, Lock};
+use crate::lock;
 use crate::plan::{self, Facts, Plan, Step, StepKind, TOOLS_SUITE};
 use crate::recipe::{BootMode, LayerKind, Recipe};
 use crate::stages::wheels::{self, Wheel};
@@ -49,28 +50,89 @@ pub fn contents(recipe: &Recipe) -> Result<BTreeMap<String, String>> {
     Ok(c)
 }
 
-/// Live facts: every used suite's InRelease from the mirror.
-pub fn live_facts(recipe: &Recipe) -> Result<Facts> {
+/// The apt sources of a recipe's rootfs: the base suite from the Debian
+/// mirror, then each extra source (its own URL and keyring, if named).
+pub fn apt_sources(recipe: &Recipe, mirror: &str) -> Vec<AptSource> {
+    let comps = |c: &[crate::recipe::Component]| c.iter().map(|c| c.to_string()).collect();
+    let mut v = vec![AptSource {
+        suite: recipe.base.suite.to_string(),
+        components: comps(&recipe.base.components),
+        url: mirror.to_string(),
+        keyring: debs::DEBIAN_KEYRING.into(),
+    }];
+    for s in recipe.sources.values() {
+        if v.iter().any(|x| x.suite == s.suite.as_str()) {
+            continue;
+        }
+        v.push(AptSource {
+            suite: s.suite.to_string(),
+            components: comps(&s.components),
+            url: s.url.clone().unwrap_or_else(|| mirror.to_string()),
+            keyring: s
+                .keyring
+                .clone()
+                .unwrap_or_else(|| debs::DEBIAN_KEYRING.into()),
+        });
+    }
+    v
+}
+
+fn tools_sources(mirror: &str) -> Vec<AptSource> {
+    vec![AptSource {
+        suite: TOOLS_SUITE.to_string(),
+        components: vec!["main".into()],
+        url: mirror.to_string(),
+        keyring: debs::DEBIAN_KEYRING.into(),
+    }]
+}
+
+/// Which URL each suite's pinned .debs are downloaded from.
+fn suite_urls(recipe: &Recipe) -> Result<BTreeMap<String, String>> {
     let mirror = fetch::debian_mirror()?;
+    Ok(apt_sources(recipe, &mirror)
+        .into_iter()
+        .chain(tools_sources(&mirror))
+        .map(|s| (s.suite, s.url))
+        .collect())
+}
+
+/// Versions to keep while resolving (`mimg lock --update PKG...`).
+#[derive(Debug, Default)]
+pub struct Holds {
+    pub rootfs: BTreeMap<String, String>,
+    pub tools: BTreeMap<String, String>,
+}
+
+/// Live facts: every suite's InRelease (signature checked), and the .debs
+/// of the rootfs and of the tools environment resolved against them.
+/// Returns the held versions that could not be kept.
+pub fn live_facts(recipe: &Recipe, holds: &Holds) -> Result<(Facts, Vec<String>)> {
+    let mirror = fetch::debian_mirror()?;
+    let sources = apt_sources(recipe, &mirror);
+    let tsources = tools_sources(&mirror);
+    let includes = rootfs::includes(recipe);
+    let tools_includes: Vec<String> = plan::TOOLS_PACKAGES.iter().map(|s| s.to_string()).collect();
+    let (root, tools) = std::thread::scope(|sc| {
+        let t = sc.spawn(|| debs::resolve(&tsources, &tools_includes, &holds.tools));
+        let r = debs::resolve(&sources, &includes, &holds.rootfs);
+        (r, t.join().expect("tools resolution does not panic"))
+    });
+    let root = root.context("resolving the rootfs packages")?;
+    let tools = tools.context("resolving the tools environment's packages")?;
     let mut f = Facts {
         contents: contents(recipe)?,
+        epoch: root.releases[recipe.base.suite.as_str()].epoch,
+        tools_epoch: tools.releases[TOOLS_SUITE].epoch,
+        rootfs_debs: root.debs,
+        tools_debs: tools.debs,
         ..Facts::default()
     };
-    let mut suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).collect();
-    suites.push(TOOLS_SUITE.to_string());
-    suites.sort();
-    suites.dedup();
-    for s in &suites {
-        let r = fetch::release(&mirror, s)?;
-        if s == recipe.base.suite.as_str() {
-            f.epoch = r.epoch;
-        }
-        if s == TOOLS_SUITE {
-            f.tools_epoch = r.epoch;
-        }
-        f.releases.insert(s.clone(), r.sha256);
+    for (s, r) in root.releases.iter().chain(tools.releases.iter()) {
+        f.releases.insert(s.clone(), r.sha256.clone());
     }
-    Ok(f)
+    let mut unheld = root.unheld;
+    unheld.extend(tools.unheld);
+    Ok((f, unheld))
 }
 
 /// The Python version of a pip layer.
@@ -84,8 +146,13 @@ pub fn python_of(recipe: &Recipe, python: &str) -> Result<String> {
 }
 
 /// Resolve every pip layer's requirements to wheels with the host's pip,
-/// putting each wheel in the store. For `mimg lock`.
-pub fn resolve_pip(recipe: &Recipe, store: &Store) -> Result<BTreeMap<String, Vec<Wheel>>> {
+/// putting each wheel in the store. `hold` keeps name -> version (as pip
+/// constraints; `mimg lock --update PKG`).
+pub fn resolve_pip(
+    recipe: &Recipe,
+    store: &Store,
+    hold: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, Vec<Wheel>>> {
     let mut out = BTreeMap::new();
     for l in &recipe.layers {
         if let LayerKind::Pip {
@@ -96,7 +163,10 @@ pub fn resolve_pip(recipe: &Recipe, store: &Store) -> Result<BTreeMap<String, Ve
         {
             let py = python_of(recipe, python)?;
             let dir = tempfile::tempdir()?;
-            crate::tools::pip_download(requirements, &py, false, dir.path())
+            let cons = tempfile::NamedTempFile::new()?;
+            let text: String = hold.iter().map(|(n, v)| format!("{n}=={v}\n")).collect();
+            fs::write(cons.path(), text)?;
+            crate::tools::pip_download(requirements, &py, false, Some(cons.path()), dir.path())
                 .with_context(|| format!("resolving pip layer `{}`", l.name))?;
             let mut wheels = Vec::new();
             for e in fs::read_dir(dir.path())?.flatten() {
@@ -127,7 +197,7 @@ fn prefetch_wheels(store: &Store, wheels: &[Wheel], python: &str, opts: Options)
         .iter()
         .map(|w| format!("{}=={}", w.name, w.version))
         .collect();
-    crate::tools::pip_download(&reqs, python, true, dir.path())
+    crate::tools::pip_download(&reqs, python, true, None, dir.path())
         .context("downloading locked wheels")?;
     for w in missing {
         let p = dir.path().join(&w.file);
@@ -165,6 +235,7 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
             &[format!("{}=={}", w.name, w.version)],
             python,
             true,
+            None,
             dir.path(),
         )?;
         let got = dir.path().join(&w.file);
@@ -199,12 +270,10 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
     Ok(data)
 }
 
-/// What a build pins: plan facts, the wheels of pip layers, and whether
-/// the facts came from a lock (then the mirror must still match it).
+/// What a build pins: plan facts (with every .deb) and the wheels of pip layers.
 pub struct Resolved {
     pub facts: Facts,
     pub wheels: BTreeMap<String, Vec<Wheel>>,
-    pub lock: Option<Lock>,
 }
 
 fn pip_requirements(recipe: &Recipe) -> BTreeMap<String, Vec<String>> {
@@ -223,23 +292,13 @@ fn pip_requirements(recipe: &Recipe) -> BTreeMap<String, Vec<String>> {
 /// Pip layers no lock covers are resolved live with pip (online only).
 pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> {
     let own = lock::read(recipe)?;
-    let suites: Vec<String> = plan::suites(recipe)
-        .iter()
-        .map(|s| s.to_string())
-        .chain([TOOLS_SUITE.to_string()])
-        .collect();
-    let covers = |l: &Lock| suites.iter().all(|s| l.releases.contains_key(s));
     if let Some(l) = &own
-        && !covers(l)
+        && !l.pins_debs_of(recipe)
+        && (opts.locked || opts.offline)
     {
-        let missing: Vec<&String> = suites
-            .iter()
-            .filter(|s| !l.releases.contains_key(*s))
-            .collect();
         bail!(
-            "{} does not pin suite `{}`, which the recipe uses\nhint: run `mimg lock {}`",
+            "{} does not pin the .debs of the recipe as it is now (its apt layers or sources changed, or the lock predates .deb pinning)\nhint: run `mimg lock {}` while online",
             recipe.lock_path().display(),
-            missing[0],
             recipe.name
         );
     }
@@ -253,7 +312,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
     }
     let chosen = match own {
         Some(l) => Some(l),
-        None => lock::read_inherited(recipe)?.filter(|l| covers(l)),
+        None => lock::read_inherited(recipe)?.filter(|l| l.pins_debs_of(recipe)),
     };
     let reqs = pip_requirements(recipe);
     let mut wheels = BTreeMap::new();
@@ -274,7 +333,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
                 recipe.name
             );
         }
-        let live = resolve_pip(recipe, store)?;
+        let live = resolve_pip(recipe, store, &BTreeMap::new())?;
         for n in unresolved {
             wheels.insert(n.clone(), live[&n].clone());
         }
@@ -284,7 +343,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
         c.insert(name.clone(), lock::wheels_hash(w));
     }
     match chosen {
-        Some(l) => {
+        Some(l) if l.pins_debs_of(recipe) => {
             let f = lock::facts(&l, c);
             if opts.locked {
                 let changes = lock::changes(&l, recipe, &f);
@@ -297,11 +356,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
                     );
                 }
             }
-            Ok(Resolved {
-                facts: f,
-                wheels,
-                lock: Some(l),
-            })
+            Ok(Resolved { facts: f, wheels })
         }
         None if opts.offline => bail!(
             "{} has no lock ({} missing); --offline needs one\nhint: run `mimg lock {}` while online",
@@ -309,48 +364,95 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
             recipe.lock_path().display(),
             recipe.name
         ),
-        None => {
-            let mut f = live_facts(recipe)?;
+        // No lock, or one whose .debs the recipe has outgrown: resolve now.
+        _ => {
+            let (mut f, _) = live_facts(recipe, &Holds::default())?;
             f.contents = c;
-            Ok(Resolved {
-                facts: f,
-                wheels,
-                lock: None,
-            })
+            Ok(Resolved { facts: f, wheels })
         }
     }
 }
 
-/// The mirror, for steps that install packages. With a lock, the mirror
-/// must still serve the locked release files.
-fn mirror_for(
-    step: &Step,
-    suites: &[String],
-    facts: &Facts,
-    locked: bool,
+/// Put the pinned .debs in the store (unless there) and make a local
+/// repository of them under the store's tmp/; returns it and its source line.
+fn pinned_repo(
+    recipe: &Recipe,
+    pins: &[debs::Deb],
+    suite: &str,
+    store: &Store,
     opts: Options,
-) -> Result<String> {
-    if opts.offline {
-        bail!(
-            "--offline: step {} ({}) is not in the store and needs the Debian mirror\nhint: build once online with the same lock, or copy a store that has it",
-            step.label,
-            step.key.short()
+) -> Result<(tempfile::TempDir, String)> {
+    let missing = pins.iter().any(|d| !store.blob(&d.sha256).exists());
+    let urls = if missing && !opts.offline {
+        suite_urls(recipe)?
+    } else {
+        BTreeMap::new()
+    };
+    let got = debs::fetch_all(store, pins, &urls, fetch_jobs(), opts.offline)?;
+    if got.files > 0 {
+        tracing::info!(
+            "fetched {} .debs ({} bytes) in {:.1}s",
+            got.files,
+            got.bytes,
+            got.seconds
         );
     }
-    let mirror = fetch::debian_mirror()?;
-    if locked {
-        for s in suites {
-            let r = fetch::release(&mirror, s)?;
-            if facts.releases.get(s) != Some(&r.sha256) {
-                bail!(
-                    "the mirror's {s} release is no longer the one locked (locked {}, now {})\nhint: the suite moved on; run `mimg lock --update` to build against today's archive",
-                    facts.releases.get(s).map(String::as_str).unwrap_or("none"),
-                    r.sha256
-                );
+    let dir = tempfile::Builder::new()
+        .prefix("repo-")
+        .tempdir_in(store.tmp_dir())?;
+    let line = debs::local_repo(store, pins, dir.path(), suite)?;
+    Ok((dir, line))
+}
+
+/// Download everything `recipe` pins into the store: .debs (`jobs` at
+/// once), wheels, fetch layers. For `mimg store fetch`.
+pub fn prefetch(recipe: &Recipe, store: &Store, jobs: usize) -> Result<debs::Fetched> {
+    let t0 = Instant::now();
+    let opts = Options::default();
+    let r = facts(recipe, opts, store)?;
+    let all: Vec<debs::Deb> = r
+        .facts
+        .rootfs_debs
+        .iter()
+        .chain(&r.facts.tools_debs)
+        .cloned()
+        .collect();
+    let urls = if all.iter().any(|d| !store.blob(&d.sha256).exists()) {
+        suite_urls(recipe)?
+    } else {
+        BTreeMap::new()
+    };
+    let mut got = debs::fetch_all(store, &all, &urls, jobs, false)?;
+    for l in &recipe.layers {
+        match &l.kind {
+            LayerKind::Pip { python, .. } => {
+                let py = python_of(recipe, python)?;
+                let wheels = &r.wheels[l.name.as_str()];
+                let n = wheels
+                    .iter()
+                    .filter(|w| !store.blob(&w.sha256).exists())
+                    .count();
+                prefetch_wheels(store, wheels, &py, opts)?;
+                got.files += n;
             }
+            LayerKind::Fetch { url, sha256, .. } if !store.blob(sha256.as_str()).exists() => {
+                got.bytes += blob(store, url, sha256, opts)?.len() as u64;
+                got.files += 1;
+            }
+            _ => {}
         }
     }
-    Ok(mirror)
+    got.seconds = t0.elapsed().as_secs_f64();
+    Ok(got)
+}
+
+/// How many downloads run at once: `MIMG_FETCH_JOBS`, else 8.
+pub fn fetch_jobs() -> usize {
+    std::env::var("MIMG_FETCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(8)
 }
 
 /// The bytes of a pinned file: from the store (re-hashed), or downloaded into it.
@@ -525,19 +627,19 @@ fn run_step(
 ) -> Result<serde_json::Value> {
     let epoch = plan.epoch;
     let facts = &resolved.facts;
-    let locked = resolved.lock.is_some();
     match step.kind {
         StepKind::Tools => {
-            let mirror = mirror_for(step, &[TOOLS_SUITE.to_string()], facts, locked, opts)?;
-            tools_env::build(&mirror, facts.tools_epoch, dir)?;
+            let (_repo, line) = pinned_repo(recipe, &facts.tools_debs, TOOLS_SUITE, store, opts)?;
+            tools_env::build(&line, facts.tools_epoch, dir)?;
             Ok(json!(null))
         }
         StepKind::Rootfs => {
             let head = plan::head_len(recipe);
-            let suites: Vec<String> = plan::suites(recipe).iter().map(|s| s.to_string()).collect();
-            let mirror = mirror_for(step, &suites, facts, locked, opts)?;
+            let suite = recipe.base.suite.as_str();
+            let (_repo, line) = pinned_repo(recipe, &facts.rootfs_debs, suite, store, opts)?;
             let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
-            let pkgs = rootfs::build(recipe, &recipe.layers[..head], &mirror, epoch, dir, &blobs)?;
+            let pkgs = rootfs::build(recipe, &recipe.layers[..head], &line, epoch, dir, &blobs)?;
+            debs::check_installed(&facts.rootfs_debs, &pkgs)?;
             Ok(json!({ "packages": pkgs }))
         }
         StepKind::Layer => {

@@ -2,6 +2,7 @@
 
 mod build;
 mod cli;
+mod debs;
 mod fetch;
 mod lock;
 mod overlay;

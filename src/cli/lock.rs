@@ -1,26 +1,83 @@
-//! `mimg lock RECIPE [--update]`: pin what a build looks up live.
+//! `mimg lock RECIPE [--update [PKG...]]`: pin what a build would look up live.
 
-use anyhow::Result;
+use std::collections::{BTreeMap, BTreeSet};
+
+use anyhow::{Result, bail};
 
 use super::Cli;
+use crate::build::Holds;
 
-/// Write NAME.lock beside the recipe: release hashes, build epoch, layer hashes.
+/// Write NAME.lock beside the recipe: every .deb (rootfs and tools
+/// environment) and wheel by sha256, the release files' hashes (their
+/// signatures checked), the build epoch and the layers' hashes.
 #[derive(clap::Args)]
 pub struct Args {
     /// A recipe name in recipes/ or a path to a .toml file.
     recipe: String,
-    /// Refresh an existing lock against today's archive.
-    #[arg(long)]
-    update: bool,
+    /// Refresh the lock against today's archive and index: all of it, or
+    /// only the named packages (.debs or wheels), keeping every other pin
+    /// that the archive still has.
+    #[arg(long, num_args = 0.., value_name = "PKG")]
+    update: Option<Vec<String>>,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let t0 = std::time::Instant::now();
     let recipe = cli.recipe(&a.recipe)?;
     let old = crate::lock::read(&recipe)?;
-    let mut facts = crate::build::live_facts(&recipe)?;
     let store = cli.store()?;
-    let reqs: std::collections::BTreeMap<String, Vec<String>> = recipe
+    let named: BTreeSet<String> = a.update.iter().flatten().cloned().collect();
+    if !named.is_empty() {
+        let Some(o) = &old else {
+            bail!(
+                "{} has no lock to update packages in\nhint: run `mimg lock {}` first",
+                recipe.name,
+                recipe.name
+            );
+        };
+        for n in &named {
+            let pinned = o
+                .debs
+                .rootfs
+                .iter()
+                .chain(&o.debs.tools)
+                .any(|d| &d.name == n)
+                || o.pip
+                    .values()
+                    .flatten()
+                    .any(|w| w.name.eq_ignore_ascii_case(n));
+            if !pinned {
+                bail!(
+                    "`{n}` is not pinned in {} (neither a .deb nor a wheel)\nhint: `mimg lock {} --update` refreshes everything",
+                    recipe.lock_path().display(),
+                    recipe.name
+                );
+            }
+        }
+    }
+    let keep = |l: &&crate::lock::Lock| a.update.is_none() && l.pins_debs_of(&recipe);
+    let (mut facts, unheld) = match old.as_ref().filter(keep) {
+        // Without --update keep the pinned archive state.
+        Some(o) => (
+            crate::lock::facts(o, crate::build::contents(&recipe)?),
+            Vec::new(),
+        ),
+        None => {
+            let mut holds = Holds::default();
+            if let Some(o) = old.as_ref().filter(|_| !named.is_empty()) {
+                let held = |ds: &[crate::debs::Deb]| -> BTreeMap<String, String> {
+                    ds.iter()
+                        .filter(|d| !named.contains(&d.name))
+                        .map(|d| (d.name.clone(), d.version.clone()))
+                        .collect()
+                };
+                holds.rootfs = held(&o.debs.rootfs);
+                holds.tools = held(&o.debs.tools);
+            }
+            crate::build::live_facts(&recipe, &holds)?
+        }
+    };
+    let reqs: BTreeMap<String, Vec<String>> = recipe
         .layers
         .iter()
         .filter_map(|l| match &l.kind {
@@ -30,14 +87,26 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             _ => None,
         })
         .collect();
-    let pip = match (&old, a.update) {
+    let pip = match &old {
         // Keep the wheels while the requirements are those they were resolved from.
-        (Some(o), false)
-            if o.pip_requirements == reqs && reqs.keys().all(|k| o.pip.contains_key(k)) =>
+        Some(o)
+            if a.update.is_none()
+                && o.pip_requirements == reqs
+                && reqs.keys().all(|k| o.pip.contains_key(k)) =>
         {
             o.pip.clone()
         }
-        _ => crate::build::resolve_pip(&recipe, &store)?,
+        Some(o) if !named.is_empty() => {
+            let hold = o
+                .pip
+                .values()
+                .flatten()
+                .filter(|w| !named.iter().any(|n| n.eq_ignore_ascii_case(&w.name)))
+                .map(|w| (w.name.clone(), w.version.clone()))
+                .collect();
+            crate::build::resolve_pip(&recipe, &store, &hold)?
+        }
+        _ => crate::build::resolve_pip(&recipe, &store, &BTreeMap::new())?,
     };
     for (name, wheels) in &pip {
         facts
@@ -47,26 +116,42 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let mut lock = crate::lock::make(&recipe, &facts);
     lock.pip = pip;
     lock.pip_requirements = reqs;
-    if let (Some(old), false) = (&old, a.update) {
-        // Without --update keep the pinned archive state; refresh only the
-        // record of the recipe's own inputs.
-        lock.epoch = old.epoch;
-        lock.tools_epoch = old.tools_epoch;
-        for (suite, sha) in &old.releases {
-            lock.releases.insert(suite.clone(), sha.clone());
-        }
-    }
     let p = crate::lock::write(&recipe, &lock)?;
     let what = if old.as_ref() == Some(&lock) {
         "unchanged"
     } else {
         "written"
     };
+    for u in &unheld {
+        eprintln!("note: {u} is no longer in the archive's index; its pin moved on");
+    }
+    if let Some(o) = &old {
+        let before: BTreeSet<(&str, &str)> = o
+            .debs
+            .rootfs
+            .iter()
+            .chain(&o.debs.tools)
+            .map(|d| (d.name.as_str(), d.version.as_str()))
+            .collect();
+        let changed = lock
+            .debs
+            .rootfs
+            .iter()
+            .chain(&lock.debs.tools)
+            .filter(|d| !before.contains(&(d.name.as_str(), d.version.as_str())))
+            .count();
+        if changed > 0 {
+            println!("{changed} pinned .debs are new or at a new version");
+        }
+    }
     println!(
-        "{} {what}: epoch {}, {} suites, {} layers, in {:.2}s",
+        "{} {what}: epoch {}, {} suites, {} rootfs and {} tools .debs, {} wheels, {} layers, in {:.2}s",
         p.display(),
         lock.epoch,
         lock.releases.len(),
+        lock.debs.rootfs.len(),
+        lock.debs.tools.len(),
+        lock.pip.values().map(Vec::len).sum::<usize>(),
         lock.layers.len(),
         t0.elapsed().as_secs_f64()
     );

@@ -36,7 +36,7 @@ pub struct Cli {
 enum Command {
     /// Build a recipe into a qcow2 image and its manifest.
     Build(build::Args),
-    /// Pin a recipe's release files and epoch in NAME.lock.
+    /// Pin every .deb, wheel, release file and the epoch in NAME.lock.
     Lock(lock::Args),
     /// Show every step of a build, its key and whether it is cached.
     Plan(plan::Args),

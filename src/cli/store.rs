@@ -1,4 +1,4 @@
-//! `mimg store ls | verify | gc | add FILE`.
+//! `mimg store ls | verify | gc | add FILE | fetch RECIPE`.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -21,7 +21,8 @@ enum Command {
     /// Re-hash every entry; exit non-zero naming each damaged one.
     Verify,
     /// Remove steps and blobs that no manifest in the output directories and
-    /// no fetch pin of a recipe in the recipes directory needs.
+    /// no pin of a recipe (its fetch layers, its lock's .debs and wheels) in
+    /// the recipes directory needs.
     Gc {
         /// Directories holding image manifests whose steps are kept.
         #[arg(long = "keep", default_value = "images")]
@@ -33,6 +34,15 @@ enum Command {
     /// Put a file in the store by content (for pinned `fetch` layers on an
     /// air-gapped machine); prints its sha256.
     Add { file: PathBuf },
+    /// Download every file a recipe's lock pins (.debs, wheels, fetch
+    /// layers) into the store, so that later builds can run offline.
+    Fetch {
+        /// A recipe name in recipes/ or a path to a .toml file.
+        recipe: String,
+        /// Downloads at once (default: $MIMG_FETCH_JOBS, else 8).
+        #[arg(long)]
+        jobs: Option<usize>,
+    },
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
@@ -103,6 +113,11 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                                 pins.insert(sha256.to_string());
                             }
                         }
+                        if let Ok(Some(lock)) = crate::lock::read(&r) {
+                            let debs = lock.debs.rootfs.iter().chain(&lock.debs.tools);
+                            pins.extend(debs.map(|d| d.sha256.clone()));
+                            pins.extend(lock.pip.values().flatten().map(|w| w.sha256.clone()));
+                        }
                     }
                 }
             }
@@ -136,6 +151,19 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 "gc: {steps} steps and {blobs} blobs {}; kept {} steps named by manifests",
                 if *dry_run { "to remove" } else { "removed" },
                 keys.len()
+            );
+            Ok(())
+        }
+        Command::Fetch { recipe, jobs } => {
+            let recipe = cli.recipe(recipe)?;
+            let jobs = jobs.unwrap_or_else(crate::build::fetch_jobs);
+            let got = crate::build::prefetch(&recipe, &store, jobs)?;
+            println!(
+                "fetched {} files ({:.1} MiB) in {:.2}s with {jobs} jobs; the store has every file {} pins",
+                got.files,
+                got.bytes as f64 / (1 << 20) as f64,
+                got.seconds,
+                recipe.name
             );
             Ok(())
         }

@@ -84,14 +84,21 @@ pub fn mirror_from_apt(etc_apt: &Path) -> Option<String> {
 pub struct Release {
     pub sha256: String,
     pub epoch: u64,
+    /// The file as fetched (clearsigned).
+    pub bytes: Vec<u8>,
 }
 
-fn client() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("HTTP client builds")
+/// One client for the process: its connection pool is shared by every
+/// download (a client per request costs a runtime and a connection each).
+fn client() -> &'static reqwest::blocking::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::blocking::Client> = std::sync::OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::blocking::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            .timeout(Duration::from_secs(900))
+            .build()
+            .expect("HTTP client builds")
+    })
 }
 
 /// Fetch `dists/SUITE/InRelease` from the mirror (three tries).
@@ -114,6 +121,7 @@ pub fn release(mirror: &str, suite: &str) -> Result<Release, FetchError> {
                     return Ok(Release {
                         sha256: hex::encode(Sha256::digest(&body)),
                         epoch,
+                        bytes: body.to_vec(),
                     });
                 }
                 Err(e) => last = e.to_string(),

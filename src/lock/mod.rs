@@ -7,11 +7,14 @@
 //! | `releases`  | sha256 of each suite's `InRelease` (the base, every source, tools) |
 //! | `tools_epoch` | the tools suite's release date                                |
 //! | `layers`    | sha256 of each layer's inputs, to say which changed (`--locked`) |
+//! | `apt_inputs`, `tools_inputs` | sha256 of what the pinned .debs were resolved from |
+//! | `debs.rootfs`, `debs.tools` | every .deb: name, version, arch, suite, pool path, sha256, size |
+//! | `pip`       | every wheel of each pip layer: name, version, file, sha256 |
 //!
-//! With a lock, planning needs no network: a build whose steps are all in
-//! the store runs offline. A step that must install packages checks that
-//! the mirror still serves the locked `InRelease`; when it has moved on the
-//! build stops and says so (pinning every .deb is not done yet).
+//! With a lock, planning needs no network, and a build downloads exactly
+//! the pinned files (into the store, checked by sha256) and installs them
+//! from a local repository: the same bytes next month, when the mirror's
+//! suites have moved on, and offline once the store holds the files.
 
 use std::collections::BTreeMap;
 
@@ -19,7 +22,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::plan::Facts;
+use crate::debs::Deb;
+use crate::plan::{Facts, TOOLS_PACKAGES, TOOLS_SUITE};
 use crate::recipe::Recipe;
 
 pub const VERSION: u32 = 1;
@@ -41,6 +45,49 @@ pub struct Lock {
     /// The requirements each pip layer's wheels were resolved from.
     #[serde(default)]
     pub pip_requirements: BTreeMap<String, Vec<String>>,
+    /// sha256 of the base, sources and apt packages `debs.rootfs` was resolved from.
+    #[serde(default)]
+    pub apt_inputs: String,
+    /// sha256 of the tools suite and packages `debs.tools` was resolved from.
+    #[serde(default)]
+    pub tools_inputs: String,
+    /// Every pinned .deb.
+    #[serde(default)]
+    pub debs: Debs,
+}
+
+/// The pinned .debs of the rootfs and of the tools environment.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Debs {
+    pub rootfs: Vec<Deb>,
+    pub tools: Vec<Deb>,
+}
+
+impl Lock {
+    /// Whether the pinned .debs were resolved from what `recipe` asks now.
+    pub fn pins_debs_of(&self, recipe: &Recipe) -> bool {
+        self.apt_inputs == apt_inputs(recipe)
+            && self.tools_inputs == tools_inputs()
+            && !self.debs.rootfs.is_empty()
+            && !self.debs.tools.is_empty()
+    }
+}
+
+/// sha256 of what decides a rootfs's package set.
+pub fn apt_inputs(recipe: &Recipe) -> String {
+    let v = serde_json::json!({
+        "base": recipe.base,
+        "sources": recipe.sources,
+        "packages": crate::stages::rootfs::includes(recipe),
+    });
+    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
+}
+
+/// sha256 of what decides the tools environment's package set.
+pub fn tools_inputs() -> String {
+    let v = serde_json::json!({ "suite": TOOLS_SUITE, "packages": TOOLS_PACKAGES });
+    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
 }
 
 /// sha256 of each layer's inputs (spec and content).
@@ -77,6 +124,12 @@ pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
         recipe_sha256: recipe_sha256(recipe),
         pip: BTreeMap::new(),
         pip_requirements: BTreeMap::new(),
+        apt_inputs: apt_inputs(recipe),
+        tools_inputs: tools_inputs(),
+        debs: Debs {
+            rootfs: facts.rootfs_debs.clone(),
+            tools: facts.tools_debs.clone(),
+        },
     }
 }
 
@@ -143,6 +196,8 @@ pub fn facts(lock: &Lock, contents: BTreeMap<String, String>) -> Facts {
         epoch: lock.epoch,
         tools_epoch: lock.tools_epoch,
         contents,
+        rootfs_debs: lock.debs.rootfs.clone(),
+        tools_debs: lock.debs.tools.clone(),
     }
 }
 

@@ -21,7 +21,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::recipe::{Layer, LayerKind, Recipe, Suite};
+use crate::recipe::{Layer, LayerKind, Recipe};
 
 /// Bumped whenever what a step writes changes for the same inputs.
 pub const FORMAT: u32 = 1;
@@ -120,6 +120,10 @@ pub struct Facts {
     pub tools_epoch: u64,
     /// Content hash of each `files` layer's tree, by layer name.
     pub contents: BTreeMap<String, String>,
+    /// Every .deb the rootfs installs (pinned by sha256).
+    pub rootfs_debs: Vec<crate::debs::Deb>,
+    /// Every .deb of the tools environment.
+    pub tools_debs: Vec<crate::debs::Deb>,
 }
 
 /// What a step does.
@@ -193,7 +197,8 @@ impl Plan {
 }
 
 /// Which suites a recipe's rootfs reads from.
-pub fn suites(recipe: &Recipe) -> Vec<Suite> {
+#[cfg(test)]
+pub fn suites(recipe: &Recipe) -> Vec<crate::recipe::Suite> {
     let mut v = vec![recipe.base.suite.clone()];
     v.extend(recipe.sources.values().map(|s| s.suite.clone()));
     v.sort();
@@ -228,7 +233,10 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     let mut tools_in = BTreeMap::new();
     tools_in.insert("suite".into(), json!(TOOLS_SUITE));
     tools_in.insert("packages".into(), json!(TOOLS_PACKAGES));
-    tools_in.insert("release".into(), json!(facts.releases.get(TOOLS_SUITE)));
+    tools_in.insert(
+        "debs".into(),
+        json!(crate::debs::set_hash(&facts.tools_debs)),
+    );
     let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
 
     let head = head_len(recipe);
@@ -255,11 +263,10 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     root_in.insert("base".into(), json!(recipe.base));
     root_in.insert("sources".into(), json!(recipe.sources));
     root_in.insert("packages".into(), json!(apt));
-    let used: BTreeMap<String, Value> = suites(recipe)
-        .iter()
-        .map(|s| (s.to_string(), json!(facts.releases.get(s.as_str()))))
-        .collect();
-    root_in.insert("releases".into(), json!(used));
+    root_in.insert(
+        "debs".into(),
+        json!(crate::debs::set_hash(&facts.rootfs_debs)),
+    );
     root_in.insert("epoch".into(), json!(facts.epoch));
     root_in.insert("layers".into(), json!(head_layers));
     let head_names = recipe.layers[..head]
@@ -376,6 +383,34 @@ mod tests {
         let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(labels, ["tools", "rootfs", "image"]);
         assert_eq!(p.steps[1].layers, ["motd", "en"]);
+    }
+
+    #[test]
+    fn pinned_debs_reach_their_steps_only() {
+        let d = tempfile::tempdir().unwrap();
+        let r = recipe(d.path(), R);
+        let deb = |sha: &str| crate::debs::Deb {
+            name: "a".into(),
+            version: "1".into(),
+            arch: "all".into(),
+            suite: "trixie".into(),
+            path: "pool/main/a/a_1_all.deb".into(),
+            sha256: sha.into(),
+            size: 1,
+        };
+        let mut f = facts("x");
+        f.rootfs_debs = vec![deb("00")];
+        f.tools_debs = vec![deb("00")];
+        let a = plan(&r, &f);
+        f.rootfs_debs = vec![deb("01")];
+        let b = plan(&r, &f);
+        assert_eq!(a.steps[0].key, b.steps[0].key);
+        assert_ne!(a.steps[1].key, b.steps[1].key);
+        assert_eq!(a.steps[2].key, b.steps[2].key);
+        f.tools_debs = vec![deb("01")];
+        let c = plan(&r, &f);
+        assert_ne!(b.steps[0].key, c.steps[0].key);
+        assert_ne!(b.image().key, c.image().key);
     }
 
     #[test]

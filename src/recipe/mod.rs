@@ -73,7 +73,13 @@ pub struct Source {
     pub suite: Suite,
     pub components: Vec<Component>,
     /// An extra keyring (absolute path on the host) for a non-Debian source.
+    /// Not part of any key: it checks the indices, the lock pins the bytes.
+    #[serde(skip)]
     pub keyring: Option<PathBuf>,
+    /// Where a non-Debian source is served (transport only, like the
+    /// Debian mirror: not part of any key). Default: the Debian mirror.
+    #[serde(skip)]
+    pub url: Option<String>,
 }
 
 /// Firmware an image must boot under.
@@ -250,6 +256,7 @@ struct RawSource {
     suite: Spanned<String>,
     components: Option<Spanned<Vec<String>>>,
     keyring: Option<Spanned<String>>,
+    url: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
@@ -554,12 +561,30 @@ impl Merged {
                 }
                 None => None,
             };
+            let url = match &raw.url {
+                Some(u) => {
+                    let v = u.get_ref().trim_end_matches('/');
+                    let ok = (v.starts_with("http://") || v.starts_with("https://"))
+                        && v.len() > 8
+                        && v.bytes()
+                            .all(|b| b.is_ascii_graphic() && !b"\"'[]<>`\\".contains(&b));
+                    if !ok {
+                        return Err(sub(u).invalid(
+                            &format!("{key}.url"),
+                            "expected an http:// or https:// URL without spaces, quotes or brackets".to_string(),
+                        ));
+                    }
+                    Some(v.to_string())
+                }
+                None => None,
+            };
             sources.insert(
                 sn,
                 Source {
                     suite,
                     components,
                     keyring,
+                    url,
                 },
             );
         }

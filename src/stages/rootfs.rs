@@ -28,32 +28,8 @@ pub struct Package {
     pub arch: String,
 }
 
-/// The apt source lines for mmdebstrap (with the mirror: transport only).
-fn source_lines(recipe: &Recipe, mirror: &str) -> Vec<String> {
-    let comps =
-        |c: &[crate::recipe::Component]| c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(" ");
-    let mut v = vec![format!(
-        "deb {mirror} {} {}",
-        recipe.base.suite,
-        comps(&recipe.base.components)
-    )];
-    for s in recipe.sources.values() {
-        let opts = s
-            .keyring
-            .as_ref()
-            .map(|k| format!("[signed-by={}] ", k.display()))
-            .unwrap_or_default();
-        v.push(format!(
-            "deb {opts}{mirror} {} {}",
-            s.suite,
-            comps(&s.components)
-        ));
-    }
-    v
-}
-
 /// The packages to install, those of a named source as `name/suite`.
-fn includes(recipe: &Recipe) -> Vec<String> {
+pub fn includes(recipe: &Recipe) -> Vec<String> {
     let mut v = Vec::new();
     for l in &recipe.layers {
         if let LayerKind::Apt { packages, source } = &l.kind {
@@ -70,11 +46,13 @@ fn includes(recipe: &Recipe) -> Vec<String> {
     v
 }
 
-/// Build the rootfs tar into `out/rootfs.tar`; returns the installed packages.
+/// Build the rootfs tar into `out/rootfs.tar` from the local repository
+/// of pinned .debs at `source` (an apt source line); returns the installed
+/// packages.
 pub fn build(
     recipe: &Recipe,
     head: &[Layer],
-    mirror: &str,
+    source: &str,
     epoch: u64,
     out: &Path,
     blobs: super::layer::Blobs,
@@ -82,7 +60,11 @@ pub fn build(
     let raw = out.join("mmdebstrap.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
     cmd.arg("--variant=apt").arg("--format=tar");
-    let inc = includes(recipe);
+    // The local repository is one suite: `name/suite` becomes `name`.
+    let inc: Vec<String> = includes(recipe)
+        .into_iter()
+        .map(|p| p.split('/').next().unwrap_or(&p).to_string())
+        .collect();
     if !inc.is_empty() {
         cmd.arg(format!("--include={}", inc.join(",")));
     }
@@ -105,8 +87,7 @@ pub fn build(
             }
         }
     }
-    cmd.arg(recipe.base.suite.as_str()).arg(&raw);
-    cmd.args(source_lines(recipe, mirror));
+    cmd.arg(recipe.base.suite.as_str()).arg(&raw).arg(source);
     tools::run(cmd, "mmdebstrap").map_err(|e| explain(e, &inc))?;
 
     let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)

@@ -10,16 +10,15 @@ use anyhow::{Context, Result};
 use crate::plan::{TOOLS_PACKAGES, TOOLS_SUITE};
 use crate::tools;
 
-/// Make the tools root at `out/root`.
-pub fn build(mirror: &str, epoch: u64, out: &Path) -> Result<()> {
+/// Make the tools root at `out/root` from the local repository of pinned
+/// .debs at `source` (an apt source line).
+pub fn build(source: &str, epoch: u64, out: &Path) -> Result<()> {
     let tar = out.join("tools.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
     cmd.arg("--variant=apt")
         .arg("--format=tar")
         .arg(format!("--include={}", TOOLS_PACKAGES.join(",")));
-    cmd.arg(TOOLS_SUITE)
-        .arg(&tar)
-        .arg(format!("deb {mirror} {TOOLS_SUITE} main"));
+    cmd.arg(TOOLS_SUITE).arg(&tar).arg(source);
     tools::run(cmd, "mmdebstrap (tools environment)")?;
     let root = out.join("root");
     fs::create_dir_all(&root)?;

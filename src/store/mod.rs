@@ -239,6 +239,11 @@ impl Store {
 }
 
 impl Store {
+    /// The store's scratch directory (same file system as the entries).
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.base().join("tmp")
+    }
+
     /// Where the blob with this sha256 lives (whether or not it is there).
     pub fn blob(&self, sha256: &str) -> PathBuf {
         self.base().join("blobs").join(sha256)

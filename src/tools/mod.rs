@@ -114,6 +114,47 @@ pub fn wait(mut child: Child, tool: &str) -> Result<(), ToolError> {
     }
 }
 
+/// `gpgv`: is `file` (clearsigned) validly signed by a key in `keyring`?
+pub fn gpgv(keyring: &Path, file: &Path) -> Result<(), ToolError> {
+    let p = require("gpgv", "gpgv")?;
+    let mut c = clean(&p, 0);
+    c.arg("--keyring").arg(keyring).arg(file);
+    run(c, "gpgv")
+}
+
+/// The host's `apt-get` with the configuration file `config` only (a
+/// private directory: it resolves and reads indices, never installs);
+/// returns its standard output.
+pub fn apt_get(config: &Path, args: &[&str]) -> Result<String, ToolError> {
+    let p = require("apt-get", "apt")?;
+    let mut c = clean(&p, 0);
+    c.env("APT_CONFIG", config).args(args);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = c.spawn().map_err(|source| ToolError::Spawn {
+        tool: "apt-get".into(),
+        source,
+    })?;
+    let out = child
+        .wait_with_output()
+        .map_err(|source| ToolError::Spawn {
+            tool: "apt-get".into(),
+            source,
+        })?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = err.lines().collect();
+        Err(ToolError::Failed {
+            tool: "apt-get".into(),
+            status: out.status,
+            stderr: lines[lines.len().saturating_sub(25)..].join("\n"),
+        })
+    }
+}
+
 /// The host's mmdebstrap, in root mode as root and unshare mode otherwise.
 pub fn mmdebstrap(epoch: u64) -> Result<Command, ToolError> {
     let p = require("mmdebstrap", "mmdebstrap")?;
@@ -187,6 +228,7 @@ pub fn pip_download(
     requirements: &[String],
     python: &str,
     no_deps: bool,
+    constraints: Option<&Path>,
     dest: &Path,
 ) -> Result<(), ToolError> {
     let py = which("python3")
@@ -215,6 +257,9 @@ pub fn pip_download(
     }
     if no_deps {
         c.arg("--no-deps");
+    }
+    if let Some(f) = constraints {
+        c.arg("--constraint").arg(f);
     }
     c.arg("--dest").arg(dest).arg("--").args(requirements);
     run(c, "pip download")
