@@ -9,7 +9,7 @@ RECIPE ?= minimal
 APT_PACKAGES := mmdebstrap bubblewrap uidmap debian-archive-keyring \
 	qemu-system-x86 qemu-utils ovmf fdisk e2fsprogs dosfstools mtools \
 	passwd util-linux ca-certificates curl build-essential pkg-config \
-	python3 python3-pip tar iproute2
+	python3 python3-pip tar iproute2 apt gpgv gpg dpkg-dev
 
 .PHONY: deps build test test-unit test-integration image bench clean
 

@@ -21,7 +21,7 @@ fn store() -> std::path::PathBuf {
 fn mimg_test_proves_maas_homeserver_with_an_ipv6_only_overlay() {
     let w = work("acceptance-test");
     let (srv, sha) = standin(&w);
-    let recipe = test_recipe(&w, "maas-homeserver", srv.1, &sha);
+    let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
     let mut c = mimg();
     c.arg("test")
         .arg(&recipe)
@@ -198,7 +198,7 @@ impl Http {
 fn an_image_swap_keeps_users_messages_and_the_signing_key() {
     let w = work("upgrade");
     let (srv, sha) = standin(&w);
-    let v1 = test_recipe(&w, "maas-homeserver", srv.1, &sha);
+    let v1 = test_recipe(&w, "maas-homeserver", srv.port, &sha);
     assert!(
         build(v1.to_str().unwrap(), &store(), &w.join("out"))
             .status

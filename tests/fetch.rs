@@ -4,24 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 use common::*;
-
-struct Server {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn tgz(path: &Path, entries: &[(&str, &str, &[u8])]) {
     // (name, kind, data-or-link-target)
@@ -96,21 +83,7 @@ fn serve() -> Server {
             ("x/etc/passwd", "file", b"evil\n"),
         ],
     );
-    let mut child = Command::new("python3")
-        .arg(repo().join("tests/fixtures/serve.py"))
-        .arg(&dir)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    Server {
-        port: line.trim().parse().unwrap(),
-        child,
-        dir,
-    }
+    serve_dir(&dir)
 }
 
 fn recipe(dir: &Path, url: &str, sha: &str) -> PathBuf {

@@ -81,7 +81,7 @@ fn files_matching(root: &Path, pred: &dyn Fn(&Path) -> bool, out: &mut Vec<PathB
 fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
     let w = work("matrix");
     let (srv, sha) = standin(&w);
-    let recipe = test_recipe(&w, "maas-homeserver", srv.1, &sha);
+    let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
     let store_a = w.join("store-a");
     let store_b = w.join("store-b");
     lock(&recipe, &store_a);

@@ -455,11 +455,17 @@ fn fetch_one(
     };
     if let Err(e) = fetch::download(&url, &d.sha256, &tmp, &progress) {
         let _ = fs::remove_file(&tmp);
+        if let fetch::DownloadError::Failed { reason, .. } = &e
+            && reason.contains("onnect")
+        {
+            bail!(
+                "cannot reach the Debian mirror or source of suite `{}` at {base}: {reason}\nhint: check the network or MIMG_DEBIAN_MIRROR; a store filled by `mimg store fetch RECIPE` builds with --offline",
+                d.suite
+            );
+        }
         return Err(anyhow!(e).context(format!(
-            "pinned package {} {} could not be fetched\nhint: if the mirror no longer has it, `mimg store add` a copy of {} or run `mimg lock --update`",
-            d.name,
-            d.version,
-            d.file_name()
+            "pinned package {} {} ({}) could not be fetched",
+            d.name, d.version, d.path
         )));
     }
     store.put_blob(&tmp, &d.sha256)?;

@@ -187,16 +187,6 @@ pub fn boot(
     (found, format!("{log}\n--- qemu stderr:\n{err}"))
 }
 
-/// A local HTTP server of stand-in files (tests/fixtures/serve.py).
-pub struct Server(pub std::process::Child, pub u16);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Serve a stand-in web client tarball; returns the server and its sha256.
 pub fn standin(dir: &Path) -> (Server, String) {
     let src = dir.join("src/element-v0.0.0-standin");
@@ -222,20 +212,7 @@ pub fn standin(dir: &Path) -> (Server, String) {
         .status()
         .unwrap();
     assert!(st.success());
-    let mut child = Command::new("python3")
-        .arg(repo().join("tests/fixtures/serve.py"))
-        .arg(&www)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    (
-        Server(child, line.trim().parse().unwrap()),
-        sha256(&tarball),
-    )
+    (serve_dir(&www), sha256(&tarball))
 }
 
 /// A recipe extending `base` whose `element` layer is the stand-in.
@@ -250,4 +227,37 @@ pub fn test_recipe(dir: &Path, base: &str, port: u16, sha: &str) -> PathBuf {
     )
     .unwrap();
     p
+}
+
+/// A local HTTP server (tests/fixtures/serve.py) over a directory.
+pub struct Server {
+    child: std::process::Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serve `dir` on 127.0.0.1 at a free port.
+pub fn serve_dir(dir: &Path) -> Server {
+    let mut child = Command::new("python3")
+        .arg(repo().join("tests/fixtures/serve.py"))
+        .arg(dir)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    Server {
+        port: line.trim().parse().unwrap(),
+        child,
+        dir: dir.to_path_buf(),
+    }
 }
