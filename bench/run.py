@@ -3,12 +3,14 @@
 
 Writes bench/results.json and prints a table. Builds maas-homeserver with a
 stand-in web client (served from a local HTTP server, like the tests).
-Cold builds start from an empty store; the bare-tools run does the same work
-by hand (mmdebstrap of the same package set to a tar, the same file
+Cold builds start from a store with no steps; the bare-tools run does the
+same work by hand (mmdebstrap of the same package set to a tar, the same file
 additions, mkfs.ext4 -d from the tools environment, qemu-img convert).
-Both download .debs from the same mirror: neither has a package cache.
+Both start with the package files already downloaded: mimg's store holds the
+pinned .debs, wheels and tarball (`mimg store fetch`), and the bare run's
+mmdebstrap installs the same .debs from a local repository.
 """
-import json, os, shutil, statistics, subprocess, sys, tempfile, time
+import json, os, shutil, statistics, subprocess, sys, tempfile, time, tomllib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIMG = os.path.join(REPO, "target/release/mimg")
@@ -53,7 +55,27 @@ def env_with(store):
     return e
 
 
-def bare(plan, tools_root, out):
+def bare_repo(lock_path, blobs, suite):
+    """A local apt repository of the locked rootfs .debs, made by hand
+    (dpkg-scanpackages), so the bare run starts with the files downloaded."""
+    lock = tomllib.load(open(lock_path, "rb"))
+    repo = os.path.join(WORK, "bare-repo")
+    pool = os.path.join(repo, "pool")
+    os.makedirs(pool)
+    for d in lock["debs"]["rootfs"]:
+        os.link(os.path.join(blobs, d["sha256"]), os.path.join(pool, d["path"].rsplit("/", 1)[1]))
+    dists = os.path.join(repo, "dists", suite)
+    os.makedirs(os.path.join(dists, "main/binary-amd64"))
+    packages = subprocess.run(["dpkg-scanpackages", "-m", "pool", "/dev/null"], cwd=repo, capture_output=True, check=True).stdout
+    open(os.path.join(dists, "main/binary-amd64/Packages"), "wb").write(packages)
+    import hashlib
+    open(os.path.join(dists, "Release"), "w").write(
+        f"Suite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\nComponents: main\nSHA256:\n"
+        f" {hashlib.sha256(packages).hexdigest()} {len(packages)} main/binary-amd64/Packages\n")
+    return f"deb [trusted=yes] copy://{repo} {suite} main"
+
+
+def bare(plan, tools_root, out, source):
     """The same work by hand with the bare tools."""
     if os.path.exists(out):
         shutil.rmtree(out)
@@ -61,11 +83,9 @@ def bare(plan, tools_root, out):
     rootfs = [s for s in plan["steps"] if s["label"] == "rootfs"][0]
     pkgs = sorted({p for ps in rootfs["inputs"]["packages"].values() for p in ps})
     suite = rootfs["inputs"]["base"]["suite"]
-    mirror = os.environ.get("MIMG_DEBIAN_MIRROR") or subprocess.run(
-        ["sh", "-c", "grep -h '^URIs:' /etc/apt/sources.list.d/*.sources | head -1 | awk '{print $2}'"], capture_output=True, text=True).stdout.strip()
     t0 = time.monotonic()
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(plan["epoch"]))
-    sh(["mmdebstrap", "--quiet", "--mode=root", "--variant=apt", "--format=tar", "--include=" + ",".join(pkgs), suite, f"{out}/root.tar", f"deb {mirror} {suite} main"], env=env)
+    sh(["mmdebstrap", "--quiet", "--mode=root", "--variant=apt", "--format=tar", "--include=" + ",".join(pkgs), suite, f"{out}/root.tar", source], env=env)
     # The same file additions: the recipe's layer tars from mimg's store.
     raw = f"{out}/disk.raw"
     with open(raw, "wb") as f:
@@ -87,10 +107,19 @@ def main():
     try:
         warm = os.path.join(WORK, "store-warm")
         sh([MIMG, "lock", recipe], env=env_with(warm), capture_output=True)
+        # The package files, downloaded once for both sides.
+        fetched, fetch_out = timed([MIMG, "store", "fetch", recipe], env_with(warm))
+        serial, _ = timed([MIMG, "store", "fetch", recipe, "--jobs", "1"], env_with(os.path.join(WORK, "store-serial")))
+        shutil.rmtree(os.path.join(WORK, "store-serial"))
+        blobs = os.path.join(warm, "v1/blobs")
+        suite = tomllib.load(open(os.path.join(REPO, "recipes/minimal.toml"), "rb"))["base"]["suite"]
+        source = bare_repo(recipe[:-5] + ".lock", blobs, suite)
         cold, mimg_runs, bare_runs = [], [], []
         plan = None
         for i in range(PAIRS):
             store = os.path.join(WORK, f"store-{i}")
+            os.makedirs(os.path.join(store, "v1"))
+            sh(["cp", "-al", blobs, os.path.join(store, "v1/blobs")])
             dt, _ = timed([MIMG, "build", "-q", recipe, "--out", os.path.join(WORK, "out")], env_with(store))
             mimg_runs.append(dt)
             if plan is None:
@@ -100,7 +129,7 @@ def main():
                 tools = [s for s in p["steps"] if s["label"] == "tools"][0]["key"]
                 shutil.copytree(os.path.join(steps, tools), os.path.join(WORK, "tools"), symlinks=True)
                 plan = p
-            bdt, bare_size = bare(plan, os.path.join(WORK, "tools/root"), os.path.join(WORK, "bare"))
+            bdt, bare_size = bare(plan, os.path.join(WORK, "tools/root"), os.path.join(WORK, "bare"), source)
             bare_runs.append(bdt)
             if i > 0:
                 shutil.rmtree(store)
@@ -119,7 +148,7 @@ def main():
         if os.environ.get("MIMG_BENCH_BOOT", "1") == "1":
             dt, out = timed([MIMG, "test", recipe, "--overlay", os.path.join(REPO, "overlays/example.toml"), "--json", "--out", os.path.join(WORK, "out")], env_with(store))
             report = json.loads(out)
-            boot = {"seconds": report["checks"][0]["seconds"], "mode": report["checks"][0]["detail"]}
+            boot = {"seconds": report["checks"][0]["seconds"], "accel": report["accel"].upper(), "network": report["checks"][0]["detail"]}
         med_mimg, med_bare = statistics.median(mimg_runs), statistics.median(bare_runs)
         versions = {
             "mimg": subprocess.run([MIMG, "--version"], capture_output=True, text=True).stdout.strip(),
@@ -139,9 +168,11 @@ def main():
             "qcow2_mib": round(qcow2 / 2**20, 1),
             "bare_qcow2_mib": round(bare_size / 2**20, 1),
             "boot_healthy_seconds": boot and round(boot["seconds"], 1),
-            "boot_accel": boot and boot["mode"],
+            "boot_accel": boot and boot["accel"],
+            "boot_network": boot and boot["network"],
             "raw": {"mimg_cold_seconds": [round(x, 1) for x in mimg_runs], "bare_cold_seconds": [round(x, 1) for x in bare_runs],
-                    "rebuild_seconds": round(rebuild, 2), "noop_seconds": [round(x, 3) for x in noop], "seed_seconds": [round(x, 4) for x in seed]},
+                    "rebuild_seconds": round(rebuild, 2),
+                    "fetch_seconds_parallel": round(fetched, 2), "fetch_seconds_serial": round(serial, 2), "noop_seconds": [round(x, 3) for x in noop], "seed_seconds": [round(x, 4) for x in seed]},
         }
         os.makedirs(os.path.join(REPO, "bench"), exist_ok=True)
         json.dump(results, open(os.path.join(REPO, "bench/results.json"), "w"), indent=2)

@@ -113,8 +113,8 @@ pub fn live_facts(recipe: &Recipe, holds: &Holds) -> Result<(Facts, Vec<String>)
     let includes = rootfs::includes(recipe);
     let tools_includes: Vec<String> = plan::TOOLS_PACKAGES.iter().map(|s| s.to_string()).collect();
     let (root, tools) = std::thread::scope(|sc| {
-        let t = sc.spawn(|| debs::resolve(&tsources, &tools_includes, &holds.tools));
-        let r = debs::resolve(&sources, &includes, &holds.rootfs);
+        let t = sc.spawn(|| debs::resolve(&tsources, &tools_includes, false, &holds.tools));
+        let r = debs::resolve(&sources, &includes, true, &holds.rootfs);
         (r, t.join().expect("tools resolution does not panic"))
     });
     let root = root.context("resolving the rootfs packages")?;

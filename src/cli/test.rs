@@ -96,8 +96,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let mut vm = crate::vm::start(&spec)?;
     if !a.json {
         eprintln!(
-            "booting {} ({}), waiting for Synapse through nginx",
+            "booting {} ({}, {}), waiting for Synapse through nginx",
             built.image.display(),
+            vm.accel.to_uppercase(),
             vm.mode
         );
     }
@@ -115,13 +116,14 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         ok: healthy.is_ok(),
         seconds: boot.elapsed().as_secs_f64(),
         detail: match &healthy {
-            Ok(_) => vm.mode.to_string(),
+            Ok(_) => format!("{}, {}", vm.accel.to_uppercase(), vm.mode),
             Err(e) => e.to_string(),
         },
     });
     if healthy.is_ok() {
         checks.extend(acceptance::run_checks(&client, &overlay, vm.guest));
     }
+    let accel = vm.accel;
     let serial_text = vm.serial();
     drop(vm);
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
@@ -129,7 +131,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "recipe": recipe.name, "image": built.image, "ok": failed.is_empty(), "seconds": t0.elapsed().as_secs_f64(), "checks": checks })
+                &serde_json::json!({ "recipe": recipe.name, "image": built.image, "accel": accel, "ok": failed.is_empty(), "seconds": t0.elapsed().as_secs_f64(), "checks": checks })
             )?
         );
     } else {

@@ -82,12 +82,14 @@ pub struct Resolution {
     pub unheld: Vec<String>,
 }
 
-/// Resolve `includes` (names, or `name/suite`) plus the essential set of
-/// the first source's suite. `hold` pins name -> version where the
-/// indices still have it.
+/// Resolve `includes` (names, or `name/suite`), over the essential set
+/// when `essential` (mmdebstrap's `apt` variant; else its `extract`
+/// variant: the includes and their dependencies only). `hold` pins
+/// name -> version where the indices still have it.
 pub fn resolve(
     sources: &[AptSource],
     includes: &[String],
+    essential: bool,
     hold: &BTreeMap<String, String>,
 ) -> Result<Resolution> {
     let dir = tempfile::tempdir()?;
@@ -126,8 +128,12 @@ pub fn resolve(
     let index = conf.index(sources)?;
 
     // Phase 1: the essential set and apt, from an empty status.
-    let out = tools::apt_get(&conf.config, &["-q", "-y", "--print-uris", "dist-upgrade"])
-        .map_err(|e| anyhow!("apt-get (essential set): {e}"))?;
+    let out = if essential {
+        tools::apt_get(&conf.config, &["-q", "-y", "--print-uris", "dist-upgrade"])
+            .map_err(|e| anyhow!("apt-get (essential set): {e}"))?
+    } else {
+        String::new()
+    };
     let mut chosen = BTreeMap::new();
     let mut status = String::new();
     for name in uri_files(&out) {
@@ -513,15 +519,30 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
     }
     fs::write(bin.join("Packages"), &packages)?;
     let release = format!(
-        "Origin: mimg\nLabel: mimg\nSuite: {suite}\nCodename: {suite}\nArchitectures: amd64 all\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
+        "Origin: mimg\nLabel: mimg\nSuite: {suite}\nCodename: {suite}\nDate: Thu, 01 Jan 1970 00:00:00 UTC\nArchitectures: amd64 all\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
         hex::encode(Sha256::digest(packages.as_bytes())),
         packages.len()
     );
     fs::write(dir.join("dists").join(suite).join("Release"), release)?;
     Ok(format!(
         "deb [trusted=yes] copy://{} {suite} main",
-        dir.display()
+        uri_path(dir)
     ))
+}
+
+/// A path as apt reads it in a URI: percent-encoded but for safe bytes
+/// (the store may live under a name with spaces).
+fn uri_path(p: &Path) -> String {
+    use std::os::unix::ffi::OsStrExt;
+    let mut s = String::new();
+    for &b in p.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            s.push(b as char);
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
 }
 
 /// The `control` file of a .deb (an ar archive holding control.tar.*).
@@ -610,6 +631,11 @@ mod tests {
         assert_eq!(d.file_name(), "a_2-3_all.deb");
         assert!(installed_stanza(s).starts_with("Package: a\nStatus: install ok installed\n"));
         assert!(deb_of("trixie", "Package: a").is_err());
+    }
+
+    #[test]
+    fn repository_paths_are_uri_safe() {
+        assert_eq!(uri_path(Path::new("/a b/c+d/é")), "/a%20b/c%2Bd/%C3%A9");
     }
 
     #[test]

@@ -86,7 +86,7 @@ pub fn apt_inputs(recipe: &Recipe) -> String {
 
 /// sha256 of what decides the tools environment's package set.
 pub fn tools_inputs() -> String {
-    let v = serde_json::json!({ "suite": TOOLS_SUITE, "packages": TOOLS_PACKAGES });
+    let v = serde_json::json!({ "suite": TOOLS_SUITE, "packages": TOOLS_PACKAGES, "variant": "extract" });
     hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
 }
 

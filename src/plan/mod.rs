@@ -26,9 +26,12 @@ use crate::recipe::{Layer, LayerKind, Recipe};
 /// Bumped whenever what a step writes changes for the same inputs.
 pub const FORMAT: u32 = 1;
 
-/// The suite the tools environment comes from, and what it holds.
+/// The suite the tools environment comes from, and what it holds: these
+/// packages and their dependencies, unpacked (mmdebstrap's `extract`
+/// variant: no essential set, no maintainer scripts; the tools only run).
 pub const TOOLS_SUITE: &str = "trixie";
 pub const TOOLS_PACKAGES: &[&str] = &[
+    "dash",
     "e2fsprogs",
     "libarchive13t64",
     "grub-pc-bin",
@@ -233,6 +236,7 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     let mut tools_in = BTreeMap::new();
     tools_in.insert("suite".into(), json!(TOOLS_SUITE));
     tools_in.insert("packages".into(), json!(TOOLS_PACKAGES));
+    tools_in.insert("variant".into(), json!("extract"));
     tools_in.insert(
         "debs".into(),
         json!(crate::debs::set_hash(&facts.tools_debs)),

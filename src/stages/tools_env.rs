@@ -1,6 +1,7 @@
 //! The tools step: a Debian root (suite and packages fixed in
 //! [`crate::plan`]) holding every tool that writes image bytes, made by the
-//! host's mmdebstrap and unpacked into the store as `root/`.
+//! host's mmdebstrap from the pinned .debs (unpacked only: the tools run,
+//! nothing is configured) and unpacked into the store as `root/`.
 
 use std::fs;
 use std::path::Path;
@@ -15,7 +16,7 @@ use crate::tools;
 pub fn build(source: &str, epoch: u64, out: &Path) -> Result<()> {
     let tar = out.join("tools.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
-    cmd.arg("--variant=apt")
+    cmd.arg("--variant=extract")
         .arg("--format=tar")
         .arg(format!("--include={}", TOOLS_PACKAGES.join(",")));
     cmd.arg(TOOLS_SUITE).arg(&tar).arg(source);
@@ -24,6 +25,21 @@ pub fn build(source: &str, epoch: u64, out: &Path) -> Result<()> {
     fs::create_dir_all(&root)?;
     unpack(&tar, &root).context("unpacking the tools environment")?;
     fs::remove_file(&tar)?;
+    // What dpkg and base-files would have made: the merged-/usr links and
+    // the mount points bwrap needs.
+    for (link, target) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        if fs::symlink_metadata(root.join(link)).is_err() {
+            std::os::unix::fs::symlink(target, root.join(link))?;
+        }
+    }
+    for d in ["dev", "proc", "tmp", "mnt"] {
+        fs::create_dir_all(root.join(d))?;
+    }
     Ok(())
 }
 

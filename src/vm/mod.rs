@@ -102,6 +102,8 @@ pub struct Vm {
     pub serial_log: PathBuf,
     pub guest: Option<Ipv6Addr>,
     pub mode: &'static str,
+    /// The accelerator QEMU runs with: `kvm` or `tcg`.
+    pub accel: &'static str,
 }
 
 impl Drop for Vm {
@@ -345,6 +347,7 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
         serial_log: spec.serial_log.clone(),
         guest,
         mode,
+        accel: if accel == "kvm" { "kvm" } else { "tcg" },
     };
     if let (Some(ns), Some(g)) = (&netns, guest) {
         for f in &spec.forwards {
