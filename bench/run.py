@@ -91,10 +91,10 @@ def bare(plan, tools_root, out, source):
     with open(raw, "wb") as f:
         f.truncate(6 << 30)
     cat = subprocess.Popen(["cat", f"{out}/root.tar"] + plan["layer_tars"], stdout=subprocess.PIPE)
-    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--",
+    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--setenv", "LC_ALL", "C.UTF-8", "--",
         "mkfs.ext4", "-q", "-F", "-d", "-", "/mnt/disk.raw"], stdin=cat.stdout, env=env)
     cat.wait()
-    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--",
+    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--setenv", "LC_ALL", "C.UTF-8", "--",
         "qemu-img", "convert", "-O", "qcow2", "/mnt/disk.raw", "/mnt/disk.qcow2"])
     dt = time.monotonic() - t0
     return dt, os.path.getsize(f"{out}/disk.qcow2")

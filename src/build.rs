@@ -686,6 +686,8 @@ fn image(
     dir: &Path,
 ) -> Result<()> {
     let epoch = plan.epoch;
+    let t0 = Instant::now();
+    let phase = |what: &str| tracing::debug!("image: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
     let mut tree = Tree::read(read_verified(store, rootfs_key, "rootfs.tar")?.as_slice())?;
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
@@ -699,6 +701,7 @@ fn image(
         boot::boot_layer(&root_uuid, &kernel, &initrd, epoch),
     );
     tree.fix_hardlinks();
+    phase("tree merged");
 
     let layout = disk::Layout::new(recipe.disk.size);
     let raw_path = dir.join("disk.raw");
@@ -747,8 +750,9 @@ fn image(
         raw.seek(SeekFrom::Start(0))?;
         raw.write_all(&mbr)?;
     }
-    raw.sync_all()?;
+    // The raw disk is scratch (converted, then removed): no fsync.
     drop(raw);
+    phase("gpt, esp and grub written");
     filesystem::mkfs(
         tools,
         dir,
@@ -758,7 +762,9 @@ fn image(
         &root_uuid,
         epoch,
     )?;
+    phase("mkfs.ext4 done");
     qcow2::convert(tools, dir, epoch)?;
+    phase("qcow2 written");
     fs::remove_file(&raw_path)?;
     Ok(())
 }

@@ -32,6 +32,7 @@ pub const FORMAT: u32 = 1;
 pub const TOOLS_SUITE: &str = "trixie";
 pub const TOOLS_PACKAGES: &[&str] = &[
     "dash",
+    "libc-bin",
     "e2fsprogs",
     "libarchive13t64",
     "grub-pc-bin",

@@ -69,9 +69,15 @@ pub fn mkfs(
     let stdin = child.stdin.take().expect("piped");
     let writer = std::thread::scope(|s| {
         let h = s.spawn(move || -> std::io::Result<()> {
+            let t0 = std::time::Instant::now();
             let mut w = std::io::BufWriter::with_capacity(1 << 20, stdin);
             tree.write(&mut w)?;
-            w.flush()
+            let r = w.flush();
+            tracing::debug!(
+                "mkfs: tar stream written in {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
+            r
         });
         let res = tools::wait(child, "mkfs.ext4");
         (h.join(), res)
