@@ -58,7 +58,7 @@ pub fn apt_sources(recipe: &Recipe, mirror: &str) -> Vec<AptSource> {
         suite: recipe.base.suite.to_string(),
         components: comps(&recipe.base.components),
         url: mirror.to_string(),
-        keyring: debs::DEBIAN_KEYRING.into(),
+        keyring: debs::debian_keyring(),
     }];
     for s in recipe.sources.values() {
         if v.iter().any(|x| x.suite == s.suite.as_str()) {
@@ -68,10 +68,7 @@ pub fn apt_sources(recipe: &Recipe, mirror: &str) -> Vec<AptSource> {
             suite: s.suite.to_string(),
             components: comps(&s.components),
             url: s.url.clone().unwrap_or_else(|| mirror.to_string()),
-            keyring: s
-                .keyring
-                .clone()
-                .unwrap_or_else(|| debs::DEBIAN_KEYRING.into()),
+            keyring: s.keyring.clone().unwrap_or_else(debs::debian_keyring),
         });
     }
     v
@@ -82,7 +79,7 @@ fn tools_sources(mirror: &str) -> Vec<AptSource> {
         suite: TOOLS_SUITE.to_string(),
         components: vec!["main".into()],
         url: mirror.to_string(),
-        keyring: debs::DEBIAN_KEYRING.into(),
+        keyring: debs::debian_keyring(),
     }]
 }
 

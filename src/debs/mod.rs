@@ -33,6 +33,15 @@ use crate::tools;
 /// The keyring Debian suites are checked against unless a source names one.
 pub const DEBIAN_KEYRING: &str = "/usr/share/keyrings/debian-archive-keyring.gpg";
 
+/// The Debian mirror's keyring: `$MIMG_DEBIAN_KEYRING` (configuration, like
+/// the mirror), else Debian's archive keyring.
+pub fn debian_keyring() -> PathBuf {
+    match std::env::var_os("MIMG_DEBIAN_KEYRING") {
+        Some(k) if !k.is_empty() => PathBuf::from(k),
+        _ => PathBuf::from(DEBIAN_KEYRING),
+    }
+}
+
 /// One pinned .deb, as the lock records it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
 #[serde(deny_unknown_fields)]
