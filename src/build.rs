@@ -216,7 +216,6 @@ fn prefetch_wheels(store: &Store, wheels: &[Wheel], python: &str, opts: Options)
 
 /// A locked wheel's bytes: from the store, else downloaded again and checked.
 fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<Vec<u8>> {
-    use sha2::{Digest, Sha256};
     let path = store.blob(&w.sha256);
     if !path.exists() {
         if opts.offline {
@@ -254,17 +253,9 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
             );
         }
     }
-    let data = fs::read(&path)?;
-    let got = hex::encode(Sha256::digest(&data));
-    if got != w.sha256 {
-        bail!(
-            "the store's copy of {} is damaged: expected sha256 {}, got {got}\nhint: remove {} and build again",
-            w.file,
-            w.sha256,
-            path.display()
-        );
-    }
-    Ok(data)
+    store
+        .read_blob(&w.sha256, &w.file)?
+        .with_context(|| format!("wheel {} left the store while building", w.file))
 }
 
 /// What a build pins: plan facts (with every .deb) and the wheels of pip layers.
@@ -459,18 +450,9 @@ pub fn blob(
     sha: &crate::recipe::Sha256Hex,
     opts: Options,
 ) -> Result<Vec<u8>> {
-    use sha2::{Digest, Sha256};
     let name = url.rsplit('/').next().unwrap_or(url);
     let path = store.blob(sha.as_str());
-    if path.exists() {
-        let data = fs::read(&path)?;
-        let got = hex::encode(Sha256::digest(&data));
-        if got != sha.as_str() {
-            bail!(
-                "the store's copy of {name} is damaged: expected sha256 {sha}, got {got}\nhint: remove {} and build again, or `mimg store add` a good copy",
-                path.display()
-            );
-        }
+    if let Some(data) = store.read_blob(sha.as_str(), name)? {
         return Ok(data);
     }
     if opts.offline {
@@ -686,9 +668,9 @@ fn image(
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!("image: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
-    let mut tree = Tree::read(read_verified(store, rootfs_key, "rootfs.tar")?.as_slice())?;
+    let mut tree = Tree::read(store.read_output(rootfs_key, "rootfs.tar")?.as_slice())?;
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
-        let l = Tree::read(read_verified(store, &s.key, "layer.tar")?.as_slice())?;
+        let l = Tree::read(store.read_output(&s.key, "layer.tar")?.as_slice())?;
         filesystem::merge(&mut tree, l);
     }
     let root_uuid = step.key.derive_uuid("root filesystem");
@@ -768,25 +750,6 @@ fn image(
 
 /// A step output's bytes, checked against the sha256 the store recorded:
 /// a damaged entry is never used.
-fn read_verified(store: &Store, key: &plan::StepKey, name: &str) -> Result<Vec<u8>> {
-    use sha2::{Digest, Sha256};
-    let meta = store.meta(key)?;
-    let want = meta
-        .files
-        .get(name)
-        .with_context(|| format!("store entry {key} has no {name}"))?;
-    let path = store.path(key).join(name);
-    let data = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-    let got = hex::encode(Sha256::digest(&data));
-    if got != want.sha256 {
-        bail!(
-            "store entry {key} is damaged: {name} has sha256 {got}, recorded {}\nhint: run `mimg store verify`, remove the damaged entry and build again",
-            want.sha256
-        );
-    }
-    Ok(data)
-}
-
 /// Local record of what was last copied to the output directory, so a
 /// no-op build does not copy the image again. Not part of any output.
 #[derive(Serialize, Deserialize, PartialEq, Eq)]

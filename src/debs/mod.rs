@@ -498,21 +498,14 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
     let mut packages = String::new();
     for d in debs {
         let blob = store.blob(&d.sha256);
-        let data = fs::read(&blob).with_context(|| {
-            format!(
-                "pinned package {} {} (sha256 {}) is not in the store",
-                d.name, d.version, d.sha256
-            )
-        })?;
-        let got = hex::encode(Sha256::digest(&data));
-        if got != d.sha256 {
-            bail!(
-                "the store's copy of {} is damaged: expected sha256 {}, got {got}\nhint: remove {} and build again",
-                d.file_name(),
-                d.sha256,
-                blob.display()
-            );
-        }
+        let data = store
+            .read_blob(&d.sha256, d.file_name())?
+            .with_context(|| {
+                format!(
+                    "pinned package {} {} (sha256 {}) is not in the store",
+                    d.name, d.version, d.sha256
+                )
+            })?;
         let control = control_of(&data).with_context(|| format!("reading {}", d.file_name()))?;
         let dest = pool.join(d.file_name());
         if fs::hard_link(&blob, &dest).is_err() {

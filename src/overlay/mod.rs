@@ -84,7 +84,6 @@ pub struct Mattermost {
 /// One customer's validated values.
 #[derive(Debug, Clone)]
 pub struct Overlay {
-    pub file: PathBuf,
     pub customer: Customer,
     pub server_name: DomainName,
     pub homeserver: DomainName,
@@ -391,7 +390,6 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         .map(|k| c.parse(k, "ssh_authorized_keys"))
         .collect::<Result<Vec<SshKey>, _>>()?;
     Ok(Overlay {
-        file: path.to_path_buf(),
         customer,
         server_name,
         homeserver,

@@ -132,19 +132,6 @@ pub enum LayerKind {
     },
 }
 
-impl LayerKind {
-    /// The kind's name as written in recipes.
-    pub fn name(&self) -> &'static str {
-        match self {
-            LayerKind::Apt { .. } => "apt",
-            LayerKind::Files { .. } => "files",
-            LayerKind::Run { .. } => "run",
-            LayerKind::Fetch { .. } => "fetch",
-            LayerKind::Pip { .. } => "pip",
-        }
-    }
-}
-
 /// One named contribution to the root filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Layer {

@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::plan::{Step, StepKey};
 
@@ -239,6 +240,50 @@ impl Store {
 }
 
 impl Store {
+    /// A blob's bytes, re-hashed before use: `None` when the store does not
+    /// have it; an error naming both sums when its content does not match.
+    pub fn read_blob(&self, sha256: &str, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let path = self.blob(sha256);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.io(format!("read {}", path.display()), e)),
+        };
+        let got = hex::encode(Sha256::digest(&data));
+        if got != sha256 {
+            return Err(StoreError::Damaged {
+                key: format!("blob {name}"),
+                what: format!("expected sha256 {sha256}, got {got}"),
+                path,
+            });
+        }
+        Ok(Some(data))
+    }
+
+    /// A step's output `name`, re-hashed against the sum its meta records.
+    pub fn read_output(&self, key: &StepKey, name: &str) -> Result<Vec<u8>, StoreError> {
+        let meta = self.meta(key)?;
+        let path = self.path(key).join(name);
+        let damaged = |what: String| StoreError::Damaged {
+            key: key.to_string(),
+            what,
+            path: self.path(key),
+        };
+        let want = meta
+            .files
+            .get(name)
+            .ok_or_else(|| damaged(format!("it has no {name}")))?;
+        let data = fs::read(&path).map_err(|e| self.io(format!("read {}", path.display()), e))?;
+        let got = hex::encode(Sha256::digest(&data));
+        if got != want.sha256 {
+            return Err(damaged(format!(
+                "{name} has sha256 {got}, recorded {}",
+                want.sha256
+            )));
+        }
+        Ok(data)
+    }
+
     /// The store's scratch directory (same file system as the entries).
     pub fn tmp_dir(&self) -> PathBuf {
         self.base().join("tmp")
