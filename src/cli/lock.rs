@@ -74,7 +74,20 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 holds.rootfs = held(&o.debs.rootfs);
                 holds.tools = held(&o.debs.tools);
             }
-            crate::build::live_facts(&recipe, &holds)?
+            let (mut f, unheld) = crate::build::live_facts(&recipe, &holds)?;
+            // Without --update, a half that still matches its inputs keeps its pins.
+            if let Some(o) = old.as_ref().filter(|_| a.update.is_none()) {
+                // (`releases` then records today's release files, read for the other half.)
+                if o.apt_inputs == crate::lock::apt_inputs(&recipe) && !o.debs.rootfs.is_empty() {
+                    f.rootfs_debs = o.debs.rootfs.clone();
+                    f.epoch = o.epoch;
+                }
+                if o.tools_inputs == crate::lock::tools_inputs() && !o.debs.tools.is_empty() {
+                    f.tools_debs = o.debs.tools.clone();
+                    f.tools_epoch = o.tools_epoch;
+                }
+            }
+            (f, unheld)
         }
     };
     let reqs: BTreeMap<String, Vec<String>> = recipe
