@@ -207,6 +207,35 @@ fn a_signed_local_repository_is_checked_resolved_pinned_and_built_from() {
     );
     let first = sha256(&w.join("a/signedtest.qcow2"));
 
+    // An air-gapped build: `store fetch` fills an empty store with every
+    // pinned file, then a build with the network cut gives the same bytes.
+    let gapped = w.join("gapped-store");
+    let mut c = mimg();
+    c.args(["store", "fetch"])
+        .arg(&r)
+        .env("MIMG_STORE", &gapped);
+    let o = run(c);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("fetched"), "{}", stdout(&o));
+    let o = Command::new("unshare")
+        .args(["-n", "--"])
+        .arg(env!("CARGO_BIN_EXE_mimg"))
+        .args(["build", "--offline", "--locked"])
+        .arg(&r)
+        .arg("--out")
+        .arg(w.join("gapped"))
+        .env("MIMG_STORE", &gapped)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    eprintln!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        o.status.success(),
+        "offline build from a fetched store failed"
+    );
+    assert_eq!(sha256(&w.join("gapped/signedtest.qcow2")), first);
+    std::fs::remove_dir_all(&gapped).unwrap();
+
     // The repository moves on: 1.1 replaces 1.0, which is gone from the pool.
     std::fs::remove_file(&hello1).unwrap();
     let hello2 = deb(&pool, "mimg-hello", "1.1", Some("mimg-libfake (>= 2.0)"));
