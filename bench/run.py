@@ -4,8 +4,9 @@
 Writes bench/results.json and prints a table. Builds maas-homeserver with a
 stand-in web client (served from a local HTTP server, like the tests).
 Cold builds start from a store with no steps; the bare-tools run does the
-same work by hand (mmdebstrap of the same package set to a tar, the same file
-additions, mkfs.ext4 -d from the tools environment, qemu-img convert).
+same work by hand (mmdebstrap of the same package set to a directory, the same layer
+tars unpacked over it, mkfs.ext4 -d from the tools environment, qemu-img
+convert).
 Both start with the package files already downloaded: mimg's store holds the
 pinned .debs, wheels and tarball (`mimg store fetch`), and the bare run's
 mmdebstrap installs the same .debs from a local repository.
@@ -23,6 +24,7 @@ def sh(cmd, **kw):
 
 
 def timed(cmd, env=None):
+    os.sync()  # start with no write-back left over from the previous run
     t0 = time.monotonic()
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     dt = time.monotonic() - t0
@@ -83,17 +85,22 @@ def bare(plan, tools_root, out, source):
     rootfs = [s for s in plan["steps"] if s["label"] == "rootfs"][0]
     pkgs = sorted({p for ps in rootfs["inputs"]["packages"].values() for p in ps})
     suite = rootfs["inputs"]["base"]["suite"]
+    os.sync()  # start with no write-back left over from the previous run
     t0 = time.monotonic()
     env = dict(os.environ, SOURCE_DATE_EPOCH=str(plan["epoch"]))
-    sh(["mmdebstrap", "--quiet", "--mode=root", "--variant=apt", "--format=tar", "--include=" + ",".join(pkgs), suite, f"{out}/root.tar", source], env=env)
-    # The same file additions: the recipe's layer tars from mimg's store.
+    root = f"{out}/root"
+    sh(["mmdebstrap", "--quiet", "--mode=root", "--variant=apt", "--format=directory", "--include=" + ",".join(pkgs), suite, root, source], env=env)
+    # The same file additions: the recipe's layer tars (from mimg's store)
+    # unpacked over the tree, as one would by hand.
+    for t in plan["layer_tars"]:
+        sh(["tar", "-xpf", t, "--numeric-owner", "-C", root], env=env)
     raw = f"{out}/disk.raw"
     with open(raw, "wb") as f:
         f.truncate(6 << 30)
-    cat = subprocess.Popen(["cat", f"{out}/root.tar"] + plan["layer_tars"], stdout=subprocess.PIPE)
-    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--setenv", "LC_ALL", "C.UTF-8", "--",
-        "mkfs.ext4", "-q", "-F", "-d", "-", "/mnt/disk.raw"], stdin=cat.stdout, env=env)
-    cat.wait()
+    # Real root (no user namespace): the tree holds files of other owners.
+    sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt",
+        "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--cap-add", "ALL", "--setenv", "LC_ALL", "C.UTF-8", "--",
+        "mkfs.ext4", "-q", "-F", "-d", "/mnt/root", "/mnt/disk.raw"], env=env)
     sh(["bwrap", "--ro-bind", tools_root, "/", "--dev", "/dev", "--proc", "/proc", "--bind", out, "/mnt", "--unshare-all", "--setenv", "LC_ALL", "C.UTF-8", "--",
         "qemu-img", "convert", "-O", "qcow2", "/mnt/disk.raw", "/mnt/disk.qcow2"])
     dt = time.monotonic() - t0
