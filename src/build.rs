@@ -370,12 +370,7 @@ fn pinned_repo(
     store: &Store,
     opts: Options,
 ) -> Result<(tempfile::TempDir, String)> {
-    let missing = pins.iter().any(|d| !store.blob(&d.sha256).exists());
-    let urls = if missing && !opts.offline {
-        suite_urls(recipe)?
-    } else {
-        BTreeMap::new()
-    };
+    let urls = || suite_urls(recipe);
     let got = debs::fetch_all(store, pins, &urls, fetch_jobs(), opts.offline)?;
     if got.files > 0 {
         tracing::info!(
@@ -405,12 +400,7 @@ pub fn prefetch(recipe: &Recipe, store: &Store, jobs: usize) -> Result<debs::Fet
         .chain(&r.facts.tools_debs)
         .cloned()
         .collect();
-    let urls = if all.iter().any(|d| !store.blob(&d.sha256).exists()) {
-        suite_urls(recipe)?
-    } else {
-        BTreeMap::new()
-    };
-    let mut got = debs::fetch_all(store, &all, &urls, jobs, false)?;
+    let mut got = debs::fetch_all(store, &all, &|| suite_urls(recipe), jobs, false)?;
     for l in &recipe.layers {
         match &l.kind {
             LayerKind::Pip { python, .. } => {

@@ -297,17 +297,7 @@ fn store_add_satisfies_a_pin_whose_host_is_unreachable_and_offline_builds_match(
     c.arg("lock").arg(&r).env("MIMG_STORE", store());
     assert!(run(c).status.success());
     assert!(w.join("fetchtest.lock").is_file());
-    let o = Command::new("unshare")
-        .args(["-n", "--"])
-        .arg(env!("CARGO_BIN_EXE_mimg"))
-        .args(["build", "--offline", "--locked"])
-        .arg(&r)
-        .arg("--out")
-        .arg(w.join("offline"))
-        .env("MIMG_STORE", store())
-        .output()
-        .unwrap();
-    eprintln!("{}{}", stdout(&o), stderr(&o));
+    let o = build_without_network(&r, &store(), &w.join("offline"), &["--offline", "--locked"]);
     assert!(o.status.success(), "offline build failed");
     assert_eq!(sha256(&w.join("offline/fetchtest.qcow2")), online);
 
@@ -335,16 +325,7 @@ fn store_add_satisfies_a_pin_whose_host_is_unreachable_and_offline_builds_match(
 
     // Offline with an empty store fails clearly, without a hang or a panic.
     let empty = work("fetch-empty-store");
-    let o = Command::new("unshare")
-        .args(["-n", "--"])
-        .arg(env!("CARGO_BIN_EXE_mimg"))
-        .args(["build", "--offline"])
-        .arg(&r)
-        .arg("--out")
-        .arg(empty.join("out"))
-        .env("MIMG_STORE", empty.join("store"))
-        .output()
-        .unwrap();
+    let o = build_without_network(&r, &empty.join("store"), &empty.join("out"), &["--offline"]);
     assert!(!o.status.success());
     assert!(
         stderr(&o).contains("--offline") && !stderr(&o).contains("panicked"),

@@ -217,18 +217,7 @@ fn a_signed_local_repository_is_checked_resolved_pinned_and_built_from() {
     let o = run(c);
     assert!(o.status.success());
     assert!(stdout(&o).contains("fetched"), "{}", stdout(&o));
-    let o = Command::new("unshare")
-        .args(["-n", "--"])
-        .arg(env!("CARGO_BIN_EXE_mimg"))
-        .args(["build", "--offline", "--locked"])
-        .arg(&r)
-        .arg("--out")
-        .arg(w.join("gapped"))
-        .env("MIMG_STORE", &gapped)
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    eprintln!("{}{}", stdout(&o), stderr(&o));
+    let o = build_without_network(&r, &gapped, &w.join("gapped"), &["--offline", "--locked"]);
     assert!(
         o.status.success(),
         "offline build from a fetched store failed"

@@ -179,25 +179,40 @@ pub fn resolve(
     })
 }
 
-/// apt's "unable to locate" and friends, said plainly.
+/// apt's "unable to locate" and friends in `stderr` (of apt-get or
+/// mmdebstrap), said plainly.
+pub fn package_error(stderr: &str) -> Option<anyhow::Error> {
+    for line in stderr.lines() {
+        if let Some(rest) = line.split("Unable to locate package ").nth(1) {
+            return Some(anyhow!(
+                "unknown package `{}`: no suite of the recipe has it\nhint: check the name in the recipe's apt layers (`apt-cache policy NAME`)",
+                rest.trim()
+            ));
+        }
+        if line.contains("has no installation candidate")
+            || line.contains("Couldn't find any package")
+        {
+            return Some(anyhow!(
+                "{}\nhint: check the package names in the recipe's apt layers",
+                line.trim().trim_start_matches("E: ")
+            ));
+        }
+    }
+    None
+}
+
+/// apt's failure while resolving, said plainly.
 fn explain(e: tools::ToolError, includes: &[String]) -> anyhow::Error {
     if let tools::ToolError::Failed { stderr, .. } = &e {
-        for line in stderr.lines() {
-            if let Some(rest) = line.split("Unable to locate package ").nth(1) {
-                return anyhow!(
-                    "unknown package `{}`: no suite of the recipe has it\nhint: check the name in the recipe's apt layers (`apt-cache policy NAME`)",
-                    rest.trim()
-                );
-            }
-            if line.contains("has no installation candidate")
-                || line.contains("Couldn't find any package")
-                || line.contains("not found")
-            {
-                return anyhow!(
-                    "{}\nhint: check the package names in the recipe's apt layers",
-                    line.trim().trim_start_matches("E: ")
-                );
-            }
+        if let Some(named) = package_error(stderr) {
+            return named;
+        }
+        // `name/suite` with a suite no source has.
+        if let Some(line) = stderr.lines().find(|l| l.contains("not found")) {
+            return anyhow!(
+                "{}\nhint: check the package names in the recipe's apt layers",
+                line.trim().trim_start_matches("E: ")
+            );
         }
         if stderr.contains("unmet dependencies") || stderr.contains("held broken packages") {
             return anyhow!(
@@ -382,11 +397,13 @@ pub struct Fetched {
 }
 
 /// Put every pinned .deb the store lacks into it: `jobs` downloads at once,
-/// each checked while streaming. `urls` maps a suite to its base URL.
+/// each checked while streaming. `urls` gives each suite's base URL; it is
+/// asked only when something must be downloaded (an offline build with a
+/// full store needs no mirror configured).
 pub fn fetch_all(
     store: &Store,
     debs: &[Deb],
-    urls: &BTreeMap<String, String>,
+    urls: &dyn Fn() -> Result<BTreeMap<String, String>>,
     jobs: usize,
     offline: bool,
 ) -> Result<Fetched> {
@@ -411,6 +428,7 @@ pub fn fetch_all(
             d.file_name()
         );
     }
+    let urls = urls()?;
     let total: u64 = missing.iter().map(|d| d.size).sum();
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total),
@@ -433,7 +451,7 @@ pub fn fetch_all(
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(d) = missing.get(i) else { break };
-                    if let Err(e) = fetch_one(store, d, urls, &bar) {
+                    if let Err(e) = fetch_one(store, d, &urls, &bar) {
                         failed.store(true, Ordering::Relaxed);
                         first_err.lock().expect("lock").get_or_insert(e);
                     }

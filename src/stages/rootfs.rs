@@ -88,7 +88,7 @@ pub fn build(
         }
     }
     cmd.arg(recipe.base.suite.as_str()).arg(&raw).arg(source);
-    tools::run(cmd, "mmdebstrap").map_err(|e| explain(e, &inc))?;
+    tools::run(cmd, "mmdebstrap").map_err(explain)?;
 
     let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
         .context("reading mmdebstrap's tar")?;
@@ -108,32 +108,12 @@ pub fn build(
     Ok(packages)
 }
 
-/// Turn mmdebstrap's failure into one that names the cause.
-fn explain(e: tools::ToolError, includes: &[String]) -> anyhow::Error {
+/// Turn mmdebstrap's failure into one that names the cause. (It installs
+/// from the local repository of pinned .debs: no mirror is involved.)
+fn explain(e: tools::ToolError) -> anyhow::Error {
     if let tools::ToolError::Failed { stderr, .. } = &e {
-        for line in stderr.lines() {
-            if let Some(rest) = line.split("Unable to locate package ").nth(1) {
-                return anyhow::anyhow!(
-                    "unknown package `{}`: no suite of the recipe has it\nhint: check the name in the recipe's apt layers (`apt-cache policy NAME`)",
-                    rest.trim()
-                );
-            }
-            if line.contains("has no installation candidate")
-                || line.contains("Couldn't find any package")
-            {
-                return anyhow::anyhow!(
-                    "{}\nhint: check the package names in the recipe's apt layers",
-                    line.trim()
-                );
-            }
-        }
-        if stderr.contains("Failed to fetch")
-            || stderr.contains("Could not resolve")
-            || stderr.contains("Could not connect")
-        {
-            return anyhow::anyhow!(
-                "the Debian mirror could not be reached by apt:\n{stderr}\nhint: check the network or MIMG_DEBIAN_MIRROR"
-            );
+        if let Some(named) = crate::debs::package_error(stderr) {
+            return named;
         }
         if stderr.contains("subuid") || stderr.contains("newuidmap") {
             return anyhow::anyhow!(
@@ -141,7 +121,6 @@ fn explain(e: tools::ToolError, includes: &[String]) -> anyhow::Error {
             );
         }
     }
-    let _ = includes;
     anyhow::Error::new(e)
 }
 

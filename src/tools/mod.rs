@@ -104,13 +104,17 @@ pub fn wait(mut child: Child, tool: &str) -> Result<(), ToolError> {
     if status.success() {
         Ok(())
     } else {
-        let lines: Vec<&str> = err.lines().collect();
-        let tail = lines[lines.len().saturating_sub(25)..].join("\n");
-        Err(ToolError::Failed {
-            tool: tool.into(),
-            status,
-            stderr: tail,
-        })
+        Err(failed(tool, status, &err))
+    }
+}
+
+/// A failure carrying the last lines of the tool's stderr.
+fn failed(tool: &str, status: ExitStatus, stderr: &str) -> ToolError {
+    let lines: Vec<&str> = stderr.lines().collect();
+    ToolError::Failed {
+        tool: tool.into(),
+        status,
+        stderr: lines[lines.len().saturating_sub(25)..].join("\n"),
     }
 }
 
@@ -145,13 +149,11 @@ pub fn apt_get(config: &Path, args: &[&str]) -> Result<String, ToolError> {
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        let lines: Vec<&str> = err.lines().collect();
-        Err(ToolError::Failed {
-            tool: "apt-get".into(),
-            status: out.status,
-            stderr: lines[lines.len().saturating_sub(25)..].join("\n"),
-        })
+        Err(failed(
+            "apt-get",
+            out.status,
+            &String::from_utf8_lossy(&out.stderr),
+        ))
     }
 }
 

@@ -56,6 +56,22 @@ pub fn sha256(p: &Path) -> String {
         .to_string()
 }
 
+/// `mimg build RECIPE --out OUT FLAGS...` with the network cut
+/// (`unshare -n`); returns its output (printed).
+pub fn build_without_network(recipe: &Path, store: &Path, out: &Path, flags: &[&str]) -> Output {
+    let mut c = Command::new("unshare");
+    c.args(["-n", "--"])
+        .arg(env!("CARGO_BIN_EXE_mimg"))
+        .arg("build")
+        .args(flags)
+        .arg(recipe)
+        .arg("--out")
+        .arg(out)
+        .env("MIMG_STORE", store)
+        .current_dir(repo());
+    run(c)
+}
+
 /// Build `recipe` into `store` and `out`; panics unless it succeeds.
 pub fn build(recipe: &str, store: &Path, out: &Path) -> Output {
     let mut c = mimg();
