@@ -418,7 +418,8 @@ pub fn relay_stdio(target: &str) -> Result<()> {
     let s = TcpStream::connect(target).with_context(|| format!("cannot connect to {target}"))?;
     let mut r = s.try_clone()?;
     let mut w = s;
-    let up = std::thread::spawn(move || {
+    // Not joined: see below.
+    std::thread::spawn(move || {
         pump(&mut std::io::stdin().lock(), &mut w);
         let _ = w.shutdown(std::net::Shutdown::Write);
     });
@@ -434,8 +435,11 @@ pub fn relay_stdio(target: &str) -> Result<()> {
         out.write_all(&buf[..n])?;
         out.flush()?;
     }
-    drop(out);
-    let _ = up.join();
+    // The guest closed the connection (nginx does on reload, on its
+    // keep-alive limits, after an error): return, and the process exits,
+    // closing stdout, so the client sees the close at once. Waiting for
+    // stdin to end instead kept the client's side open: its next request on
+    // that pooled connection went nowhere and hung until its timeout.
     Ok(())
 }
 
