@@ -503,9 +503,11 @@ pub fn build(
     rep: &dyn Reporter,
     opts: Options,
 ) -> Result<Outcome> {
+    let t0 = Instant::now();
     let resolved = facts(recipe, opts, store)?;
     let facts = &resolved.facts;
     let plan = plan::plan(recipe, facts);
+    tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());
     let mut built = 0;
     let mut reused = 0;
     let mut tally = |step: &Step, r: Option<f64>| match r {
@@ -548,7 +550,9 @@ pub fn build(
         }
         Ok(())
     })?;
+    tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
     let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir)?;
+    tracing::debug!("build: published at {:.2}s", t0.elapsed().as_secs_f64());
     Ok(Outcome {
         image,
         manifest,
@@ -658,9 +662,9 @@ fn image(
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!("image: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
-    let mut tree = Tree::read(store.read_output(rootfs_key, "rootfs.tar")?.as_slice())?;
+    let mut tree = store.parse_output(rootfs_key, "rootfs.tar", |b| Tree::read(b))??;
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
-        let l = Tree::read(store.read_output(&s.key, "layer.tar")?.as_slice())?;
+        let l = store.parse_output(&s.key, "layer.tar", |b| Tree::read(b))??;
         filesystem::merge(&mut tree, l);
     }
     let root_uuid = step.key.derive_uuid("root filesystem");
@@ -732,6 +736,7 @@ fn image(
         epoch,
     )?;
     phase("mkfs.ext4 done");
+    drop(tree);
     qcow2::convert(tools, dir, epoch)?;
     phase("qcow2 written");
     fs::remove_file(&raw_path)?;

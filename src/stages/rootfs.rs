@@ -59,7 +59,11 @@ pub fn build(
 ) -> Result<Vec<Package>> {
     let raw = out.join("mmdebstrap.tar");
     let mut cmd = tools::mmdebstrap(epoch)?;
-    cmd.arg("--variant=apt").arg("--format=tar");
+    // dpkg's fsyncs buy nothing here: the tree is read back into the
+    // canonical tar, which the store syncs when it commits the step.
+    cmd.arg("--variant=apt")
+        .arg("--format=tar")
+        .arg("--dpkgopt=force-unsafe-io");
     // The local repository is one suite: `name/suite` becomes `name`.
     let inc: Vec<String> = includes(recipe)
         .into_iter()
@@ -88,7 +92,11 @@ pub fn build(
         }
     }
     cmd.arg(recipe.base.suite.as_str()).arg(&raw).arg(source);
+    let t0 = std::time::Instant::now();
+    let phase =
+        |what: &str| tracing::debug!("rootfs: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     tools::run(cmd, "mmdebstrap").map_err(explain)?;
+    phase("mmdebstrap done");
 
     let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
         .context("reading mmdebstrap's tar")?;
@@ -97,6 +105,7 @@ pub fn build(
         let _ = fs::remove_file(out.join(format!("run-{i}.sh")));
         let _ = fs::remove_file(out.join(format!("layer-{i}.tar")));
     }
+    phase("tar read");
     scrub(&mut tree, recipe, epoch);
     tree.fix_hardlinks();
     tree.clamp(epoch);
@@ -105,6 +114,7 @@ pub fn build(
     let mut w = std::io::BufWriter::new(f);
     tree.write(&mut w)?;
     std::io::Write::flush(&mut w)?;
+    phase("canonical tar written");
     Ok(packages)
 }
 
@@ -147,6 +157,8 @@ const DROP_EXACT: &[&str] = &[
     "etc/group-",
     "etc/subuid-",
     "etc/subgid-",
+    // mimg's --dpkgopt (force-unsafe-io): a build setting, not the image's.
+    "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
 ];
 
 /// Remove what must not be in an image, replace what names the host.
