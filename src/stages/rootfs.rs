@@ -57,12 +57,26 @@ pub fn build(
     out: &Path,
     blobs: super::layer::Blobs,
 ) -> Result<Vec<Package>> {
-    let raw = out.join("mmdebstrap.tar");
+    // As root, mmdebstrap makes a directory and GNU tar, run by mimg with
+    // mmdebstrap's own tar options, streams it into the tree: mmdebstrap's
+    // tar format does the same through a pipe and a copy, ~6 s slower here.
+    // Rootless (unshare mode), only mmdebstrap can read what it made: its
+    // tar format. Both give the same tree.
+    let as_dir = tools::is_root();
+    let raw = out.join(if as_dir {
+        "mmdebstrap.root"
+    } else {
+        "mmdebstrap.tar"
+    });
     let mut cmd = tools::mmdebstrap(epoch)?;
     // dpkg's fsyncs buy nothing here: the tree is read back into the
     // canonical tar, which the store syncs when it commits the step.
     cmd.arg("--variant=apt")
-        .arg("--format=tar")
+        .arg(if as_dir {
+            "--format=directory"
+        } else {
+            "--format=tar"
+        })
         .arg("--dpkgopt=force-unsafe-io");
     // The local repository is one suite: `name/suite` becomes `name`.
     let inc: Vec<String> = includes(recipe)
@@ -98,9 +112,19 @@ pub fn build(
     tools::run(cmd, "mmdebstrap").map_err(explain)?;
     phase("mmdebstrap done");
 
-    let mut tree = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
-        .context("reading mmdebstrap's tar")?;
-    fs::remove_file(&raw)?;
+    let mut tree = if as_dir {
+        let t = tar_directory(&raw, epoch)?;
+        fs::remove_dir_all(&raw).with_context(|| format!("cannot remove {}", raw.display()))?;
+        t
+    } else {
+        let t = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
+            .context("reading mmdebstrap's tar")?;
+        fs::remove_file(&raw)?;
+        t
+    };
+    // mmdebstrap's tar adds ./dev itself; the directory has its own.
+    // Neither is content: one fixed entry (devtmpfs mounts over it).
+    tree.insert("dev", Entry::dir(0o755, epoch));
     for i in 0..head.len() {
         let _ = fs::remove_file(out.join(format!("run-{i}.sh")));
         let _ = fs::remove_file(out.join(format!("layer-{i}.tar")));
@@ -116,6 +140,42 @@ pub fn build(
     std::io::Write::flush(&mut w)?;
     phase("canonical tar written");
     Ok(packages)
+}
+
+/// The options mmdebstrap gives tar for its tar format (mmdebstrap 1.x),
+/// so a directory read this way is the tree that format would carry.
+const MMDEBSTRAP_TAR_OPTIONS: &[&str] = &[
+    "--sort=name",
+    "--numeric-owner",
+    "--one-file-system",
+    "--format=pax",
+    "--xattrs",
+    "-c",
+    "--exclude=./dev",
+];
+
+/// Read the directory `root` into a tree through GNU tar.
+fn tar_directory(root: &Path, epoch: u64) -> Result<Tree> {
+    let mut child = tools::tar(epoch)?
+        .args(MMDEBSTRAP_TAR_OPTIONS)
+        .arg("-C")
+        .arg(root)
+        .arg(".")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot start tar")?;
+    let stdout = child.stdout.take().expect("piped");
+    // Read on a second thread: `wait` drains tar's stderr meanwhile.
+    let reader =
+        std::thread::spawn(move || Tree::read(std::io::BufReader::with_capacity(1 << 20, stdout)));
+    let waited = tools::wait(child, "tar");
+    let tree = reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the tar reader panicked"))?;
+    waited.context("reading mmdebstrap's directory")?;
+    tree.context("reading mmdebstrap's directory")
 }
 
 /// Turn mmdebstrap's failure into one that names the cause. (It installs
@@ -157,6 +217,10 @@ const DROP_EXACT: &[&str] = &[
     "etc/group-",
     "etc/subuid-",
     "etc/subgid-",
+    // Owned by _apt only when apt could reach the build root as _apt (which
+    // depends on the host path's permissions); apt makes them when needed.
+    "var/cache/apt/archives/partial",
+    "var/lib/apt/lists/partial",
     // mimg's --dpkgopt (force-unsafe-io): a build setting, not the image's.
     "etc/dpkg/dpkg.cfg.d/99mmdebstrap",
 ];

@@ -157,6 +157,12 @@ pub fn apt_get(config: &Path, args: &[&str]) -> Result<String, ToolError> {
     }
 }
 
+/// The host's GNU tar, with the clean environment (C.UTF-8, UTC, umask 022)
+/// mmdebstrap gives the tar it runs.
+pub fn tar(epoch: u64) -> Result<Command, ToolError> {
+    Ok(clean(&require("tar", "tar")?, epoch))
+}
+
 /// The host's mmdebstrap, in root mode as root and unshare mode otherwise.
 pub fn mmdebstrap(epoch: u64) -> Result<Command, ToolError> {
     let p = require("mmdebstrap", "mmdebstrap")?;
