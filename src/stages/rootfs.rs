@@ -142,8 +142,10 @@ pub fn build(
     Ok(packages)
 }
 
-/// The options mmdebstrap gives tar for its tar format (mmdebstrap 1.x),
-/// so a directory read this way is the tree that format would carry.
+/// The options of mmdebstrap's own tar run (mmdebstrap 1.x) that decide
+/// what the tree holds, so a directory read this way is the tree its tar
+/// format carries. (Its `--mtime`/`--clamp-mtime` is `Tree::clamp`, run
+/// on both paths; pax header names are not content.)
 const MMDEBSTRAP_TAR_OPTIONS: &[&str] = &[
     "--sort=name",
     "--numeric-owner",
