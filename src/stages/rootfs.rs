@@ -63,20 +63,16 @@ pub fn build(
     // Rootless (unshare mode), only mmdebstrap can read what it made: its
     // tar format. Both give the same tree.
     let as_dir = tools::is_root();
-    let raw = out.join(if as_dir {
-        "mmdebstrap.root"
+    let (format, raw) = if as_dir {
+        ("directory", out.join("mmdebstrap.root"))
     } else {
-        "mmdebstrap.tar"
-    });
+        ("tar", out.join("mmdebstrap.tar"))
+    };
     let mut cmd = tools::mmdebstrap(epoch)?;
     // dpkg's fsyncs buy nothing here: the tree is read back into the
     // canonical tar, which the store syncs when it commits the step.
     cmd.arg("--variant=apt")
-        .arg(if as_dir {
-            "--format=directory"
-        } else {
-            "--format=tar"
-        })
+        .arg(format!("--format={format}"))
         .arg("--dpkgopt=force-unsafe-io");
     // The local repository is one suite: `name/suite` becomes `name`.
     let inc: Vec<String> = includes(recipe)
@@ -122,9 +118,6 @@ pub fn build(
         fs::remove_file(&raw)?;
         t
     };
-    // mmdebstrap's tar adds ./dev itself; the directory has its own.
-    // Neither is content: one fixed entry (devtmpfs mounts over it).
-    tree.insert("dev", Entry::dir(0o755, epoch));
     for i in 0..head.len() {
         let _ = fs::remove_file(out.join(format!("run-{i}.sh")));
         let _ = fs::remove_file(out.join(format!("layer-{i}.tar")));
@@ -254,6 +247,9 @@ pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
             tree.remove(&p);
         }
     }
+    // mmdebstrap's tar format adds its own ./dev, the directory has the
+    // host's: neither is content (devtmpfs mounts over it), one fixed entry.
+    tree.insert("dev", Entry::dir(0o755, mtime));
     let file = |text: &str| Entry::file(text.as_bytes().to_vec(), 0o644, mtime);
     tree.insert("etc/hostname", file("localhost\n"));
     tree.insert("etc/resolv.conf", file(""));
