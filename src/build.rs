@@ -19,6 +19,7 @@ use crate::fetch;
 use crate::lock;
 use crate::plan::{self, Facts, Plan, Step, StepKind, TOOLS_SUITE};
 use crate::recipe::{BootMode, LayerKind, Recipe};
+use crate::stages::scratch::Scratch;
 use crate::stages::wheels::{self, Wheel};
 use crate::stages::{boot, disk, filesystem, layer, qcow2, rootfs, tarball::Tree, tools_env};
 use crate::store::{self, Store};
@@ -663,10 +664,12 @@ fn image(
     let phase = |what: &str| tracing::debug!("image: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
     let mut tree = store.parse_output(rootfs_key, "rootfs.tar", |b| Tree::read(b))??;
+    phase("rootfs read");
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
         let l = store.parse_output(&s.key, "layer.tar", |b| Tree::read(b))??;
         filesystem::merge(&mut tree, l);
     }
+    phase("layers read and merged");
     let root_uuid = step.key.derive_uuid("root filesystem");
     let (kernel, initrd) = boot::kernel(&tree)?;
     filesystem::merge(
@@ -677,7 +680,8 @@ fn image(
     phase("tree merged");
 
     let layout = disk::Layout::new(recipe.disk.size);
-    let raw_path = dir.join("disk.raw");
+    let scratch = Scratch::new(tree.data_bytes(), dir)?;
+    let raw_path = scratch.path().join("disk.raw");
     let mut raw = fs::File::options()
         .read(true)
         .write(true)
@@ -728,7 +732,7 @@ fn image(
     phase("gpt, esp and grub written");
     filesystem::mkfs(
         tools,
-        dir,
+        scratch.path(),
         &tree,
         layout.root.0,
         layout.root.1 - layout.root.0,
@@ -737,9 +741,9 @@ fn image(
     )?;
     phase("mkfs.ext4 done");
     drop(tree);
-    qcow2::convert(tools, dir, epoch)?;
+    qcow2::convert(tools, scratch.path(), dir, epoch)?;
     phase("qcow2 written");
-    fs::remove_file(&raw_path)?;
+    drop(scratch);
     Ok(())
 }
 

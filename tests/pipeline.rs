@@ -14,11 +14,15 @@ use common::*;
 fn two_fresh_stores_give_identical_images_whatever_tz_umask_locale() {
     let a = minimal();
     let w = work("minimal-b");
-    // Another store path, another time zone, umask and locale.
+    // Another store path, another time zone, umask and locale, and the
+    // raw disk on disk rather than in memory (`MIMG_SCRATCH`).
+    let scratch = w.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
     let mut c = mimg();
     c.args(["build", "minimal", "--out"])
         .arg(w.join("out"))
         .env("MIMG_STORE", w.join("another store name"))
+        .env("MIMG_SCRATCH", &scratch)
         .env("TZ", "Pacific/Chatham")
         .env("LANG", "de_DE.UTF-8")
         .env("LC_ALL", "de_DE.UTF-8");
@@ -36,6 +40,10 @@ fn two_fresh_stores_give_identical_images_whatever_tz_umask_locale() {
     assert!(o.status.success());
     let b = sha256(&w.join("out/minimal.qcow2"));
     assert_eq!(a.sha, b, "two cold builds differ");
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().next().is_none(),
+        "the scratch raw disk was left behind"
+    );
     let ma = std::fs::read(a.out.join("minimal.manifest.json")).unwrap();
     let mb = std::fs::read(w.join("out/minimal.manifest.json")).unwrap();
     assert!(ma == mb, "manifests differ");

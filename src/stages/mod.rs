@@ -8,6 +8,7 @@ pub mod filesystem;
 pub mod layer;
 pub mod qcow2;
 pub mod rootfs;
+pub mod scratch;
 pub mod tarball;
 pub mod tools_env;
 pub mod wheels;

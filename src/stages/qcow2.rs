@@ -8,9 +8,9 @@ use anyhow::Result;
 
 use crate::tools::{self, ToolsEnv};
 
-/// Convert `work/disk.raw` into `work/disk.qcow2`.
-pub fn convert(tools: &ToolsEnv, work: &Path, epoch: u64) -> Result<()> {
-    let mut cmd = tools.command("qemu-img", work, epoch)?;
+/// Convert `scratch/disk.raw` into `work/disk.qcow2`.
+pub fn convert(tools: &ToolsEnv, scratch: &Path, work: &Path, epoch: u64) -> Result<()> {
+    let mut cmd = tools.command_with("qemu-img", work, Some(scratch), epoch)?;
     cmd.args([
         "convert",
         "-q",
@@ -20,7 +20,7 @@ pub fn convert(tools: &ToolsEnv, work: &Path, epoch: u64) -> Result<()> {
         "qcow2",
         "-o",
         "compat=1.1,lazy_refcounts=off",
-        "/mnt/disk.raw",
+        "/tmp/scratch/disk.raw",
         "/mnt/disk.qcow2",
     ]);
     tools::run(cmd, "qemu-img convert")?;

@@ -194,6 +194,17 @@ impl ToolsEnv {
     /// `program` from the tools environment, with `work` at `/mnt` (read-write)
     /// and nothing else of the host visible.
     pub fn command(&self, program: &str, work: &Path, epoch: u64) -> Result<Command, ToolError> {
+        self.command_with(program, work, None, epoch)
+    }
+
+    /// [`ToolsEnv::command`] with also `scratch` at `/tmp/scratch` (read-write).
+    pub fn command_with(
+        &self,
+        program: &str,
+        work: &Path,
+        scratch: Option<&Path>,
+        epoch: u64,
+    ) -> Result<Command, ToolError> {
         let bwrap = require("bwrap", "bubblewrap")?;
         let mut c = Command::new(bwrap);
         c.env_clear()
@@ -203,28 +214,30 @@ impl ToolsEnv {
             .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
             .arg("--bind")
             .arg(work)
-            .arg("/mnt")
-            .args([
-                "--chdir",
-                "/mnt",
-                "--unshare-all",
-                "--die-with-parent",
-                "--clearenv",
-            ])
-            .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
-            .args([
-                "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "TZ", "UTC", "--setenv", "HOME",
-                "/tmp",
-            ])
-            .args(["--setenv", "SOURCE_DATE_EPOCH", &epoch.to_string()])
-            .args([
-                "--",
-                "/bin/sh",
-                "-c",
-                "umask 022; exec \"$@\"",
-                "sh",
-                program,
-            ]);
+            .arg("/mnt");
+        if let Some(s) = scratch {
+            c.arg("--bind").arg(s).arg("/tmp/scratch");
+        }
+        c.args([
+            "--chdir",
+            "/mnt",
+            "--unshare-all",
+            "--die-with-parent",
+            "--clearenv",
+        ])
+        .args(["--setenv", "PATH", "/usr/sbin:/usr/bin:/sbin:/bin"])
+        .args([
+            "--setenv", "LC_ALL", "C.UTF-8", "--setenv", "TZ", "UTC", "--setenv", "HOME", "/tmp",
+        ])
+        .args(["--setenv", "SOURCE_DATE_EPOCH", &epoch.to_string()])
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "umask 022; exec \"$@\"",
+            "sh",
+            program,
+        ]);
         Ok(c)
     }
 }

@@ -1,0 +1,85 @@
+//! Where the image step keeps its raw disk while mkfs.ext4 writes it and
+//! qemu-img reads it. The raw disk is scratch: it is never part of an
+//! output, so it need not reach the disk. In memory (`/dev/shm`) mkfs's
+//! final fsync costs nothing and qemu-img reads it at memory speed; when
+//! memory is short it stays beside the step's outputs, as before.
+//! `MIMG_SCRATCH=DIR` names the place explicitly.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+
+/// The scratch directory of one image step; removed when dropped.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    /// A scratch directory for a raw disk holding about `bytes` of data:
+    /// `MIMG_SCRATCH` if set, else `/dev/shm` when it and the machine's
+    /// free memory have room to spare, else inside `fallback`.
+    pub fn new(bytes: u64, fallback: &Path) -> Result<Scratch> {
+        let base = match std::env::var_os("MIMG_SCRATCH") {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => in_memory(bytes).unwrap_or_else(|| fallback.to_path_buf()),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("mimg-image-")
+            .tempdir_in(&base)
+            .with_context(|| format!("cannot make a scratch directory in {}", base.display()))?;
+        tracing::debug!("image: scratch raw disk in {}", dir.path().display());
+        Ok(Scratch { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// `/dev/shm` when it can hold `bytes` twice over and the machine has
+/// four times `bytes` of memory available (the merged tree is in memory
+/// too): a build never pushes the machine into swap for speed.
+fn in_memory(bytes: u64) -> Option<PathBuf> {
+    let shm = Path::new("/dev/shm");
+    let need = bytes.saturating_add(256 << 20);
+    let free = nix::sys::statvfs::statvfs(shm).ok()?;
+    let shm_free = free.blocks_available() as u64 * free.fragment_size() as u64;
+    let available = mem_available()?;
+    (shm_free / 2 >= need && available / 4 >= need).then(|| shm.to_path_buf())
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    parse_mem_available(&text)
+}
+
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_mem_available() {
+        let text = "MemTotal:       24609768 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n";
+        assert_eq!(parse_mem_available(text), Some(20_000_000 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn scratch_is_removed_when_dropped() {
+        let base = tempfile::tempdir().unwrap();
+        // A size no memory holds: the scratch goes beside the outputs.
+        let s = Scratch::new(u64::MAX / 2, base.path()).unwrap();
+        let p = s.path().to_path_buf();
+        assert!(p.starts_with(base.path()) || std::env::var_os("MIMG_SCRATCH").is_some());
+        std::fs::write(p.join("disk.raw"), b"x").unwrap();
+        drop(s);
+        assert!(!p.exists());
+    }
+}
