@@ -511,6 +511,10 @@ pub fn build(
     tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());
     let mut built = 0;
     let mut reused = 0;
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // Where a freshly made image is copied while the store commits it.
+    let copied = tmp_beside(&out_dir.join(format!("{}.qcow2", recipe.name.as_str())));
+    let mut fresh_copy = false;
     let mut tally = |step: &Step, r: Option<f64>| match r {
         Some(secs) => {
             built += 1;
@@ -531,7 +535,8 @@ pub fn build(
             && plan.steps.get(1).is_some_and(|s| !store.has(&s.key))
         {
             rep.step_started(tools_step);
-            early = Some(sc.spawn(|| ensure(tools_step, recipe, &plan, &resolved, opts, store)));
+            early =
+                Some(sc.spawn(|| ensure(tools_step, recipe, &plan, &resolved, opts, store, None)));
         }
         for step in &plan.steps {
             if step.kind == StepKind::Tools && early.is_some() {
@@ -546,13 +551,18 @@ pub fn build(
                 tally(tools_step, r);
             }
             rep.step_started(step);
-            let r = ensure(step, recipe, &plan, &resolved, opts, store)?;
+            let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
+            let r = ensure(step, recipe, &plan, &resolved, opts, store, copy_out)?;
+            if r.is_some() && copy_out.is_some() {
+                fresh_copy = true;
+            }
             tally(step, r);
         }
         Ok(())
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
-    let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir)?;
+    let fresh = fresh_copy.then_some(copied.as_path());
+    let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir, fresh)?;
     tracing::debug!("build: published at {:.2}s", t0.elapsed().as_secs_f64());
     Ok(Outcome {
         image,
@@ -564,6 +574,9 @@ pub fn build(
 }
 
 /// Make `step` unless the store has it: `None` when reused, else the seconds it took.
+/// With `copy_out` (an output's name, a destination), that output is also
+/// copied to the destination while the store hashes and syncs the step: the
+/// image is published without a second pass over it after the commit.
 fn ensure(
     step: &Step,
     recipe: &Recipe,
@@ -571,6 +584,7 @@ fn ensure(
     resolved: &Resolved,
     opts: Options,
     store: &Store,
+    copy_out: Option<(&str, &Path)>,
 ) -> Result<Option<f64>> {
     let t0 = Instant::now();
     if store.has(&step.key) {
@@ -585,7 +599,33 @@ fn ensure(
     let extra = run_step(step, recipe, plan, resolved, opts, store, pending.dir())
         .with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
     let secs = t0.elapsed().as_secs_f64();
-    store.commit(pending, step, secs, extra)?;
+    let Some((name, dest)) = copy_out else {
+        store.commit(pending, step, secs, extra)?;
+        return Ok(Some(secs));
+    };
+    // Opened before the commit renames the directory it is in.
+    let from = pending.dir().join(name);
+    let mut src =
+        fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
+    std::thread::scope(|s| -> Result<()> {
+        let copy = s.spawn(move || -> Result<()> {
+            let mut f = fs::File::create(dest)
+                .with_context(|| format!("cannot write {}", dest.display()))?;
+            std::io::copy(&mut src, &mut f)
+                .with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
+            f.sync_all()?;
+            Ok(())
+        });
+        let committed = store.commit(pending, step, secs, extra);
+        let copied = copy
+            .join()
+            .map_err(|_| anyhow::anyhow!("the copy of {name} panicked"))?;
+        committed?;
+        copied
+    })
+    .inspect_err(|_| {
+        let _ = fs::remove_file(dest);
+    })?;
     Ok(Some(secs))
 }
 
@@ -767,13 +807,16 @@ fn file_stamp(p: &Path) -> Option<(u64, i128)> {
     ))
 }
 
+/// Copy the image and write the manifest into `out_dir`, unless they are
+/// already there. `fresh`: a synced copy of the image made beside it while
+/// the store committed it (renamed into place instead of copying again).
 fn publish(
     recipe: &Recipe,
     plan: &Plan,
     store: &Store,
     out_dir: &Path,
+    fresh: Option<&Path>,
 ) -> Result<(PathBuf, PathBuf, String)> {
-    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     let name = recipe.name.as_str();
     let img = out_dir.join(format!("{name}.qcow2"));
     let man = out_dir.join(format!("{name}.manifest.json"));
@@ -799,6 +842,9 @@ fn publish(
         })
         && man.is_file();
     if up_to_date {
+        if let Some(tmp) = fresh {
+            let _ = fs::remove_file(tmp);
+        }
         return Ok((img, man, sum.sha256));
     }
 
@@ -829,7 +875,11 @@ fn publish(
         packages,
         sizes,
     };
-    atomic_copy(&store.path(key).join("disk.qcow2"), &img)?;
+    match fresh {
+        Some(tmp) => fs::rename(tmp, &img)
+            .with_context(|| format!("cannot rename into {}", img.display()))?,
+        None => atomic_copy(&store.path(key).join("disk.qcow2"), &img)?,
+    }
     let mut text = serde_json::to_vec_pretty(&manifest)?;
     text.push(b'\n');
     atomic_write(&man, &text)?;
