@@ -703,10 +703,10 @@ fn image(
     let t0 = Instant::now();
     let phase = |what: &str| tracing::debug!("image: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
-    let mut tree = store.parse_output(rootfs_key, "rootfs.tar", |b| Tree::read(b))??;
+    let mut tree = store.parse_output(rootfs_key, "rootfs.tar", Tree::read_bytes)??;
     phase("rootfs read");
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
-        let l = store.parse_output(&s.key, "layer.tar", |b| Tree::read(b))??;
+        let l = store.parse_output(&s.key, "layer.tar", Tree::read_bytes)??;
         filesystem::merge(&mut tree, l);
     }
     phase("layers read and merged");

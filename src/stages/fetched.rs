@@ -144,7 +144,7 @@ fn tar_entries<R: Read>(
                 let mut d = Vec::new();
                 e.read_to_end(&mut d)
                     .with_context(|| format!("{}: damaged archive at `{raw}`", p.name))?;
-                Kind::File(d)
+                Kind::File(d.into())
             }
             tar::EntryType::Symlink => {
                 let target = e
@@ -299,7 +299,7 @@ mod tests {
         let t = tree(&d, &place_at("/var/www/element", 1), 9).unwrap();
         assert_eq!(
             t.get("var/www/element/index.html").unwrap().kind,
-            Kind::File(b"<html>".to_vec())
+            Kind::File(b"<html>".to_vec().into())
         );
         assert!(t.get("var/www/element/i18n/en.json").is_some());
         assert!(t.get("var/www/element/riot-v1").is_none());

@@ -10,11 +10,15 @@
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 
+use bytes::Bytes;
+
 /// What one path is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
     Dir,
-    File(Vec<u8>),
+    /// The contents: shared, so a tree read from a stored tar points into
+    /// that tar's bytes instead of copying them.
+    File(Bytes),
     Symlink(String),
     /// A hard link to another path of the same tree.
     Hardlink(String),
@@ -45,9 +49,9 @@ impl Entry {
             xattrs: vec![],
         }
     }
-    pub fn file(data: Vec<u8>, mode: u32, mtime: u64) -> Entry {
+    pub fn file(data: impl Into<Bytes>, mode: u32, mtime: u64) -> Entry {
         Entry {
-            kind: Kind::File(data),
+            kind: Kind::File(data.into()),
             mode,
             uid: 0,
             gid: 0,
@@ -133,9 +137,38 @@ impl Tree {
 
     /// Read a tar stream into a tree.
     pub fn read<R: Read>(r: R) -> io::Result<Tree> {
-        let mut t = Tree::default();
         let mut ar = tar::Archive::new(r);
-        for e in ar.entries()? {
+        Tree::from_entries(ar.entries()?, |e| {
+            let mut data = Vec::with_capacity(e.size() as usize);
+            e.read_to_end(&mut data)?;
+            Ok(data.into())
+        })
+    }
+
+    /// Read a whole tar held in memory; file contents are slices of `tar`
+    /// (nothing is copied).
+    pub fn read_bytes(tar: &Bytes) -> io::Result<Tree> {
+        let mut ar = tar::Archive::new(io::Cursor::new(&tar[..]));
+        Tree::from_entries(ar.entries_with_seek()?, |e| {
+            let start = e.raw_file_position() as usize;
+            let end = start.saturating_add(e.size() as usize);
+            if end > tar.len() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "a file's data runs past the end of the tar",
+                ));
+            }
+            Ok(tar.slice(start..end))
+        })
+    }
+
+    /// A tree of `entries`; `data` gives a regular file's contents.
+    fn from_entries<'a, R: 'a + Read>(
+        entries: tar::Entries<'a, R>,
+        data: impl Fn(&mut tar::Entry<'a, R>) -> io::Result<Bytes>,
+    ) -> io::Result<Tree> {
+        let mut t = Tree::default();
+        for e in entries {
             let mut e = e?;
             let raw = String::from_utf8_lossy(&e.path_bytes()).into_owned();
             let Some(path) = clean_path(&raw) else {
@@ -175,11 +208,7 @@ impl Tree {
                     h.device_minor()?.unwrap_or(0),
                 ),
                 tar::EntryType::Fifo => Kind::Fifo,
-                tar::EntryType::Regular | tar::EntryType::Continuous => {
-                    let mut data = Vec::with_capacity(e.size() as usize);
-                    e.read_to_end(&mut data)?;
-                    Kind::File(data)
-                }
+                tar::EntryType::Regular | tar::EntryType::Continuous => Kind::File(data(&mut e)?),
                 other => {
                     return Err(io::Error::other(format!(
                         "{path}: unsupported tar entry type {other:?}"
@@ -320,7 +349,7 @@ pub fn write_entry<W: Write>(b: &mut tar::Builder<W>, path: &str, e: &Entry) -> 
         Kind::File(d) => {
             h.set_entry_type(tar::EntryType::Regular);
             h.set_size(d.len() as u64);
-            b.append_data(&mut h, &p, d.as_slice())
+            b.append_data(&mut h, &p, &d[..])
         }
         Kind::Symlink(t) => {
             h.set_entry_type(tar::EntryType::Symlink);
@@ -396,7 +425,10 @@ mod tests {
         t.fix_hardlinks();
         t.clamp(10);
         assert_eq!(t.paths().collect::<Vec<_>>(), ["a", "b", "b/c", "b-c", "z"]);
-        assert_eq!(t.get("a").unwrap().kind, Kind::File(b"data".to_vec()));
+        assert_eq!(
+            t.get("a").unwrap().kind,
+            Kind::File(b"data".to_vec().into())
+        );
         assert_eq!(t.get("z").unwrap().kind, Kind::Hardlink("a".into()));
         assert_eq!(t.get("b/c").unwrap().mtime, 10);
     }

@@ -274,7 +274,7 @@ impl Store {
         &self,
         key: &StepKey,
         name: &str,
-        parse: impl FnOnce(&[u8]) -> T,
+        parse: impl FnOnce(&bytes::Bytes) -> T,
     ) -> Result<T, StoreError> {
         let meta = self.meta(key)?;
         let path = self.path(key).join(name);
@@ -287,7 +287,9 @@ impl Store {
             .files
             .get(name)
             .ok_or_else(|| damaged(format!("it has no {name}")))?;
-        let data = fs::read(&path).map_err(|e| self.io(format!("read {}", path.display()), e))?;
+        let data: bytes::Bytes = fs::read(&path)
+            .map_err(|e| self.io(format!("read {}", path.display()), e))?
+            .into();
         let (got, parsed) = std::thread::scope(|s| {
             let h = s.spawn(|| hex::encode(Sha256::digest(&data)));
             let parsed = parse(&data);
