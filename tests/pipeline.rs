@@ -332,13 +332,18 @@ fn a_killed_build_leaves_the_store_consistent() {
     std::fs::write(w.join("recipes/files/minimal/etc/motd"), "killed\n").unwrap();
     // Kill at several points of the image step; whatever the point, every
     // entry in steps/ must be complete and the next build must finish.
+    // The raw disks go to a scratch directory of the test's own, which the
+    // next build must leave empty (a killed build's is swept).
+    let scratch = w.join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
     for delay_ms in [300u64, 1500, 2500] {
         let mut c = mimg();
         c.args(["build", "minimal", "-q", "--recipes"])
             .arg(w.join("recipes"))
             .arg("--out")
             .arg(w.join("out"))
-            .env("MIMG_STORE", &a.store);
+            .env("MIMG_STORE", &a.store)
+            .env("MIMG_SCRATCH", &scratch);
         let mut child = c.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
@@ -354,13 +359,48 @@ fn a_killed_build_leaves_the_store_consistent() {
             );
         }
     }
+    // Once more, killed while its raw disk exists.
+    std::fs::write(w.join("recipes/files/minimal/etc/motd"), "killed again\n").unwrap();
+    let mut c = mimg();
+    c.args(["build", "minimal", "-q", "--recipes"])
+        .arg(w.join("recipes"))
+        .arg("--out")
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &a.store)
+        .env("MIMG_SCRATCH", &scratch);
+    let mut child = c.spawn().unwrap();
+    let t0 = std::time::Instant::now();
+    while !std::fs::read_dir(&scratch)
+        .unwrap()
+        .flatten()
+        .any(|d| d.path().join("disk.raw").exists())
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(120),
+            "no raw disk appeared"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the build ended first");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let left = std::fs::read_dir(&scratch).unwrap().count();
+    assert!(
+        left >= 1,
+        "the killed build's scratch should still be there"
+    );
     let mut c = mimg();
     c.args(["build", "minimal", "--recipes"])
         .arg(w.join("recipes"))
         .arg("--out")
         .arg(w.join("out"))
-        .env("MIMG_STORE", &a.store);
+        .env("MIMG_STORE", &a.store)
+        .env("MIMG_SCRATCH", &scratch);
     assert!(run(c).status.success());
+    assert!(
+        std::fs::read_dir(&scratch).unwrap().next().is_none(),
+        "scratch raw disks were left behind"
+    );
     let o = Command::new("qemu-img")
         .arg("check")
         .arg(w.join("out/minimal.qcow2"))

@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-/// The scratch directory of one image step; removed when dropped.
+/// The scratch directory of one image step; removed when dropped. Its
+/// build holds a lock on it while it lives.
 pub struct Scratch {
     dir: tempfile::TempDir,
+    _lock: std::fs::File,
 }
 
 impl Scratch {
@@ -23,16 +25,52 @@ impl Scratch {
             Some(d) if !d.is_empty() => PathBuf::from(d),
             _ => in_memory(bytes).unwrap_or_else(|| fallback.to_path_buf()),
         };
+        sweep(&base);
         let dir = tempfile::Builder::new()
-            .prefix("mimg-image-")
+            .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempdir_in(&base)
             .with_context(|| format!("cannot make a scratch directory in {}", base.display()))?;
+        let lock = std::fs::File::open(dir.path())?;
+        lock.lock()?;
         tracing::debug!("image: scratch raw disk in {}", dir.path().display());
-        Ok(Scratch { dir })
+        Ok(Scratch { dir, _lock: lock })
     }
 
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+}
+
+/// Scratch directories are named `mimg-image-PID-RANDOM`.
+const PREFIX: &str = "mimg-image-";
+
+/// Remove the scratch directories in `base` of builds that were killed
+/// (their process is gone and nothing holds the directory's lock; the lock
+/// also covers builds in another pid namespace): in `/dev/shm` they would
+/// hold memory until the next reboot. Best effort: what cannot be removed
+/// is left.
+fn sweep(base: &Path) {
+    let Ok(rd) = std::fs::read_dir(base) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(PREFIX))
+            .and_then(|rest| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let unlocked = || std::fs::File::open(e.path()).is_ok_and(|f| f.try_lock().is_ok());
+        if !Path::new("/proc").join(pid.to_string()).exists() && unlocked() {
+            tracing::debug!(
+                "image: removing {}, left by a killed build",
+                e.path().display()
+            );
+            let _ = std::fs::remove_dir_all(e.path());
+        }
     }
 }
 
@@ -69,6 +107,35 @@ mod tests {
         let text = "MemTotal:       24609768 kB\nMemFree:  1 kB\nMemAvailable:   20000000 kB\n";
         assert_eq!(parse_mem_available(text), Some(20_000_000 * 1024));
         assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    #[test]
+    fn scratch_of_a_killed_build_is_swept() {
+        let base = tempfile::tempdir().unwrap();
+        // A process that has ended: its pid names no live process.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let stale = base.path().join(format!("{PREFIX}{dead}-abc"));
+        let live = base
+            .path()
+            .join(format!("{PREFIX}{}-def", std::process::id()));
+        let other = base.path().join("mimg-image-notapid");
+        for d in [&stale, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("disk.raw"), b"x").unwrap();
+        }
+        // A dead pid whose directory is still locked (a build in another
+        // pid namespace) is kept.
+        let foreign = base.path().join(format!("{PREFIX}{dead}-ghi"));
+        std::fs::create_dir(&foreign).unwrap();
+        let held = std::fs::File::open(&foreign).unwrap();
+        held.lock().unwrap();
+        sweep(base.path());
+        assert!(foreign.exists(), "a locked scratch is kept");
+        assert!(!stale.exists(), "a dead build's scratch is removed");
+        assert!(live.exists(), "a live build's scratch is kept");
+        assert!(other.exists(), "names not ours are kept");
     }
 
     #[test]
