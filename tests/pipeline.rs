@@ -336,7 +336,7 @@ fn a_killed_build_leaves_the_store_consistent() {
     // next build must leave empty (a killed build's is swept).
     let scratch = w.join("scratch");
     std::fs::create_dir_all(&scratch).unwrap();
-    for delay_ms in [300u64, 1500, 2500] {
+    let build = || {
         let mut c = mimg();
         c.args(["build", "minimal", "-q", "--recipes"])
             .arg(w.join("recipes"))
@@ -344,7 +344,10 @@ fn a_killed_build_leaves_the_store_consistent() {
             .arg(w.join("out"))
             .env("MIMG_STORE", &a.store)
             .env("MIMG_SCRATCH", &scratch);
-        let mut child = c.spawn().unwrap();
+        c
+    };
+    for delay_ms in [300u64, 1500, 2500] {
+        let mut child = build().spawn().unwrap();
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();
         let _ = child.wait();
@@ -361,14 +364,7 @@ fn a_killed_build_leaves_the_store_consistent() {
     }
     // Once more, killed while its raw disk exists.
     std::fs::write(w.join("recipes/files/minimal/etc/motd"), "killed again\n").unwrap();
-    let mut c = mimg();
-    c.args(["build", "minimal", "-q", "--recipes"])
-        .arg(w.join("recipes"))
-        .arg("--out")
-        .arg(w.join("out"))
-        .env("MIMG_STORE", &a.store)
-        .env("MIMG_SCRATCH", &scratch);
-    let mut child = c.spawn().unwrap();
+    let mut child = build().spawn().unwrap();
     let t0 = std::time::Instant::now();
     while !std::fs::read_dir(&scratch)
         .unwrap()
@@ -389,14 +385,7 @@ fn a_killed_build_leaves_the_store_consistent() {
         left >= 1,
         "the killed build's scratch should still be there"
     );
-    let mut c = mimg();
-    c.args(["build", "minimal", "--recipes"])
-        .arg(w.join("recipes"))
-        .arg("--out")
-        .arg(w.join("out"))
-        .env("MIMG_STORE", &a.store)
-        .env("MIMG_SCRATCH", &scratch);
-    assert!(run(c).status.success());
+    assert!(run(build()).status.success());
     assert!(
         std::fs::read_dir(&scratch).unwrap().next().is_none(),
         "scratch raw disks were left behind"
