@@ -542,3 +542,69 @@ fn a_seed_configures_the_vm_at_first_boot() {
     );
     eprintln!("seeded boot: login prompt after {:.1}s", t.unwrap());
 }
+
+#[test]
+fn a_damaged_stored_tar_is_never_used() {
+    let a = minimal();
+    let w = work("damaged");
+    let steps = w.join("store/v1/steps");
+    std::fs::create_dir_all(&steps).unwrap();
+    let cp = |flag: &str, from: &Path, to: &Path| {
+        assert!(
+            Command::new("cp")
+                .arg(flag)
+                .arg(from)
+                .arg(to)
+                .status()
+                .unwrap()
+                .success()
+        )
+    };
+    cp("-al", &a.store.join("v1/blobs"), &w.join("store/v1/blobs"));
+    // Every step but the image, so the next build makes the image again.
+    let mut rootfs = None;
+    for e in std::fs::read_dir(a.store.join("v1/steps"))
+        .unwrap()
+        .flatten()
+    {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap();
+        match meta["kind"].as_str().unwrap() {
+            "image" => continue,
+            "rootfs" => rootfs = Some(steps.join(e.file_name())),
+            _ => {}
+        }
+        cp("-a", &e.path(), &steps.join(e.file_name()));
+    }
+    // One byte of the stored rootfs tar flipped, in the middle of it.
+    let tar = rootfs.unwrap().join("rootfs.tar");
+    let mut bytes = std::fs::read(&tar).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&tar, bytes).unwrap();
+    let mut c = mimg();
+    c.args(["build", "minimal", "--out"])
+        .arg(w.join("out"))
+        .env("MIMG_STORE", w.join("store"));
+    let o = run(c);
+    assert!(
+        !o.status.success(),
+        "a build from a damaged store must fail"
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("is damaged") && err.contains("rootfs.tar has sha256"),
+        "{err}"
+    );
+    assert!(
+        !w.join("out/minimal.qcow2").exists(),
+        "no image is published"
+    );
+    for e in std::fs::read_dir(&steps).unwrap().flatten() {
+        let meta = std::fs::read_to_string(e.path().join("meta.json")).unwrap();
+        assert!(
+            !meta.contains("\"kind\": \"image\""),
+            "no image step is kept"
+        );
+    }
+}

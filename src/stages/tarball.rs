@@ -121,16 +121,6 @@ impl Tree {
     pub fn remove(&mut self, path: &str) -> Option<Entry> {
         self.entries.remove(&PathKey::new(path))
     }
-    /// The bytes of all regular files' contents.
-    pub fn data_bytes(&self) -> u64 {
-        self.entries
-            .values()
-            .map(|e| match &e.kind {
-                Kind::File(d) => d.len() as u64,
-                _ => 0,
-            })
-            .sum()
-    }
     pub fn paths(&self) -> impl Iterator<Item = String> + '_ {
         self.entries.keys().map(PathKey::path)
     }

@@ -69,6 +69,37 @@ pub enum StoreError {
     },
 }
 
+impl StoreError {
+    fn with_what(self, what: String) -> StoreError {
+        match self {
+            StoreError::Damaged { key, path, .. } => StoreError::Damaged { key, what, path },
+            other => other,
+        }
+    }
+}
+
+/// The sha256 check of a step output read by [`Store::read_output`].
+pub struct Check {
+    name: String,
+    want: String,
+    damaged: StoreError,
+    hashing: std::thread::JoinHandle<String>,
+}
+
+impl Check {
+    /// Wait for the sum: an error naming both sums when they differ.
+    pub fn wait(self) -> Result<(), StoreError> {
+        let got = self.hashing.join().expect("sha256 does not panic");
+        if got != self.want {
+            return Err(self.damaged.with_what(format!(
+                "{} has sha256 {got}, recorded {}",
+                self.name, self.want
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// A handle on the store directory.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -267,41 +298,36 @@ impl Store {
         Ok(Some(data))
     }
 
-    /// `parse` applied to a step's output `name`, whose bytes are re-hashed
-    /// against the sum its meta records on a second thread while `parse`
-    /// reads them: the result is returned only when the sums match.
-    pub fn parse_output<T>(
+    /// A step output's bytes, and the check of their sha256 against the
+    /// sum its meta records, running on another thread: the caller may use
+    /// the bytes at once but must [`Check::wait`] before anything made from
+    /// them is kept (a damaged entry is never used).
+    pub fn read_output(
         &self,
         key: &StepKey,
         name: &str,
-        parse: impl FnOnce(&bytes::Bytes) -> T,
-    ) -> Result<T, StoreError> {
+    ) -> Result<(bytes::Bytes, Check), StoreError> {
         let meta = self.meta(key)?;
         let path = self.path(key).join(name);
-        let damaged = |what: String| StoreError::Damaged {
+        let damaged = StoreError::Damaged {
             key: key.to_string(),
-            what,
+            what: String::new(),
             path: self.path(key),
         };
-        let want = meta
-            .files
-            .get(name)
-            .ok_or_else(|| damaged(format!("it has no {name}")))?;
+        let Some(want) = meta.files.get(name) else {
+            return Err(damaged.with_what(format!("it has no {name}")));
+        };
         let data: bytes::Bytes = fs::read(&path)
             .map_err(|e| self.io(format!("read {}", path.display()), e))?
             .into();
-        let (got, parsed) = std::thread::scope(|s| {
-            let h = s.spawn(|| hex::encode(Sha256::digest(&data)));
-            let parsed = parse(&data);
-            (h.join().expect("sha256 does not panic"), parsed)
-        });
-        if got != want.sha256 {
-            return Err(damaged(format!(
-                "{name} has sha256 {got}, recorded {}",
-                want.sha256
-            )));
-        }
-        Ok(parsed)
+        let hashed = data.clone();
+        let check = Check {
+            name: name.to_string(),
+            want: want.sha256.clone(),
+            damaged,
+            hashing: std::thread::spawn(move || hex::encode(Sha256::digest(&hashed))),
+        };
+        Ok((data, check))
     }
 
     /// The store's scratch directory (same file system as the entries).
