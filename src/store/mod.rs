@@ -317,9 +317,15 @@ impl Store {
         let Some(want) = meta.files.get(name) else {
             return Err(damaged.with_what(format!("it has no {name}")));
         };
-        let data: bytes::Bytes = fs::read(&path)
-            .map_err(|e| self.io(format!("read {}", path.display()), e))?
-            .into();
+        let file = File::open(&path).map_err(|e| self.io(format!("read {}", path.display()), e))?;
+        // SAFETY: a step's outputs are never changed in place: they are
+        // written under v1/tmp/, then the directory is renamed into steps/;
+        // `store gc` and a damaged entry's replacement unlink them, which
+        // leaves this mapping intact. Mapped, not read: no copy of the tar
+        // in the process's memory (the tree's file contents point into it).
+        let map = unsafe { memmap2::Mmap::map(&file) }
+            .map_err(|e| self.io(format!("map {}", path.display()), e))?;
+        let data = bytes::Bytes::from_owner(map);
         let hashed = data.clone();
         let check = Check {
             name: name.to_string(),
