@@ -562,7 +562,12 @@ pub fn build(
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
     let fresh = fresh_copy.then_some(copied.as_path());
-    let (image, manifest, sha256) = publish(recipe, &plan, store, out_dir, fresh)?;
+    let (image, manifest, sha256) =
+        publish(recipe, &plan, store, out_dir, fresh).inspect_err(|_| {
+            if let Some(tmp) = fresh {
+                let _ = fs::remove_file(tmp);
+            }
+        })?;
     tracing::debug!("build: published at {:.2}s", t0.elapsed().as_secs_f64());
     Ok(Outcome {
         image,
