@@ -233,7 +233,10 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
     );
     let http = |port| Http {
         port,
+        // No pooled connections: nginx may close an idle one just as a
+        // request goes out on it (see src/vm/acceptance.rs).
         c: reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(20))
             .build()
             .unwrap(),

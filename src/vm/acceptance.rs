@@ -30,7 +30,14 @@ pub struct Client {
 
 impl Client {
     pub fn new(port: u16) -> Client {
+        // A new connection for every request: nginx closes idle kept-alive
+        // connections (on reload, at its limits) whenever it likes, and a
+        // request sent on one just as it closes fails with "connection
+        // closed before message completed" (seen once in CI: a GET of the
+        // room's messages). Checks make a few dozen requests; reuse buys
+        // nothing here.
         let http = reqwest::blocking::Client::builder()
+            .pool_max_idle_per_host(0)
             .timeout(Duration::from_secs(30))
             .redirect(reqwest::redirect::Policy::none())
             .build()
