@@ -562,12 +562,12 @@ pub fn build(
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
     let fresh = fresh_copy.then_some(copied.as_path());
-    let (image, manifest, sha256) =
-        publish(recipe, &plan, store, out_dir, fresh).inspect_err(|_| {
-            if let Some(tmp) = fresh {
-                let _ = fs::remove_file(tmp);
-            }
-        })?;
+    let published = publish(recipe, &plan, store, out_dir, fresh);
+    if let Some(tmp) = fresh {
+        // Gone when publish renamed it into place; else a leftover.
+        let _ = fs::remove_file(tmp);
+    }
+    let (image, manifest, sha256) = published?;
     tracing::debug!("build: published at {:.2}s", t0.elapsed().as_secs_f64());
     Ok(Outcome {
         image,
@@ -613,14 +613,7 @@ fn ensure(
     let mut src =
         fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
     std::thread::scope(|s| -> Result<()> {
-        let copy = s.spawn(move || -> Result<()> {
-            let mut f = fs::File::create(dest)
-                .with_context(|| format!("cannot write {}", dest.display()))?;
-            std::io::copy(&mut src, &mut f)
-                .with_context(|| format!("cannot copy {} to {}", from.display(), dest.display()))?;
-            f.sync_all()?;
-            Ok(())
-        });
+        let copy = s.spawn(move || synced_copy(&mut src, &from, dest));
         let committed = store.commit(pending, step, secs, extra);
         let copied = copy
             .join()
@@ -899,9 +892,6 @@ fn publish(
         })
         && man.is_file();
     if up_to_date {
-        if let Some(tmp) = fresh {
-            let _ = fs::remove_file(tmp);
-        }
         return Ok((img, man, sum.sha256));
     }
 
@@ -972,10 +962,22 @@ pub fn atomic_write(p: &Path, data: &[u8]) -> Result<()> {
 
 fn atomic_copy(from: &Path, to: &Path) -> Result<()> {
     let tmp = tmp_beside(to);
-    fs::copy(from, &tmp)
-        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
-    fs::File::open(&tmp)?.sync_all()?;
+    let mut src =
+        fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+    synced_copy(&mut src, from, &tmp)?;
     fs::rename(&tmp, to).with_context(|| format!("cannot rename into {}", to.display()))?;
+    Ok(())
+}
+
+/// Copy the open file `src` (read from `from`) to a new file `dest` with
+/// its permissions, and sync it.
+fn synced_copy(src: &mut fs::File, from: &Path, dest: &Path) -> Result<()> {
+    let fail = || format!("cannot copy {} to {}", from.display(), dest.display());
+    let mut f = fs::File::create(dest).with_context(fail)?;
+    std::io::copy(src, &mut f).with_context(fail)?;
+    f.set_permissions(src.metadata()?.permissions())
+        .with_context(fail)?;
+    f.sync_all().with_context(fail)?;
     Ok(())
 }
 

@@ -112,6 +112,22 @@ fn rootless_build_matches_the_root_build() {
     );
 }
 
+/// `cp FLAG FROM TO`, which must succeed.
+fn cp(flag: &str, from: &Path, to: &Path) {
+    assert!(
+        Command::new("cp")
+            .arg(flag)
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap()
+            .success(),
+        "cp {flag} {} {}",
+        from.display(),
+        to.display()
+    );
+}
+
 fn is_root() -> bool {
     String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0"
 }
@@ -136,15 +152,7 @@ fn a_rebuild_with_nothing_changed_runs_no_step() {
 fn changing_one_file_rebuilds_that_layer_and_the_image_only() {
     let a = minimal();
     let w = work("files-change");
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(repo().join("recipes"))
-            .arg(w.join("recipes"))
-            .status()
-            .unwrap()
-            .success()
-    );
+    cp("-a", &repo().join("recipes"), &w.join("recipes"));
     std::fs::write(w.join("recipes/files/minimal/etc/motd"), "changed\n").unwrap();
     let mut c = mimg();
     c.args(["plan", "minimal", "--json", "--recipes"])
@@ -320,15 +328,7 @@ fn boots_to_a_login_prompt_under_ovmf() {
 fn a_killed_build_leaves_the_store_consistent() {
     let a = minimal();
     let w = work("killed");
-    assert!(
-        Command::new("cp")
-            .arg("-a")
-            .arg(repo().join("recipes"))
-            .arg(w.join("recipes"))
-            .status()
-            .unwrap()
-            .success()
-    );
+    cp("-a", &repo().join("recipes"), &w.join("recipes"));
     std::fs::write(w.join("recipes/files/minimal/etc/motd"), "killed\n").unwrap();
     // Kill at several points of the image step; whatever the point, every
     // entry in steps/ must be complete and the next build must finish.
@@ -549,17 +549,6 @@ fn a_damaged_stored_tar_is_never_used() {
     let w = work("damaged");
     let steps = w.join("store/v1/steps");
     std::fs::create_dir_all(&steps).unwrap();
-    let cp = |flag: &str, from: &Path, to: &Path| {
-        assert!(
-            Command::new("cp")
-                .arg(flag)
-                .arg(from)
-                .arg(to)
-                .status()
-                .unwrap()
-                .success()
-        )
-    };
     cp("-al", &a.store.join("v1/blobs"), &w.join("store/v1/blobs"));
     // Every step but the image, so the next build makes the image again.
     let mut rootfs = None;

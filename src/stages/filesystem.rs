@@ -71,8 +71,6 @@ pub fn mkfs(
         .spawn()
         .context("cannot start mkfs.ext4 in the tools environment")?;
     let stdin = child.stdin.take().expect("piped");
-    // A 1 MiB pipe: fewer switches between this writer and mkfs (best effort).
-    let _ = nix::fcntl::fcntl(&stdin, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
     let writer = std::thread::scope(|s| {
         let h = s.spawn(move || -> std::io::Result<()> {
             let t0 = std::time::Instant::now();

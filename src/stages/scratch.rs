@@ -75,8 +75,9 @@ fn sweep(base: &Path) {
 }
 
 /// `/dev/shm` when it can hold `bytes` twice over and the machine has
-/// four times `bytes` of memory available (the merged tree is in memory
-/// too): a build never pushes the machine into swap for speed.
+/// four times `bytes` of memory available (the mapped tars and the page
+/// cache want room too): a build never pushes the machine into swap for
+/// speed.
 fn in_memory(bytes: u64) -> Option<PathBuf> {
     let shm = Path::new("/dev/shm");
     let need = bytes.saturating_add(256 << 20);

@@ -69,20 +69,12 @@ pub enum StoreError {
     },
 }
 
-impl StoreError {
-    fn with_what(self, what: String) -> StoreError {
-        match self {
-            StoreError::Damaged { key, path, .. } => StoreError::Damaged { key, what, path },
-            other => other,
-        }
-    }
-}
-
 /// The sha256 check of a step output read by [`Store::read_output`].
 pub struct Check {
+    key: String,
+    entry: PathBuf,
     name: String,
     want: String,
-    damaged: StoreError,
     hashing: std::thread::JoinHandle<String>,
 }
 
@@ -91,10 +83,11 @@ impl Check {
     pub fn wait(self) -> Result<(), StoreError> {
         let got = self.hashing.join().expect("sha256 does not panic");
         if got != self.want {
-            return Err(self.damaged.with_what(format!(
-                "{} has sha256 {got}, recorded {}",
-                self.name, self.want
-            )));
+            return Err(StoreError::Damaged {
+                key: self.key,
+                what: format!("{} has sha256 {got}, recorded {}", self.name, self.want),
+                path: self.entry,
+            });
         }
         Ok(())
     }
@@ -309,13 +302,12 @@ impl Store {
     ) -> Result<(bytes::Bytes, Check), StoreError> {
         let meta = self.meta(key)?;
         let path = self.path(key).join(name);
-        let damaged = StoreError::Damaged {
-            key: key.to_string(),
-            what: String::new(),
-            path: self.path(key),
-        };
         let Some(want) = meta.files.get(name) else {
-            return Err(damaged.with_what(format!("it has no {name}")));
+            return Err(StoreError::Damaged {
+                key: key.to_string(),
+                what: format!("it has no {name}"),
+                path: self.path(key),
+            });
         };
         let file = File::open(&path).map_err(|e| self.io(format!("read {}", path.display()), e))?;
         // SAFETY: a step's outputs are never changed in place: they are
@@ -328,9 +320,10 @@ impl Store {
         let data = bytes::Bytes::from_owner(map);
         let hashed = data.clone();
         let check = Check {
+            key: key.to_string(),
+            entry: self.path(key),
             name: name.to_string(),
             want: want.sha256.clone(),
-            damaged,
             hashing: std::thread::spawn(move || hex::encode(Sha256::digest(&hashed))),
         };
         Ok((data, check))
