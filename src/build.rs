@@ -144,11 +144,12 @@ pub fn python_of(recipe: &Recipe, python: &str) -> Result<String> {
 }
 
 /// Resolve every pip layer's requirements to wheels with the host's pip,
-/// putting each wheel in the store. `hold` keeps name -> version (as pip
+/// putting each wheel in the store when one is given (`mimg plan` gives
+/// none: it writes nothing). `hold` keeps name -> version (as pip
 /// constraints; `mimg lock --update PKG`).
 pub fn resolve_pip(
     recipe: &Recipe,
-    store: &Store,
+    store: Option<&Store>,
     hold: &BTreeMap<String, String>,
 ) -> Result<BTreeMap<String, Vec<Wheel>>> {
     let mut out = BTreeMap::new();
@@ -169,7 +170,11 @@ pub fn resolve_pip(
             let mut wheels = Vec::new();
             for e in fs::read_dir(dir.path())?.flatten() {
                 let file = e.file_name().to_string_lossy().into_owned();
-                let sum = store.add_file(&e.path())?;
+                let sum = match store {
+                    Some(store) => store.add_file(&e.path())?,
+                    None => store::hash_file(&e.path())
+                        .with_context(|| format!("cannot read {}", e.path().display()))?,
+                };
                 wheels.push(Wheel::from_file(&file, &sum.sha256)?);
             }
             wheels.sort_by(|a, b| a.file.cmp(&b.file));
@@ -278,8 +283,33 @@ fn pip_requirements(recipe: &Recipe) -> BTreeMap<String, Vec<String>> {
 
 /// The facts a plan needs: from the recipe's lock; else from the lock of
 /// a recipe it extends (when that pins every suite it uses); else live.
-/// Pip layers no lock covers are resolved live with pip (online only).
-pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> {
+/// Pip layers no lock covers are resolved live with pip (online only),
+/// their wheels put in `store` when one is given. With a lock that covers
+/// the recipe this reads local files only: no network, no store.
+pub fn facts(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Result<Resolved> {
+    let mut r = facts_of_inputs(recipe, opts, store)?;
+    r.facts.host_tools = crate::tools::host_versions(&host_tool_names());
+    Ok(r)
+}
+
+/// Every host program whose version enters a key.
+fn host_tool_names() -> Vec<&'static str> {
+    let mut v: Vec<&str> = plan::HOST_TOOLS_FOR_TOOLS
+        .iter()
+        .chain(plan::HOST_TOOLS_FOR_ROOTFS)
+        .copied()
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Says (on stderr) that the facts are being resolved over the network.
+fn say_resolving(recipe: &Recipe, what: &str) {
+    eprintln!("resolving {} live ({what})", recipe.name);
+}
+
+fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Result<Resolved> {
     let own = lock::read(recipe)?;
     if let Some(l) = &own
         && !l.pins_debs_of(recipe)
@@ -322,6 +352,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
                 recipe.name
             );
         }
+        say_resolving(recipe, &format!("pip layer `{}` has no locked wheels", unresolved[0]));
         let live = resolve_pip(recipe, store, &BTreeMap::new())?;
         for n in unresolved {
             wheels.insert(n.clone(), live[&n].clone());
@@ -355,6 +386,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: &Store) -> Result<Resolved> 
         ),
         // No lock, or one whose .debs the recipe has outgrown: resolve now.
         _ => {
+            say_resolving(recipe, "no lock pins its .debs as the recipe is now");
             let (mut f, _) = live_facts(recipe, &Holds::default())?;
             f.contents = c;
             Ok(Resolved { facts: f, wheels })
@@ -393,7 +425,7 @@ fn pinned_repo(
 pub fn prefetch(recipe: &Recipe, store: &Store, jobs: usize) -> Result<debs::Fetched> {
     let t0 = Instant::now();
     let opts = Options::default();
-    let r = facts(recipe, opts, store)?;
+    let r = facts(recipe, opts, Some(store))?;
     let all: Vec<debs::Deb> = r
         .facts
         .rootfs_debs
@@ -505,7 +537,7 @@ pub fn build(
     opts: Options,
 ) -> Result<Outcome> {
     let t0 = Instant::now();
-    let resolved = facts(recipe, opts, store)?;
+    let resolved = facts(recipe, opts, Some(store))?;
     let facts = &resolved.facts;
     let plan = plan::plan(recipe, facts);
     tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());

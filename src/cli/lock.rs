@@ -117,9 +117,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 .filter(|w| !named.iter().any(|n| n.eq_ignore_ascii_case(&w.name)))
                 .map(|w| (w.name.clone(), w.version.clone()))
                 .collect();
-            crate::build::resolve_pip(&recipe, &store, &hold)?
+            crate::build::resolve_pip(&recipe, Some(&store), &hold)?
         }
-        _ => crate::build::resolve_pip(&recipe, &store, &BTreeMap::new())?,
+        _ => crate::build::resolve_pip(&recipe, Some(&store), &BTreeMap::new())?,
     };
     for (name, wheels) in &pip {
         facts

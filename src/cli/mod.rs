@@ -56,12 +56,19 @@ enum Command {
 }
 
 impl Cli {
-    fn store(&self) -> anyhow::Result<crate::store::Store> {
-        let root = self
-            .store
+    fn store_root(&self) -> PathBuf {
+        self.store
             .clone()
-            .unwrap_or_else(crate::store::Store::default_root);
-        Ok(crate::store::Store::open(&root)?)
+            .unwrap_or_else(crate::store::Store::default_root)
+    }
+
+    fn store(&self) -> anyhow::Result<crate::store::Store> {
+        Ok(crate::store::Store::open(&self.store_root())?)
+    }
+
+    /// The store, for reading only: nothing is created.
+    fn store_to_read(&self) -> crate::store::Store {
+        crate::store::Store::at(&self.store_root())
     }
 
     fn recipe(&self, arg: &str) -> anyhow::Result<crate::recipe::Recipe> {

@@ -4,7 +4,9 @@ use anyhow::Result;
 
 use super::Cli;
 
-/// Show the steps of a build and which are cached; runs nothing.
+/// Show the steps of a build and which are cached; runs nothing and writes
+/// nothing. With a lock that covers the recipe it reads local files only
+/// (no network); without one it says so and resolves over the network.
 #[derive(clap::Args)]
 pub struct Args {
     /// A recipe name in recipes/ or a path to a .toml file.
@@ -19,14 +21,14 @@ pub struct Args {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
-    let store = cli.store()?;
+    let store = cli.store_to_read();
     let resolved = crate::build::facts(
         &recipe,
         crate::build::Options {
             offline: a.offline,
             locked: false,
         },
-        &store,
+        None,
     )?;
     let plan = crate::plan::plan(&recipe, &resolved.facts);
     let cached = crate::build::cached(&plan, &store);

@@ -3,14 +3,36 @@
 //!
 //! A step key is the sha256 of the canonical JSON of
 //! `{"format": FORMAT, "kind": KIND, "inputs": {...}}` with keys sorted
-//! (`BTreeMap` / `serde_json` with sorted maps). What goes into each key:
+//! (`BTreeMap` / `serde_json` with sorted maps). The inputs of each key, by
+//! the name they have in it (a unit test checks that every field of a layer
+//! kind and of the lock is named here, so a new one cannot be forgotten):
 //!
-//! | step       | inputs                                                                          |
-//! |------------|---------------------------------------------------------------------------------|
-//! | `tools`    | tools suite, tools package list, sha256 of that suite's `InRelease`            |
-//! | `rootfs`   | base suite and components, sources, apt packages per source, sha256 of every used suite's `InRelease`, build epoch, every layer up to the last `run` layer (spec + content hash) |
-//! | `layer`    | the layer's spec (kind, target, url, sha256, ...) and the content hash of its files, build epoch |
-//! | `image`    | keys of `tools`, `rootfs` and every later `layer` in order, disk size, boot modes, build epoch |
+//! | step     | input        | what it is                                                          |
+//! |----------|--------------|---------------------------------------------------------------------|
+//! | `tools`  | `suite`      | the tools suite ([`TOOLS_SUITE`])                                   |
+//! | `tools`  | `packages`   | the tools package list ([`TOOLS_PACKAGES`])                         |
+//! | `tools`  | `variant`    | how they are unpacked (`extract`)                                   |
+//! | `tools`  | `debs`       | set hash of every pinned .deb of the tools environment (lock `debs.tools`) |
+//! | `tools`  | `epoch`      | the tools suite's release date (lock `tools_epoch`)                 |
+//! | `tools`  | `host_tools` | versions of the host programs that make it (mmdebstrap, tar)        |
+//! | `rootfs` | `base`       | base suite and components (recipe `[base]`)                         |
+//! | `rootfs` | `sources`    | the named sources (recipe `[sources]`: suite, components, url, keyring) |
+//! | `rootfs` | `packages`   | apt packages per source (every `apt` layer: `packages`, `source`)   |
+//! | `rootfs` | `debs`       | set hash of every pinned .deb of the rootfs (lock `debs.rootfs`)    |
+//! | `rootfs` | `epoch`      | the build epoch (lock `epoch`)                                      |
+//! | `rootfs` | `layers`     | every non-apt layer up to the last `run` layer, as `layer` below    |
+//! | `rootfs` | `host_tools` | versions of the host programs that make it (mmdebstrap, apt, dpkg, tar) |
+//! | `layer`  | `layer`      | the layer's whole spec (every field of its kind: `name`, `kind`, `from`, `to`, `url`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: name, version, file, sha256) |
+//! | `layer`  | `epoch`      | the build epoch                                                     |
+//! | `image`  | `tools`, `rootfs`, `layers` | keys of the tools step, the rootfs step and every later layer step, in order |
+//! | `image`  | `disk`       | disk size and boot modes (recipe `[disk]`)                          |
+//! | `image`  | `epoch`      | the build epoch                                                     |
+//!
+//! Lock fields that are in no key, because they shape no bytes: `version`,
+//! `recipe`, `releases` (each suite's `InRelease` sha256: what the pinned
+//! .debs were resolved against; the .debs themselves are in `debs`),
+//! `layers`, `recipe_sha256`, `apt_inputs`, `tools_inputs`,
+//! `pip_requirements` (what was resolved from; they say when a lock is stale).
 //!
 //! Never in a key: the mirror's URL, the store path, the user, time of day,
 //! TZ, umask, locale. The mirror only moves bytes whose hashes are pinned.
@@ -122,12 +144,27 @@ pub struct Facts {
     pub epoch: u64,
     /// The tools suite's release date (its own epoch).
     pub tools_epoch: u64,
-    /// Content hash of each `files` layer's tree, by layer name.
+    /// Content hash of each layer's own inputs beyond its spec, by layer
+    /// name: a `files` layer's tree, a `pip` layer's locked wheels.
     pub contents: BTreeMap<String, String>,
     /// Every .deb the rootfs installs (pinned by sha256).
     pub rootfs_debs: Vec<crate::debs::Deb>,
     /// Every .deb of the tools environment.
     pub tools_debs: Vec<crate::debs::Deb>,
+    /// Versions of the host programs that make the tools environment and
+    /// the rootfs (program -> version), gathered by `tools::host_versions`.
+    pub host_tools: BTreeMap<String, String>,
+}
+
+/// The host programs whose versions enter the `tools` step's key.
+pub const HOST_TOOLS_FOR_TOOLS: &[&str] = &["mmdebstrap", "tar"];
+/// The host programs whose versions enter the `rootfs` step's key.
+pub const HOST_TOOLS_FOR_ROOTFS: &[&str] = &["mmdebstrap", "apt", "dpkg", "tar"];
+
+fn host_tools(facts: &Facts, names: &[&str]) -> Value {
+    let m: BTreeMap<&str, Option<&String>> =
+        names.iter().map(|n| (*n, facts.host_tools.get(*n))).collect();
+    json!(m)
 }
 
 /// What a step does.
@@ -210,11 +247,12 @@ pub fn suites(recipe: &Recipe) -> Vec<crate::recipe::Suite> {
     v
 }
 
-/// The spec of one layer as it enters a key, with its content hash.
+/// The spec of one layer as it enters a key, with the hash of its content
+/// (a `files` layer's tree, a `pip` layer's locked wheels) where it has one.
 fn layer_input(layer: &Layer, facts: &Facts) -> Value {
     let mut v = serde_json::to_value(layer).expect("layers serialise");
-    if let LayerKind::Files { .. } = layer.kind {
-        v["content"] = json!(facts.contents.get(layer.name.as_str()));
+    if let Some(c) = facts.contents.get(layer.name.as_str()) {
+        v["content"] = json!(c);
     }
     v
 }
@@ -241,6 +279,11 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     tools_in.insert(
         "debs".into(),
         json!(crate::debs::set_hash(&facts.tools_debs)),
+    );
+    tools_in.insert("epoch".into(), json!(facts.tools_epoch));
+    tools_in.insert(
+        "host_tools".into(),
+        host_tools(facts, HOST_TOOLS_FOR_TOOLS),
     );
     let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
 
@@ -274,6 +317,10 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     );
     root_in.insert("epoch".into(), json!(facts.epoch));
     root_in.insert("layers".into(), json!(head_layers));
+    root_in.insert(
+        "host_tools".into(),
+        host_tools(facts, HOST_TOOLS_FOR_ROOTFS),
+    );
     let head_names = recipe.layers[..head]
         .iter()
         .filter(|l| !matches!(l.kind, LayerKind::Apt { .. }))

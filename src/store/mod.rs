@@ -138,6 +138,14 @@ impl Store {
         Ok(s)
     }
 
+    /// A handle on the store at `root` that creates nothing: for readers
+    /// such as `mimg plan`, which must leave the store as it found it.
+    pub fn at(root: &Path) -> Store {
+        Store {
+            root: root.to_path_buf(),
+        }
+    }
+
     pub fn root(&self) -> &Path {
         &self.root
     }

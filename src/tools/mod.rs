@@ -285,3 +285,42 @@ pub fn pip_download(
     c.arg("--dest").arg(dest).arg("--").args(requirements);
     run(c, "pip download")
 }
+
+/// The versions of the host programs `names` (each also the name of the
+/// Debian package that ships it), for the keys of the steps they make:
+/// from dpkg's database in one call, else the first line of `NAME
+/// --version`; a program that is missing gets no entry.
+pub fn host_versions(names: &[&str]) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    if let Some(q) = which("dpkg-query") {
+        let mut c = clean(&q, 0);
+        c.args(["-W", "-f=${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"])
+            .args(names)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
+        if let Ok(o) = c.output() {
+            for line in String::from_utf8_lossy(&o.stdout).lines() {
+                let mut f = line.split('\t');
+                if let (Some(p), Some(v), Some(st)) = (f.next(), f.next(), f.next())
+                    && st.starts_with("ii")
+                {
+                    out.insert(p.to_string(), v.to_string());
+                }
+            }
+        }
+    }
+    for n in names {
+        if out.contains_key(*n) {
+            continue;
+        }
+        let Some(p) = which(n) else { continue };
+        let mut c = clean(&p, 0);
+        c.arg("--version").stdin(Stdio::null()).stderr(Stdio::null());
+        if let Ok(o) = c.output()
+            && let Some(l) = String::from_utf8_lossy(&o.stdout).lines().next()
+        {
+            out.insert(n.to_string(), l.trim().to_string());
+        }
+    }
+    out
+}
