@@ -352,7 +352,10 @@ fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Res
                 recipe.name
             );
         }
-        say_resolving(recipe, &format!("pip layer `{}` has no locked wheels", unresolved[0]));
+        say_resolving(
+            recipe,
+            &format!("pip layer `{}` has no locked wheels", unresolved[0]),
+        );
         let live = resolve_pip(recipe, store, &BTreeMap::new())?;
         for n in unresolved {
             wheels.insert(n.clone(), live[&n].clone());
@@ -541,26 +544,30 @@ pub fn build(
     let facts = &resolved.facts;
     let plan = plan::plan(recipe, facts);
     tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());
-    let mut built = 0;
-    let mut reused = 0;
+    // Whether each step was built (true) or reused, by key: a step made
+    // again after it was found damaged counts once, as built.
+    let mut ran: BTreeMap<String, bool> = BTreeMap::new();
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Where a freshly made image is copied while the store commits it.
     let copied = tmp_beside(&out_dir.join(format!("{}.qcow2", recipe.name.as_str())));
     let mut fresh_copy = false;
-    let mut tally = |step: &Step, r: Option<f64>| match r {
-        Some(secs) => {
-            built += 1;
-            rep.step_done(step, false, secs);
-        }
-        None => {
-            reused += 1;
-            rep.step_done(step, true, 0.0);
-        }
+    let mut tally = |step: &Step, r: Option<f64>| {
+        ran.insert(step.key.to_string(), r.is_some());
+        rep.step_done(step, r.is_none(), r.unwrap_or(0.0));
     };
+    let tools_step = &plan.steps[0];
+    if store.has(&plan.image().key) && store.has(&tools_step.key) {
+        // Nothing will use the tools environment (the image is there): it
+        // is checked all the same, so a damaged one is made again now,
+        // not found out by a later build.
+        if let Err(e) = store.check_tree(&tools_step.key, "root").wait() {
+            warn_damaged(&e);
+            store.remove_damaged(&tools_step.key)?;
+        }
+    }
     std::thread::scope(|sc| -> Result<()> {
         // The tools environment does not depend on the rootfs: when both
         // are missing, make them at once (two mmdebstrap runs).
-        let tools_step = &plan.steps[0];
         let mut early = None;
         if tools_step.kind == StepKind::Tools
             && !store.has(&tools_step.key)
@@ -584,7 +591,20 @@ pub fn build(
             }
             rep.step_started(step);
             let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
-            let r = ensure(step, recipe, &plan, &resolved, opts, store, copy_out)?;
+            let r = match ensure(step, recipe, &plan, &resolved, opts, store, copy_out) {
+                Err(e) if step.kind == StepKind::Image && damaged(&e, &tools_step.key) => {
+                    // A damaged tools environment is never used: made again,
+                    // then the image with it.
+                    warn_damaged(e.root_cause());
+                    store.remove_damaged(&tools_step.key)?;
+                    rep.step_started(tools_step);
+                    let t = ensure(tools_step, recipe, &plan, &resolved, opts, store, None)?;
+                    tally(tools_step, t);
+                    rep.step_started(step);
+                    ensure(step, recipe, &plan, &resolved, opts, store, copy_out)?
+                }
+                r => r?,
+            };
             if r.is_some() && copy_out.is_some() {
                 fresh_copy = true;
             }
@@ -594,6 +614,8 @@ pub fn build(
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
     let fresh = fresh_copy.then_some(copied.as_path());
+    let built = ran.values().filter(|b| **b).count();
+    let reused = ran.len() - built;
     let published = publish(recipe, &plan, store, out_dir, fresh);
     if let Some(tmp) = fresh {
         // Gone when publish renamed it into place; else a leftover.
@@ -607,6 +629,23 @@ pub fn build(
         built,
         reused,
         sha256,
+    })
+}
+
+/// Say that a store entry is damaged and is made again.
+fn warn_damaged(e: &dyn std::fmt::Display) {
+    let text = e.to_string();
+    eprintln!(
+        "warning: {}; making it again",
+        text.lines().next().unwrap_or_default()
+    );
+}
+
+/// Whether `e` says that the store entry `key` is damaged.
+fn damaged(e: &anyhow::Error, key: &plan::StepKey) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<store::StoreError>(),
+            Some(store::StoreError::Damaged { key: k, .. }) if k == key.as_str())
     })
 }
 
@@ -714,8 +753,12 @@ fn run_step(
             Ok(json!(null))
         }
         StepKind::Image => {
-            let tools = ToolsEnv::new(store.path(&plan.steps[0].key).join("root"));
-            image(recipe, plan, step, store, &tools, dir)?;
+            let tools_key = &plan.steps[0].key;
+            let tools = ToolsEnv::new(store.path(tools_key).join("root"));
+            // The tools write the image's bytes: their tree is checked against
+            // its listing while they run, and waited for before the image is kept.
+            let tools_check = store.check_tree(tools_key, "root");
+            image(recipe, plan, step, store, &tools, tools_check, dir)?;
             Ok(json!(null))
         }
     }
@@ -727,6 +770,7 @@ fn image(
     step: &Step,
     store: &Store,
     tools: &ToolsEnv,
+    tools_check: store::Check,
     dir: &Path,
 ) -> Result<()> {
     let epoch = plan.epoch;
@@ -756,7 +800,8 @@ fn image(
         (tree, parts)
     });
     // From here the tars' bytes live only as long as the tree does.
-    let checks: Vec<store::Check> = tars.into_iter().map(|(_, c)| c).collect();
+    let mut checks: Vec<store::Check> = vec![tools_check];
+    checks.extend(tars.into_iter().map(|(_, c)| c));
     let tree = match tree {
         Ok(t) => t,
         Err(e) => {

@@ -81,7 +81,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                     eprintln!("damaged: {b}");
                 }
                 bail!(
-                    "{} of {n} store entries are damaged\nhint: remove them (or run `mimg store gc`) and build again",
+                    "{} of {n} store entries are damaged\nhint: the next build that needs a damaged step makes it again; or remove the entries named",
                     bad.len()
                 )
             }

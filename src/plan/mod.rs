@@ -162,8 +162,10 @@ pub const HOST_TOOLS_FOR_TOOLS: &[&str] = &["mmdebstrap", "tar"];
 pub const HOST_TOOLS_FOR_ROOTFS: &[&str] = &["mmdebstrap", "apt", "dpkg", "tar"];
 
 fn host_tools(facts: &Facts, names: &[&str]) -> Value {
-    let m: BTreeMap<&str, Option<&String>> =
-        names.iter().map(|n| (*n, facts.host_tools.get(*n))).collect();
+    let m: BTreeMap<&str, Option<&String>> = names
+        .iter()
+        .map(|n| (*n, facts.host_tools.get(*n)))
+        .collect();
     json!(m)
 }
 
@@ -281,10 +283,7 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
         json!(crate::debs::set_hash(&facts.tools_debs)),
     );
     tools_in.insert("epoch".into(), json!(facts.tools_epoch));
-    tools_in.insert(
-        "host_tools".into(),
-        host_tools(facts, HOST_TOOLS_FOR_TOOLS),
-    );
+    tools_in.insert("host_tools".into(), host_tools(facts, HOST_TOOLS_FOR_TOOLS));
     let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
 
     let head = head_len(recipe);

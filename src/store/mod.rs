@@ -5,8 +5,12 @@
 //! ```text
 //! $MIMG_STORE/v1/
 //!   steps/<key>/          one finished step, never changed once renamed here
-//!     meta.json           kind, label, inputs, files (name -> sha256, size), duration
+//!     meta.json           version 2: kind, label, inputs, files (name -> sha256,
+//!                         size), trees (name -> sha256 of its listing), duration
 //!     <outputs>           the step's files (rootfs.tar, layer.tar, disk.qcow2, root/ ...)
+//!     <dir>.tree          the listing of each output directory (root/ of the tools
+//!                         step): one line per entry, sorted by path, with its type,
+//!                         mode, owner, and file sha256 or link target
 //!   tmp/<key>.<pid>.<n>/  a step being built; renamed into steps/ when complete
 //!   locks/<key>.lock      held while a step is built, so two builds do not race
 //!   blobs/<sha256>        fetched files by content (tarballs, binaries, wheels)
@@ -31,6 +35,10 @@ use crate::plan::{Step, StepKey};
 /// Store layout version, part of every path.
 pub const LAYOUT: &str = "v1";
 
+/// The version of `meta.json` this mimg writes and reads; an entry with
+/// another is not used (it is rebuilt).
+pub const META_VERSION: u32 = 2;
+
 /// What the store knows about one finished step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
@@ -41,6 +49,10 @@ pub struct Meta {
     pub inputs: BTreeMap<String, serde_json::Value>,
     /// Output files (relative path -> sha256 and size); directories are not listed.
     pub files: BTreeMap<String, FileSum>,
+    /// Output directories (name -> sha256 of its listing, `NAME.tree`, which
+    /// holds every path, mode, owner, link target and file sha256 below it).
+    #[serde(default)]
+    pub trees: BTreeMap<String, String>,
     pub seconds: f64,
     /// Step-specific facts (installed packages, ...).
     #[serde(default)]
@@ -69,27 +81,27 @@ pub enum StoreError {
     },
 }
 
-/// The sha256 check of a step output read by [`Store::read_output`].
+/// A check of a step's output running on another thread (the sha256 of a
+/// file read by [`Store::read_output`], or the listing of a tree by
+/// [`Store::check_tree`]): wait for it before keeping anything made from it.
 pub struct Check {
     key: String,
     entry: PathBuf,
-    name: String,
-    want: String,
-    hashing: std::thread::JoinHandle<String>,
+    /// `None` when intact, else what is damaged.
+    checking: std::thread::JoinHandle<Option<String>>,
 }
 
 impl Check {
-    /// Wait for the sum: an error naming both sums when they differ.
+    /// Wait for the check: an error naming what is damaged.
     pub fn wait(self) -> Result<(), StoreError> {
-        let got = self.hashing.join().expect("sha256 does not panic");
-        if got != self.want {
-            return Err(StoreError::Damaged {
+        match self.checking.join().expect("checks do not panic") {
+            None => Ok(()),
+            Some(what) => Err(StoreError::Damaged {
                 key: self.key,
-                what: format!("{} has sha256 {got}, recorded {}", self.name, self.want),
+                what,
                 path: self.entry,
-            });
+            }),
         }
-        Ok(())
     }
 }
 
@@ -167,20 +179,72 @@ impl Store {
         self.base().join("steps").join(key.as_str())
     }
 
-    /// Whether a finished step with this key is in the store.
+    /// Whether a finished step with this key is in the store, with a
+    /// `meta.json` of this mimg's version (else it is built again).
     pub fn has(&self, key: &StepKey) -> bool {
-        self.path(key).join("meta.json").is_file()
+        self.meta(key).is_ok()
     }
 
-    /// The metadata of a finished step.
+    /// The metadata of a finished step; an error when it does not parse or
+    /// is of another version.
     pub fn meta(&self, key: &StepKey) -> Result<Meta, StoreError> {
         let p = self.path(key).join("meta.json");
         let text = fs::read(&p).map_err(|e| self.io(format!("read {}", p.display()), e))?;
-        serde_json::from_slice(&text).map_err(|e| StoreError::Damaged {
+        let damaged = |what: String| StoreError::Damaged {
             key: key.to_string(),
-            what: format!("meta.json: {e}"),
+            what,
             path: self.path(key),
-        })
+        };
+        #[derive(Deserialize)]
+        struct Version {
+            version: u32,
+        }
+        let v: Version =
+            serde_json::from_slice(&text).map_err(|e| damaged(format!("meta.json: {e}")))?;
+        if v.version != META_VERSION {
+            return Err(damaged(format!(
+                "meta.json is of version {}; this mimg reads version {META_VERSION}",
+                v.version
+            )));
+        }
+        serde_json::from_slice(&text).map_err(|e| damaged(format!("meta.json: {e}")))
+    }
+
+    /// Check the tree `name` of step `key` against its recorded listing, on
+    /// another thread.
+    pub fn check_tree(&self, key: &StepKey, name: &str) -> Check {
+        let (store, k, name) = (self.clone(), key.clone(), name.to_string());
+        Check {
+            key: key.to_string(),
+            entry: self.path(key),
+            checking: std::thread::spawn(move || store.tree_damage(&k, &name)),
+        }
+    }
+
+    /// What is wrong with the tree `name` of step `key`, if anything: its
+    /// listing file against the meta, then the tree against the listing.
+    fn tree_damage(&self, key: &StepKey, name: &str) -> Option<String> {
+        let meta = match self.meta(key) {
+            Ok(m) => m,
+            Err(e) => return Some(e.to_string()),
+        };
+        let Some(want) = meta.trees.get(name) else {
+            return Some(format!("its meta.json records no tree {name}/"));
+        };
+        let list = self.path(key).join(format!("{name}.tree"));
+        let recorded = match fs::read_to_string(&list) {
+            Ok(t) => t,
+            Err(e) => return Some(format!("{name}.tree: {e}")),
+        };
+        let got = hex::encode(Sha256::digest(recorded.as_bytes()));
+        if &got != want {
+            return Some(format!("{name}.tree has sha256 {got}, recorded {want}"));
+        }
+        let now = match tree_listing(&self.path(key).join(name)) {
+            Ok(t) => t,
+            Err(e) => return Some(format!("{name}/: {e}")),
+        };
+        (now != recorded).then(|| listing_difference(name, &recorded, &now))
     }
 
     /// Every finished step's key.
@@ -239,16 +303,18 @@ impl Store {
         extra: serde_json::Value,
     ) -> Result<Meta, StoreError> {
         let t0 = std::time::Instant::now();
+        let trees = list_trees(&pending.dir).map_err(|e| self.io("list output trees", e))?;
         let mut files = BTreeMap::new();
         sum_tree(&pending.dir, &pending.dir, &mut files).map_err(|e| self.io("hash outputs", e))?;
         let hashed = t0.elapsed().as_secs_f64();
         let meta = Meta {
-            version: 1,
+            version: META_VERSION,
             kind: step.kind.name().into(),
             label: step.label.clone(),
             key: step.key.clone(),
             inputs: step.inputs.clone(),
             files,
+            trees,
             seconds,
             extra,
         };
@@ -327,12 +393,14 @@ impl Store {
             .map_err(|e| self.io(format!("map {}", path.display()), e))?;
         let data = bytes::Bytes::from_owner(map);
         let hashed = data.clone();
+        let (name, want) = (name.to_string(), want.sha256.clone());
         let check = Check {
             key: key.to_string(),
             entry: self.path(key),
-            name: name.to_string(),
-            want: want.sha256.clone(),
-            hashing: std::thread::spawn(move || hex::encode(Sha256::digest(&hashed))),
+            checking: std::thread::spawn(move || {
+                let got = hex::encode(Sha256::digest(&hashed));
+                (got != want).then(|| format!("{name} has sha256 {got}, recorded {want}"))
+            }),
         };
         Ok((data, check))
     }
@@ -393,20 +461,27 @@ impl Store {
         Ok(sum)
     }
 
-    /// Re-hash every step output and blob; returns what is damaged.
+    /// Re-hash every step output (files and trees) and blob; returns what
+    /// is damaged.
     pub fn verify(&self) -> Result<Vec<String>, StoreError> {
         let mut bad = Vec::new();
         for key in self.keys()? {
             match self.meta(&key) {
                 Ok(m) => {
+                    let step = format!("step {} ({key})", m.label);
                     for (name, sum) in &m.files {
                         match hash_file(&self.path(&key).join(name)) {
                             Ok(s) if &s == sum => {}
                             Ok(s) => bad.push(format!(
-                                "step {key}: {name}: expected sha256 {}, got {}",
+                                "{step}: {name}: expected sha256 {}, got {}",
                                 sum.sha256, s.sha256
                             )),
-                            Err(e) => bad.push(format!("step {key}: {name}: {e}")),
+                            Err(e) => bad.push(format!("{step}: {name}: {e}")),
+                        }
+                    }
+                    for name in m.trees.keys() {
+                        if let Some(what) = self.tree_damage(&key, name) {
+                            bad.push(format!("{step}: {what}"));
                         }
                     }
                 }
@@ -426,6 +501,19 @@ impl Store {
     /// Remove a step or blob (for gc).
     pub fn remove_step(&self, key: &StepKey) {
         remove_all(&self.path(key));
+    }
+
+    /// Remove a damaged step under its build lock, so that it is made again.
+    pub fn remove_damaged(&self, key: &StepKey) -> Result<(), StoreError> {
+        let _l = self.lock(key)?;
+        remove_all(&self.path(key));
+        if self.path(key).exists() {
+            return Err(self.io(
+                format!("remove the damaged entry {}", self.path(key).display()),
+                io::Error::other("it is still there"),
+            ));
+        }
+        Ok(())
     }
 
     pub fn remove_blob(&self, sha256: &str) {
@@ -485,6 +573,106 @@ fn sum_tree(base: &Path, dir: &Path, out: &mut BTreeMap<String, FileSum>) -> io:
         }
     }
     Ok(())
+}
+
+/// Write `NAME.tree` beside each output directory `NAME/` of a step and
+/// return name -> sha256 of that listing.
+fn list_trees(dir: &Path) -> io::Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let text = tree_listing(&e.path())?;
+            fs::write(dir.join(format!("{name}.tree")), &text)?;
+            out.insert(name, hex::encode(Sha256::digest(text.as_bytes())));
+        }
+    }
+    Ok(out)
+}
+
+/// The listing of the tree at `root`: one line per entry below it, sorted
+/// by path: `TYPE MODE UID:GID SHA256|TARGET|- PATH` (a path's `\` and
+/// newlines escaped).
+pub fn tree_listing(root: &Path) -> io::Result<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut lines = Vec::new();
+    let mut todo = vec![PathBuf::new()];
+    while let Some(rel) = todo.pop() {
+        for e in fs::read_dir(root.join(&rel))? {
+            let e = e?;
+            let rel = rel.join(e.file_name());
+            let md = fs::symlink_metadata(e.path())?;
+            let ft = md.file_type();
+            let (kind, detail) = if ft.is_dir() {
+                todo.push(rel.clone());
+                ("d", "-".to_string())
+            } else if ft.is_symlink() {
+                let t = fs::read_link(e.path())?;
+                ("l", escape(&t.to_string_lossy()))
+            } else if ft.is_file() {
+                ("f", hash_file(&e.path())?.sha256)
+            } else {
+                ("o", "-".to_string())
+            };
+            let path = escape(&rel.to_string_lossy());
+            lines.push((
+                path.clone(),
+                format!(
+                    "{path}\t{kind}\t{:04o}\t{}:{}\t{detail}",
+                    md.mode() & 0o7777,
+                    md.uid(),
+                    md.gid()
+                ),
+            ));
+        }
+    }
+    lines.sort();
+    let mut text = String::new();
+    for (_, l) in lines {
+        text.push_str(&l);
+        text.push('\n');
+    }
+    Ok(text)
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('\t', "\\t")
+        .replace('\n', "\\n")
+}
+
+/// Which paths of tree `name` differ between two listings, for people.
+fn listing_difference(name: &str, recorded: &str, now: &str) -> String {
+    let parse = |t: &str| -> BTreeMap<String, String> {
+        t.lines()
+            .map(|l| {
+                let path = l.split('\t').next().unwrap_or(l).to_string();
+                (path, l.to_string())
+            })
+            .collect()
+    };
+    let (a, b) = (parse(recorded), parse(now));
+    let mut paths: Vec<String> = Vec::new();
+    for (p, l) in &a {
+        match b.get(p) {
+            None => paths.push(format!("{name}/{p} is missing")),
+            Some(m) if m != l => paths.push(format!("{name}/{p} changed")),
+            _ => {}
+        }
+    }
+    for p in b.keys().filter(|p| !a.contains_key(*p)) {
+        paths.push(format!("{name}/{p} was added"));
+    }
+    let n = paths.len();
+    let mut shown: Vec<String> = paths.into_iter().take(5).collect();
+    if n > 5 {
+        shown.push(format!("and {} more", n - 5));
+    }
+    format!(
+        "its tree {name}/ differs from {name}.tree: {}",
+        shown.join(", ")
+    )
 }
 
 /// sha256 and size of one file.

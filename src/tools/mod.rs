@@ -315,7 +315,9 @@ pub fn host_versions(names: &[&str]) -> std::collections::BTreeMap<String, Strin
         }
         let Some(p) = which(n) else { continue };
         let mut c = clean(&p, 0);
-        c.arg("--version").stdin(Stdio::null()).stderr(Stdio::null());
+        c.arg("--version")
+            .stdin(Stdio::null())
+            .stderr(Stdio::null());
         if let Ok(o) = c.output()
             && let Some(l) = String::from_utf8_lossy(&o.stdout).lines().next()
         {
