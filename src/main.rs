@@ -5,6 +5,7 @@ mod cli;
 mod debs;
 mod fetch;
 mod lock;
+mod ops;
 mod overlay;
 mod plan;
 mod recipe;

@@ -1,6 +1,5 @@
 //! `mimg store ls | verify | gc | add FILE | fetch RECIPE`.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use anyhow::{Result, bail};
@@ -20,16 +19,22 @@ enum Command {
     Ls,
     /// Re-hash every entry; exit non-zero naming each damaged one.
     Verify,
-    /// Remove steps and blobs that no manifest in the output directories and
-    /// no pin of a recipe (its fetch layers, its lock's .debs and wheels) in
-    /// the recipes directory needs.
+    /// Remove steps that no image manifest in the --keep directories names,
+    /// blobs that no recipe in the recipes directory pins (its fetch layers,
+    /// its lock's .debs and wheels), and leftovers of dead processes in
+    /// tmp/. Waits for running builds; fails, removing nothing, when a
+    /// manifest, recipe or lock cannot be read.
     Gc {
-        /// Directories holding image manifests whose steps are kept.
-        #[arg(long = "keep", default_value = "images")]
+        /// Directories holding image manifests whose steps are kept
+        /// (repeatable; default: images, when it exists).
+        #[arg(long = "keep")]
         keep: Vec<PathBuf>,
         /// Only say what would be removed.
         #[arg(long)]
         dry_run: bool,
+        /// Print the report as JSON (removed and kept entries, each with why).
+        #[arg(long)]
+        json: bool,
     },
     /// Put a file in the store by content (for pinned `fetch` layers on an
     /// air-gapped machine); prints its sha256.
@@ -46,6 +51,15 @@ enum Command {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
+    if let Command::Gc {
+        keep,
+        dry_run,
+        json,
+    } = &a.command
+    {
+        // Not opened as the others do: gc takes the store-wide lock exclusive.
+        return gc(cli, keep, *dry_run, *json);
+    }
     let store = cli.store()?;
     match &a.command {
         Command::Ls => {
@@ -86,74 +100,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 )
             }
         }
-        Command::Gc { keep, dry_run } => {
-            let mut keys = BTreeSet::new();
-            for dir in keep {
-                let Ok(rd) = std::fs::read_dir(dir) else {
-                    continue;
-                };
-                for e in rd.flatten() {
-                    if e.file_name().to_string_lossy().ends_with(".manifest.json")
-                        && let Ok(m) = serde_json::from_slice::<crate::build::Manifest>(
-                            &std::fs::read(e.path())?,
-                        )
-                    {
-                        keys.extend(m.steps.into_iter().map(|s| s.key));
-                    }
-                }
-            }
-            let mut pins = BTreeSet::new();
-            if let Ok(rd) = std::fs::read_dir(&cli.recipes) {
-                for e in rd.flatten() {
-                    if e.path().extension().is_some_and(|x| x == "toml")
-                        && let Ok(r) = crate::recipe::load(&e.path())
-                    {
-                        for l in &r.layers {
-                            if let crate::recipe::LayerKind::Fetch { sha256, .. } = &l.kind {
-                                pins.insert(sha256.to_string());
-                            }
-                        }
-                        if let Ok(Some(lock)) = crate::lock::read(&r) {
-                            let debs = lock.debs.rootfs.iter().chain(&lock.debs.tools);
-                            pins.extend(debs.map(|d| d.sha256.clone()));
-                            pins.extend(lock.pip.values().flatten().map(|w| w.sha256.clone()));
-                        }
-                    }
-                }
-            }
-            let (mut steps, mut blobs) = (0, 0);
-            for k in store.keys()? {
-                if !keys.contains(k.as_str()) {
-                    println!(
-                        "{} step {k}",
-                        if *dry_run { "would remove" } else { "removed" }
-                    );
-                    if !dry_run {
-                        let _l = store.lock(&k)?;
-                        store.remove_step(&k);
-                    }
-                    steps += 1;
-                }
-            }
-            for b in store.blobs()? {
-                if !pins.contains(&b) {
-                    println!(
-                        "{} blob {b}",
-                        if *dry_run { "would remove" } else { "removed" }
-                    );
-                    if !dry_run {
-                        store.remove_blob(&b);
-                    }
-                    blobs += 1;
-                }
-            }
-            println!(
-                "gc: {steps} steps and {blobs} blobs {}; kept {} steps named by manifests",
-                if *dry_run { "to remove" } else { "removed" },
-                keys.len()
-            );
-            Ok(())
-        }
+        Command::Gc { .. } => unreachable!("handled above"),
         Command::Fetch { recipe, jobs } => {
             let recipe = cli.recipe(recipe)?;
             let jobs = jobs.unwrap_or_else(crate::build::fetch_jobs);
@@ -178,4 +125,55 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn gc(cli: &Cli, keep: &[PathBuf], dry_run: bool, json: bool) -> Result<()> {
+    let k = crate::ops::gc::Keep {
+        missing_ok: keep.is_empty(),
+        manifest_dirs: if keep.is_empty() {
+            vec![PathBuf::from("images")]
+        } else {
+            keep.to_vec()
+        },
+        recipes: cli.recipes.clone(),
+    };
+    let report = crate::ops::gc::gc(&cli.store_root(), &k, dry_run)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    let verb = if dry_run { "would remove" } else { "removed" };
+    for e in &report.removed {
+        let label = e
+            .label
+            .as_deref()
+            .map(|l| format!(" ({l})"))
+            .unwrap_or_default();
+        println!(
+            "{verb} {} {}{label}, {} bytes: {}",
+            e.kind, e.name, e.bytes, e.why
+        );
+    }
+    if !cli.quiet {
+        for e in &report.kept {
+            let label = e
+                .label
+                .as_deref()
+                .map(|l| format!(" ({l})"))
+                .unwrap_or_default();
+            println!("kept {} {}{label}: {}", e.kind, e.name, e.why);
+        }
+    }
+    let count =
+        |kind: &str, v: &[crate::ops::gc::Entry]| v.iter().filter(|e| e.kind == kind).count();
+    println!(
+        "gc: {verb} {} steps, {} blobs and {} tmp/ leftovers ({:.1} MiB); kept {} steps and {} blobs",
+        count("step", &report.removed),
+        count("blob", &report.removed),
+        count("tmp", &report.removed),
+        report.bytes_removed() as f64 / (1 << 20) as f64,
+        count("step", &report.kept),
+        count("blob", &report.kept),
+    );
+    Ok(())
 }

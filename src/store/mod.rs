@@ -13,6 +13,8 @@
 //!                         mode, owner, and file sha256 or link target
 //!   tmp/<key>.<pid>.<n>/  a step being built; renamed into steps/ when complete
 //!   locks/<key>.lock      held while a step is built, so two builds do not race
+//!   locks/store.lock      held shared by every process that uses the store
+//!                         (build, lock, store fetch/add), exclusive by gc
 //!   blobs/<sha256>        fetched files by content (tarballs, binaries, wheels)
 //! ```
 //!
@@ -105,10 +107,14 @@ impl Check {
     }
 }
 
-/// A handle on the store directory.
+/// A handle on the store directory. One opened with [`Store::open`] holds
+/// the store-wide lock shared as long as any clone of it lives, so `store
+/// gc` (which takes it exclusive) never removes what a running build holds
+/// or is about to read.
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    _in_use: Option<std::sync::Arc<File>>,
 }
 
 /// A held lock on one key; released on drop.
@@ -139,15 +145,65 @@ impl Store {
         home.join(".cache").join("mimg")
     }
 
-    /// Open (and create) the store at `root`.
+    /// Open (and create) the store at `root`, holding its store-wide lock
+    /// shared (waiting while a gc runs).
     pub fn open(root: &Path) -> Result<Store, StoreError> {
-        let s = Store {
-            root: root.to_path_buf(),
-        };
+        let mut s = Store::at(root);
         for d in ["steps", "tmp", "locks", "blobs"] {
             fs::create_dir_all(s.base().join(d)).map_err(|e| s.io(format!("create {d}/"), e))?;
         }
+        let f = s.store_lock_file()?;
+        if f.try_lock_shared().is_err() {
+            eprintln!("waiting for `mimg store gc` to finish with the store");
+            f.lock_shared()
+                .map_err(|e| s.io("take the store lock", e))?;
+        }
+        s._in_use = Some(std::sync::Arc::new(f));
         Ok(s)
+    }
+
+    fn store_lock_file(&self) -> Result<File, StoreError> {
+        let p = self.base().join("locks").join("store.lock");
+        File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&p)
+            .map_err(|e| self.io(format!("open {}", p.display()), e))
+    }
+
+    /// Take the store-wide lock exclusive (for gc): waits until no other
+    /// process uses the store, and keeps them out while the guard lives.
+    /// Call on a handle from [`Store::at`], which holds no shared lock.
+    pub fn exclusive(&self) -> Result<File, StoreError> {
+        for d in ["steps", "tmp", "locks", "blobs"] {
+            fs::create_dir_all(self.base().join(d))
+                .map_err(|e| self.io(format!("create {d}/"), e))?;
+        }
+        let f = self.store_lock_file()?;
+        if f.try_lock().is_err() {
+            eprintln!("waiting for the builds using the store to finish");
+            f.lock().map_err(|e| self.io("take the store lock", e))?;
+        }
+        Ok(f)
+    }
+
+    /// Every entry of `tmp/`: with the store-wide lock exclusive, each is
+    /// a leftover of a process that died (every writer holds it shared).
+    pub fn tmp_entries(&self) -> Result<Vec<PathBuf>, StoreError> {
+        let dir = self.tmp_dir();
+        let mut v: Vec<PathBuf> = fs::read_dir(&dir)
+            .map_err(|e| self.io(format!("list {}", dir.display()), e))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Remove a leftover of `tmp/` (see [`Store::tmp_entries`]).
+    pub fn remove_tmp(&self, p: &Path) {
+        remove_all(p);
     }
 
     /// A handle on the store at `root` that creates nothing: for readers
@@ -155,6 +211,7 @@ impl Store {
     pub fn at(root: &Path) -> Store {
         Store {
             root: root.to_path_buf(),
+            _in_use: None,
         }
     }
 
@@ -537,6 +594,10 @@ impl Drop for Pending {
 }
 
 fn remove_all(p: &Path) {
+    if fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()) {
+        let _ = fs::remove_file(p);
+        return;
+    }
     // Trees extracted as root may hold read-only directories.
     let _ = make_writable(p);
     let _ = fs::remove_dir_all(p);

@@ -1,0 +1,5 @@
+//! Operations: one user-facing operation each, over the store, plan and
+//! stages. The CLI parses options, calls one function here and prints what
+//! it returns; nothing here draws progress or parses arguments.
+
+pub mod gc;
