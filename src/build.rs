@@ -416,9 +416,18 @@ fn pinned_repo(
             got.seconds
         );
     }
+    // Rootless, apt reads the repository as a subordinate uid: where the
+    // store lies under a private directory, the repository goes to the
+    // system's temporary directory instead (hard links where it can).
+    let base = if crate::tools::is_root() || crate::tools::reachable_by_others(&store.tmp_dir()) {
+        store.tmp_dir()
+    } else {
+        std::env::temp_dir()
+    };
     let dir = tempfile::Builder::new()
-        .prefix("repo-")
-        .tempdir_in(store.tmp_dir())?;
+        .prefix(&format!("mimg-repo-{}-", std::process::id()))
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot make a directory in {}", base.display()))?;
     let line = debs::local_repo(store, pins, dir.path(), suite)?;
     Ok((dir, line))
 }

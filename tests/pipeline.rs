@@ -84,6 +84,8 @@ fn rootless_build_matches_the_root_build() {
             .unwrap()
             .success()
     );
+    // Under umask 077, as on hardened hosts: what mimg hands to another uid
+    // (the store's directories, the local repository) has explicit modes.
     let o = Command::new("runuser")
         .args([
             "-u",
@@ -95,6 +97,7 @@ fn rootless_build_matches_the_root_build() {
         ])
         .arg(format!("HOME=/home/{user}"))
         .arg(format!("MIMG_STORE={}", w.join("store").display()))
+        .args(["sh", "-c", "umask 077; exec \"$@\"", "sh"])
         .arg(env!("CARGO_BIN_EXE_mimg"))
         .args(["build", "minimal", "--recipes"])
         .arg(repo().join("recipes"))

@@ -509,10 +509,22 @@ fn fetch_one(
 /// store, each re-hashed) at `dir`, as suite `suite`; returns the source
 /// line for mmdebstrap.
 pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Result<String> {
+    // apt reads the repository as another uid (mmdebstrap's unshare mode
+    // maps the caller to root and apt's `_apt` to a subordinate uid): its
+    // modes are set here, never left to the caller's umask.
     let pool = dir.join("pool");
     let bin = dir.join("dists").join(suite).join("main/binary-amd64");
-    fs::create_dir_all(&pool)?;
-    fs::create_dir_all(&bin)?;
+    for d in [
+        dir.to_path_buf(),
+        pool.clone(),
+        dir.join("dists"),
+        dir.join("dists").join(suite),
+        dir.join("dists").join(suite).join("main"),
+        bin.clone(),
+    ] {
+        fs::create_dir_all(&d)?;
+        set_mode(&d, 0o755)?;
+    }
     let mut packages = String::new();
     for d in debs {
         let blob = store.blob(&d.sha256);
@@ -529,6 +541,7 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
         if fs::hard_link(&blob, &dest).is_err() {
             fs::write(&dest, &data)?;
         }
+        set_mode(&dest, 0o644)?;
         packages.push_str(control.trim_end());
         packages.push_str(&format!(
             "\nFilename: pool/{}\nSize: {}\nSHA256: {}\n\n",
@@ -538,16 +551,25 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
         ));
     }
     fs::write(bin.join("Packages"), &packages)?;
+    set_mode(&bin.join("Packages"), 0o644)?;
     let release = format!(
         "Origin: mimg\nLabel: mimg\nSuite: {suite}\nCodename: {suite}\nDate: Thu, 01 Jan 1970 00:00:00 UTC\nArchitectures: amd64 all\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
         hex::encode(Sha256::digest(packages.as_bytes())),
         packages.len()
     );
-    fs::write(dir.join("dists").join(suite).join("Release"), release)?;
+    let rel = dir.join("dists").join(suite).join("Release");
+    fs::write(&rel, release)?;
+    set_mode(&rel, 0o644)?;
     Ok(format!(
         "deb [trusted=yes] copy://{} {suite} main",
         uri_path(dir)
     ))
+}
+
+fn set_mode(p: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", p.display()))
 }
 
 /// A path as apt reads it in a URI: percent-encoded but for safe bytes

@@ -149,9 +149,7 @@ impl Store {
     /// shared (waiting while a gc runs).
     pub fn open(root: &Path) -> Result<Store, StoreError> {
         let mut s = Store::at(root);
-        for d in ["steps", "tmp", "locks", "blobs"] {
-            fs::create_dir_all(s.base().join(d)).map_err(|e| s.io(format!("create {d}/"), e))?;
-        }
+        s.create_dirs()?;
         let f = s.store_lock_file()?;
         if f.try_lock_shared().is_err() {
             eprintln!("waiting for `mimg store gc` to finish with the store");
@@ -160,6 +158,27 @@ impl Store {
         }
         s._in_use = Some(std::sync::Arc::new(f));
         Ok(s)
+    }
+
+    /// The store's directories, of mode 0755 whatever the caller's umask:
+    /// a rootless build's apt reads blobs through them as another uid.
+    fn create_dirs(&self) -> Result<(), StoreError> {
+        use std::os::unix::fs::PermissionsExt;
+        let fresh = !self.root.exists();
+        let mut dirs = vec![self.base()];
+        dirs.extend(["steps", "tmp", "locks", "blobs"].map(|d| self.base().join(d)));
+        if fresh {
+            dirs.insert(0, self.root.clone());
+        }
+        for d in dirs {
+            if !d.is_dir() {
+                fs::create_dir_all(&d)
+                    .map_err(|e| self.io(format!("create {}", d.display()), e))?;
+                fs::set_permissions(&d, fs::Permissions::from_mode(0o755))
+                    .map_err(|e| self.io(format!("set the mode of {}", d.display()), e))?;
+            }
+        }
+        Ok(())
     }
 
     fn store_lock_file(&self) -> Result<File, StoreError> {
@@ -176,10 +195,7 @@ impl Store {
     /// process uses the store, and keeps them out while the guard lives.
     /// Call on a handle from [`Store::at`], which holds no shared lock.
     pub fn exclusive(&self) -> Result<File, StoreError> {
-        for d in ["steps", "tmp", "locks", "blobs"] {
-            fs::create_dir_all(self.base().join(d))
-                .map_err(|e| self.io(format!("create {d}/"), e))?;
-        }
+        self.create_dirs()?;
         let f = self.store_lock_file()?;
         if f.try_lock().is_err() {
             eprintln!("waiting for the builds using the store to finish");
@@ -493,7 +509,11 @@ impl Store {
 
     /// Move a verified temporary file into `blobs/` (atomic rename).
     pub fn put_blob(&self, tmp: &Path, sha256: &str) -> Result<PathBuf, StoreError> {
+        use std::os::unix::fs::PermissionsExt;
         let dest = self.blob(sha256);
+        // Read by apt as another uid in a rootless build: never the umask's.
+        fs::set_permissions(tmp, fs::Permissions::from_mode(0o644))
+            .map_err(|e| self.io(format!("set the mode of {}", tmp.display()), e))?;
         fs::rename(tmp, &dest).map_err(|e| self.io("rename into blobs/", e))?;
         Ok(dest)
     }

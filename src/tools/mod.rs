@@ -45,6 +45,18 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a process of another uid can reach `dir` (every directory from
+/// `/` down to it searchable by others): in unshare mode apt reads the
+/// local repository as a subordinate uid.
+pub fn reachable_by_others(dir: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(dir) = dir.canonicalize() else {
+        return false;
+    };
+    dir.ancestors()
+        .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
+}
+
 /// Find `tool` on the host's PATH.
 pub fn which(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
