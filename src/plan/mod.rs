@@ -12,7 +12,7 @@
 //! | `tools`  | `suite`      | the tools suite ([`TOOLS_SUITE`])                                   |
 //! | `tools`  | `packages`   | the tools package list ([`TOOLS_PACKAGES`])                         |
 //! | `tools`  | `variant`    | how they are unpacked (`extract`)                                   |
-//! | `tools`  | `debs`       | set hash of every pinned .deb of the tools environment (lock `debs.tools`) |
+//! | `tools`  | `debs`       | set hash of every pinned .deb of the tools environment (lock `debs.tools`: each .deb's `sha256`, `name` and `version`) |
 //! | `tools`  | `epoch`      | the tools suite's release date (lock `tools_epoch`)                 |
 //! | `tools`  | `host_tools` | versions of the host programs that make it (mmdebstrap, tar)        |
 //! | `rootfs` | `base`       | base suite and components (recipe `[base]`)                         |
@@ -22,13 +22,16 @@
 //! | `rootfs` | `epoch`      | the build epoch (lock `epoch`)                                      |
 //! | `rootfs` | `layers`     | every non-apt layer up to the last `run` layer, as `layer` below    |
 //! | `rootfs` | `host_tools` | versions of the host programs that make it (mmdebstrap, apt, dpkg, tar) |
-//! | `layer`  | `layer`      | the layer's whole spec (every field of its kind: `name`, `kind`, `from`, `to`, `url`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: name, version, file, sha256) |
+//! | `layer`  | `layer`      | the layer's whole spec (every field of its kind but those below: `name`, `kind`, `to`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: each wheel's `name`, `version`, `file`, `sha256`) |
 //! | `layer`  | `epoch`      | the build epoch                                                     |
 //! | `image`  | `tools`, `rootfs`, `layers` | keys of the tools step, the rootfs step and every later layer step, in order |
 //! | `image`  | `disk`       | disk size and boot modes (recipe `[disk]`)                          |
 //! | `image`  | `epoch`      | the build epoch                                                     |
 //!
-//! Lock fields that are in no key, because they shape no bytes: `version`,
+//! Fields in no key, because they do not shape bytes: a `fetch` layer's
+//! `url` and a pinned .deb's `arch`, `suite`, `path` and `size` (where to
+//! download what its sha256 pins), a `files` layer's `from` (its host path:
+//! the tree's content hash is in the key). Lock fields that are in no key: `version`,
 //! `recipe`, `releases` (each suite's `InRelease` sha256: what the pinned
 //! .debs were resolved against; the .debs themselves are in `debs`),
 //! `layers`, `recipe_sha256`, `apt_inputs`, `tools_inputs`,
@@ -473,6 +476,9 @@ mod tests {
         assert_ne!(u, k.derive_uuid("esp"));
     }
 }
+
+#[cfg(test)]
+mod key_table;
 
 #[cfg(test)]
 mod recipe_tests {
