@@ -600,3 +600,465 @@ fn a_damaged_stored_tar_is_never_used() {
         );
     }
 }
+
+/// minimal's image from its committed lock on this kind of host (Debian
+/// bookworm: mmdebstrap 1.3.5-7, apt 2.6.1, dpkg 1.21.22, tar 1.34, whose
+/// versions are in the rootfs and tools keys, and so in the image's UUIDs).
+/// A change that moves these bytes updates this in a commit of its own,
+/// saying why.
+const MINIMAL_SHA256: &str = "ecca3d3ab4bcddd3d82963efc7ed1790f22d5832fe3a8f9b2cbdcfe32727a009";
+
+#[test]
+fn minimal_has_the_pinned_digest() {
+    let a = minimal();
+    assert_eq!(
+        a.sha, MINIMAL_SHA256,
+        "minimal's image moved: if on purpose, update MINIMAL_SHA256 in its own commit"
+    );
+}
+
+/// A copy of `from` (a store) at `to`: every step but those of the kinds
+/// in `without` copied, blobs hard-linked.
+fn store_copy(from: &Path, to: &Path, without: &[&str]) {
+    let steps = to.join("v1/steps");
+    std::fs::create_dir_all(&steps).unwrap();
+    cp("-al", &from.join("v1/blobs"), &to.join("v1/blobs"));
+    for e in std::fs::read_dir(from.join("v1/steps")).unwrap().flatten() {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).unwrap()).unwrap();
+        if !without.contains(&meta["kind"].as_str().unwrap()) {
+            cp("-a", &e.path(), &steps.join(e.file_name()));
+        }
+    }
+}
+
+/// Every path under `dir` with its size, mtime and mode, to see that
+/// nothing changed (compared with [`same_listing`]).
+fn listing(dir: &Path) -> Vec<String> {
+    let o = Command::new("find")
+        .arg(dir)
+        .args(["-printf", "%p %s %T@ %m\\n"])
+        .output()
+        .unwrap();
+    let mut lines: Vec<_> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// Panics naming the first lines that differ (the listings are long).
+fn same_listing(before: &[String], after: &[String], what: &str) {
+    let gone: Vec<_> = before
+        .iter()
+        .filter(|l| !after.contains(l))
+        .take(5)
+        .collect();
+    let new: Vec<_> = after
+        .iter()
+        .filter(|l| !before.contains(l))
+        .take(5)
+        .collect();
+    assert!(
+        gone.is_empty() && new.is_empty(),
+        "{what}: gone or changed {gone:?}, new or changed {new:?}"
+    );
+}
+
+#[test]
+fn a_damaged_tools_tree_is_named_by_verify_and_made_again_by_the_next_build() {
+    let a = minimal();
+    let w = work("damaged-tools");
+    let store = w.join("store");
+    store_copy(&a.store, &store, &[]);
+    let tools = std::fs::read_dir(store.join("v1/steps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("root").is_dir())
+        .expect("the tools step");
+    let f = tools.join("root/usr/sbin/mke2fs");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&f, bytes).unwrap();
+
+    let mut c = mimg();
+    c.args(["store", "verify"]).env("MIMG_STORE", &store);
+    let o = run(c);
+    assert!(!o.status.success(), "verify must fail on a damaged tree");
+    let err = stderr(&o);
+    assert!(
+        err.contains("step tools") && err.contains("root/usr/sbin/mke2fs"),
+        "verify names the step and the path: {err}"
+    );
+
+    // Everything is cached: the build still refuses the damaged tools
+    // environment and makes it again; the image is unchanged.
+    let o = build("minimal", &store, &w.join("out"));
+    assert!(
+        stdout(&o).contains("built 1 steps, reused 3"),
+        "{}",
+        stdout(&o)
+    );
+    assert!(stderr(&o).contains("is damaged"), "{}", stderr(&o));
+    let mut c = mimg();
+    c.args(["store", "verify"]).env("MIMG_STORE", &store);
+    assert!(run(c).status.success(), "the store is whole again");
+    assert_eq!(sha256(&w.join("out/minimal.qcow2")), a.sha);
+
+    // Damaged again, and this time the image step runs: the image is made
+    // with a tools environment made again, and equals the first.
+    let tools = std::fs::read_dir(store.join("v1/steps"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.join("root").is_dir())
+        .unwrap();
+    let f = tools.join("root/usr/sbin/mke2fs");
+    let mut bytes = std::fs::read(&f).unwrap();
+    bytes[2000] ^= 0x01;
+    std::fs::write(&f, bytes).unwrap();
+    for e in std::fs::read_dir(store.join("v1/steps")).unwrap().flatten() {
+        if e.path().join("disk.qcow2").exists() {
+            Command::new("rm")
+                .arg("-rf")
+                .arg(e.path())
+                .status()
+                .unwrap();
+        }
+    }
+    let o = build("minimal", &store, &w.join("out2"));
+    assert!(
+        stdout(&o).contains("built 2 steps, reused 2"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(sha256(&w.join("out2/minimal.qcow2")), a.sha);
+}
+
+#[test]
+fn plan_with_a_lock_needs_no_network_and_writes_nothing() {
+    let a = minimal();
+    let before = listing(&a.store);
+    for args in [&["plan", "minimal"][..], &["plan", "minimal", "--json"]] {
+        let mut c = Command::new("unshare");
+        c.args(["-n", "--"])
+            .arg(env!("CARGO_BIN_EXE_mimg"))
+            .args(args)
+            .env("MIMG_STORE", &a.store)
+            .current_dir(repo());
+        let o = run(c);
+        assert!(o.status.success(), "plan with the network cut");
+    }
+    same_listing(&before, &listing(&a.store), "plan changed the store");
+    // No store at all: plan creates none.
+    let w = work("plan-pure");
+    let mut c = Command::new("unshare");
+    c.args(["-n", "--"])
+        .arg(env!("CARGO_BIN_EXE_mimg"))
+        .args(["plan", "minimal"])
+        .env("MIMG_STORE", w.join("none"))
+        .current_dir(repo());
+    let o = run(c);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("4 of 4 steps to build"));
+    assert!(!w.join("none").exists(), "plan made a store");
+}
+
+/// `mimg plan --json --offline` of `recipe` in `recipes`: label -> (key, cached).
+fn plan_keys(recipes: &Path, recipe: &str, store: &Path) -> Vec<(String, String, bool)> {
+    let mut c = mimg();
+    c.args(["plan", recipe, "--json", "--offline", "--recipes"])
+        .arg(recipes)
+        .env("MIMG_STORE", store);
+    let o = run(c);
+    assert!(o.status.success(), "plan of {recipe}");
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["label"].as_str().unwrap().to_string(),
+                s["key"].as_str().unwrap().to_string(),
+                s["cached"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_pinned_input_in_the_lock_moves_exactly_its_steps_in_plan() {
+    let a = minimal();
+    let w = work("pins-move-keys");
+    let recipes = w.join("recipes");
+    cp("-a", &repo().join("recipes"), &recipes);
+    let lock = std::fs::read_to_string(recipes.join("minimal.lock")).unwrap();
+    // minimal with one pip layer more, its wheel pinned in its own lock.
+    std::fs::write(
+        recipes.join("pipped.toml"),
+        "extends = \"minimal\"\n\n[[layer]]\nname = \"app\"\nkind = \"pip\"\nrequirements = [\"six==1.16.0\"]\nvenv = \"/opt/app\"\n",
+    )
+    .unwrap();
+    let wheel = |sha: &str| {
+        format!(
+            "[[pip.app]]\nname = \"six\"\nversion = \"1.16.0\"\nfile = \"six-1.16.0-py2.py3-none-any.whl\"\nsha256 = \"{sha}\"\n\n"
+        )
+    };
+    let pipped = |sha: &str| {
+        lock.replace("recipe = \"minimal\"", "recipe = \"pipped\"")
+            .replace("[pip]\n", &wheel(sha))
+            .replace(
+                "[pip_requirements]\n",
+                "[pip_requirements]\napp = [\"six==1.16.0\"]\n",
+            )
+    };
+    let sha_a = "8".repeat(64);
+    std::fs::write(recipes.join("pipped.lock"), pipped(&sha_a)).unwrap();
+    let base = plan_keys(&recipes, "pipped", &a.store);
+    let labels: Vec<&str> = base.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(
+        labels,
+        ["tools", "rootfs", "layer:base-config", "layer:app", "image"]
+    );
+    assert!(
+        base[0].2 && base[1].2 && base[2].2,
+        "minimal's steps are cached"
+    );
+
+    let moved = |lock_text: String| -> Vec<String> {
+        std::fs::write(recipes.join("pipped.lock"), lock_text).unwrap();
+        let p = plan_keys(&recipes, "pipped", &a.store);
+        base.iter()
+            .zip(&p)
+            .filter(|(x, y)| x.1 != y.1)
+            .map(|(x, y)| {
+                assert!(!y.2, "{} has a new key but is cached", x.0);
+                x.0.clone()
+            })
+            .collect()
+    };
+    assert_eq!(
+        moved(pipped(&"9".repeat(64))),
+        ["layer:app", "image"],
+        "a wheel's sha256"
+    );
+    assert_eq!(
+        moved(pipped(&sha_a).replace("version = \"1.16.0\"\nfile", "version = \"1.16.1\"\nfile")),
+        ["layer:app", "image"],
+        "a wheel's version"
+    );
+    let first_deb = lock.find("[[debs.rootfs]]").unwrap();
+    let sha_at = first_deb + lock[first_deb..].find("sha256 = \"").unwrap() + 10;
+    let mut deb_changed = pipped(&sha_a);
+    let off = deb_changed.find("[[debs.rootfs]]").unwrap();
+    let at = off + deb_changed[off..].find("sha256 = \"").unwrap() + 10;
+    deb_changed.replace_range(at..at + 64, &"7".repeat(64));
+    assert_ne!(&lock[sha_at..sha_at + 64], "7".repeat(64));
+    assert_eq!(moved(deb_changed), ["rootfs", "image"], "a .deb's sha256");
+    let epoch_line = lock.lines().find(|l| l.starts_with("epoch = ")).unwrap();
+    let epoch: u64 = epoch_line[8..].parse().unwrap();
+    assert_eq!(
+        moved(pipped(&sha_a).replacen(epoch_line, &format!("epoch = {}", epoch + 1), 1)),
+        ["rootfs", "layer:base-config", "layer:app", "image"],
+        "the epoch"
+    );
+    let tools_line = lock
+        .lines()
+        .find(|l| l.starts_with("tools_epoch = "))
+        .unwrap();
+    let tools_epoch: u64 = tools_line[14..].parse().unwrap();
+    assert_eq!(
+        moved(pipped(&sha_a).replace(tools_line, &format!("tools_epoch = {}", tools_epoch + 1))),
+        ["tools", "image"],
+        "the tools epoch"
+    );
+    // A fetch layer's pinned sha256.
+    std::fs::write(recipes.join("pipped.lock"), pipped(&sha_a)).unwrap();
+    let fetch = |sha: &str| {
+        format!(
+            "\n[[layer]]\nname = \"web\"\nkind = \"fetch\"\nurl = \"http://127.0.0.1:9/web.tar.gz\"\nsha256 = \"{sha}\"\nto = \"/var/www\"\n"
+        )
+    };
+    let text = std::fs::read_to_string(recipes.join("pipped.toml")).unwrap();
+    std::fs::write(
+        recipes.join("fetched.toml"),
+        format!("{text}{}", fetch(&"1".repeat(64))),
+    )
+    .unwrap();
+    std::fs::write(
+        recipes.join("fetched.lock"),
+        pipped(&sha_a).replace("recipe = \"pipped\"", "recipe = \"fetched\""),
+    )
+    .unwrap();
+    let f1 = plan_keys(&recipes, "fetched", &a.store);
+    std::fs::write(
+        recipes.join("fetched.toml"),
+        format!("{text}{}", fetch(&"2".repeat(64))),
+    )
+    .unwrap();
+    let f2 = plan_keys(&recipes, "fetched", &a.store);
+    let changed: Vec<&str> = f1
+        .iter()
+        .zip(&f2)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(changed, ["layer:web", "image"], "a fetch layer's sha256");
+}
+
+#[test]
+fn gc_that_cannot_read_a_manifest_or_a_lock_removes_nothing() {
+    let a = minimal();
+    let w = work("gc-unreadable");
+    let store = w.join("store");
+    store_copy(&a.store, &store, &[]);
+    // What gc may not touch: the steps and the blobs.
+    let entries = || {
+        [
+            listing(&store.join("v1/steps")),
+            listing(&store.join("v1/blobs")),
+        ]
+        .concat()
+    };
+    let before = entries();
+    let keep = w.join("images");
+    std::fs::create_dir_all(&keep).unwrap();
+    std::fs::write(keep.join("broken.manifest.json"), "{ \"version\": 1, ").unwrap();
+    let mut c = mimg();
+    c.args(["store", "gc", "--keep"])
+        .arg(&keep)
+        .env("MIMG_STORE", &store);
+    let o = run(c);
+    assert!(!o.status.success(), "gc with a broken manifest must fail");
+    assert!(
+        stderr(&o).contains("broken.manifest.json"),
+        "{}",
+        stderr(&o)
+    );
+    same_listing(&before, &entries(), "gc removed something");
+
+    std::fs::remove_file(keep.join("broken.manifest.json")).unwrap();
+    let recipes = w.join("recipes");
+    cp("-a", &repo().join("recipes"), &recipes);
+    std::fs::write(recipes.join("minimal.lock"), "version = 1\nrecipe = ").unwrap();
+    let mut c = mimg();
+    c.args(["store", "gc", "--keep"])
+        .arg(&a.out)
+        .arg("--recipes")
+        .arg(&recipes)
+        .env("MIMG_STORE", &store);
+    let o = run(c);
+    assert!(!o.status.success(), "gc with a broken lock must fail");
+    assert!(stderr(&o).contains("minimal.lock"), "{}", stderr(&o));
+    same_listing(&before, &entries(), "gc removed something");
+
+    let mut c = mimg();
+    c.args(["store", "gc", "--keep"])
+        .arg(w.join("no such dir"))
+        .env("MIMG_STORE", &store);
+    assert!(
+        !run(c).status.success(),
+        "a --keep directory that is not there"
+    );
+    same_listing(&before, &entries(), "gc removed something");
+}
+
+#[test]
+fn gc_waits_for_a_running_build_and_sweeps_what_a_killed_one_left() {
+    let a = minimal();
+    let w = work("gc-running");
+    let store = w.join("store");
+    // No image step: a build makes it (some seconds), reading the others.
+    store_copy(&a.store, &store, &["image"]);
+    let build = || {
+        let mut c = mimg();
+        c.args(["build", "minimal", "-q", "--out"])
+            .arg(w.join("out"))
+            .env("MIMG_STORE", &store)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        c
+    };
+    let tmp = store.join("v1/tmp");
+    let wait_for_tmp = |child: &mut std::process::Child| {
+        let t0 = std::time::Instant::now();
+        while std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0) == 0 {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the build made nothing in tmp/"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "the build ended first");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    // A build killed in its image step leaves its pending entry in tmp/.
+    let mut child = build().spawn().unwrap();
+    wait_for_tmp(&mut child);
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = child.kill();
+    let _ = child.wait();
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(!left.is_empty(), "the killed build left nothing to sweep");
+    let mut c = mimg();
+    c.args(["store", "gc", "--keep"])
+        .arg(&a.out)
+        .env("MIMG_STORE", &store);
+    let o = run(c);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("removed tmp"), "{}", stdout(&o));
+    assert_eq!(
+        std::fs::read_dir(&tmp).unwrap().count(),
+        0,
+        "tmp/ was not swept"
+    );
+
+    // gc started while a build runs, keeping only what the output directory
+    // names: it waits, then sees the build's manifest and keeps its steps.
+    let child = build().spawn().unwrap();
+    let mut child = child;
+    wait_for_tmp(&mut child);
+    let mut c = mimg();
+    c.args(["store", "gc", "--keep"])
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &store);
+    let o = run(c);
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the build during gc failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(o.status.success());
+    assert!(
+        stderr(&o).contains("waiting for the builds"),
+        "gc did not wait: {}",
+        stderr(&o)
+    );
+    assert!(stdout(&o).contains("removed 0 steps"), "{}", stdout(&o));
+    assert_eq!(sha256(&w.join("out/minimal.qcow2")), a.sha);
+    let mut c = mimg();
+    c.args(["store", "verify"]).env("MIMG_STORE", &store);
+    assert!(run(c).status.success());
+    let o = build_again(&store, &w.join("out"));
+    assert!(
+        stdout(&o).contains("built 0 steps, reused 4"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+fn build_again(store: &Path, out: &Path) -> std::process::Output {
+    let mut c = mimg();
+    c.args(["build", "minimal", "--out"])
+        .arg(out)
+        .env("MIMG_STORE", store);
+    run(c)
+}

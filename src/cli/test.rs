@@ -54,6 +54,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         &Quiet,
         crate::build::Options::default(),
     )?;
+    // Booting reads only the published image: the store is let go (gc may run).
+    drop(store);
     let work = tempfile::Builder::new().prefix("mimg-test-").tempdir()?;
     let rendered = crate::seed::render(&overlay);
     let seed = work.path().join("seed.img");
