@@ -1,6 +1,5 @@
 //! mimg: a Nix-style builder of immutable, bit-reproducible VM images.
 
-mod build;
 mod cli;
 mod debs;
 mod fetch;
@@ -9,6 +8,7 @@ mod ops;
 mod overlay;
 mod plan;
 mod recipe;
+mod report;
 mod seed;
 mod stages;
 mod store;

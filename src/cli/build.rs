@@ -32,7 +32,7 @@ struct Progress {
     quiet: bool,
 }
 
-impl crate::build::Reporter for Progress {
+impl crate::report::Reporter for Progress {
     fn step_started(&self, step: &Step) {
         if let Some(b) = &self.bar {
             b.set_message(format!("{} {}", step.label, step.key.short()));
@@ -74,12 +74,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         bar,
         quiet: cli.quiet,
     };
-    let out = crate::build::build(
+    let out = crate::ops::build::build(
         &recipe,
         &store,
         &a.out,
         &rep,
-        crate::build::Options {
+        crate::ops::build::Options {
             offline: a.offline,
             locked: a.locked,
         },

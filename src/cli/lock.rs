@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Result, bail};
 
 use super::Cli;
-use crate::build::Holds;
+use crate::ops::resolve::Holds;
 
 /// Write NAME.lock beside the recipe: every .deb (rootfs and tools
 /// environment) and wheel by sha256, the release files' hashes (their
@@ -59,13 +59,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let (mut facts, unheld) = match old.as_ref().filter(keep) {
         // Without --update keep the pinned archive state.
         Some(o) => (
-            crate::lock::facts(o, crate::build::contents(&recipe)?),
+            crate::lock::facts(o, crate::ops::resolve::contents(&recipe)?),
             Vec::new(),
         ),
         None => {
             let mut holds = Holds::default();
             if let Some(o) = old.as_ref().filter(|_| !named.is_empty()) {
-                let held = |ds: &[crate::debs::Deb]| -> BTreeMap<String, String> {
+                let held = |ds: &[crate::lock::model::Deb]| -> BTreeMap<String, String> {
                     ds.iter()
                         .filter(|d| !named.contains(&d.name))
                         .map(|d| (d.name.clone(), d.version.clone()))
@@ -74,7 +74,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 holds.rootfs = held(&o.debs.rootfs);
                 holds.tools = held(&o.debs.tools);
             }
-            let (mut f, unheld) = crate::build::live_facts(&recipe, &holds)?;
+            let (mut f, unheld) = crate::ops::resolve::live_facts(&recipe, &holds)?;
             // Without --update, a half that still matches its inputs keeps its pins.
             if let Some(o) = old.as_ref().filter(|_| a.update.is_none()) {
                 // (`releases` then records today's release files, read for the other half.)
@@ -117,9 +117,9 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 .filter(|w| !named.iter().any(|n| n.eq_ignore_ascii_case(&w.name)))
                 .map(|w| (w.name.clone(), w.version.clone()))
                 .collect();
-            crate::build::resolve_pip(&recipe, Some(&store), &hold)?
+            crate::ops::resolve::resolve_pip(&recipe, Some(&store), &hold)?
         }
-        _ => crate::build::resolve_pip(&recipe, Some(&store), &BTreeMap::new())?,
+        _ => crate::ops::resolve::resolve_pip(&recipe, Some(&store), &BTreeMap::new())?,
     };
     for (name, wheels) in &pip {
         facts

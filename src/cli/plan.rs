@@ -22,16 +22,16 @@ pub struct Args {
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store_to_read();
-    let resolved = crate::build::facts(
+    let resolved = crate::ops::resolve::facts(
         &recipe,
-        crate::build::Options {
+        crate::ops::build::Options {
             offline: a.offline,
             locked: false,
         },
         None,
     )?;
     let plan = crate::plan::plan(&recipe, &resolved.facts);
-    let cached = crate::build::cached(&plan, &store);
+    let cached = crate::ops::build::cached(&plan, &store);
     if a.json {
         let steps: Vec<_> = plan
             .steps

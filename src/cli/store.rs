@@ -103,8 +103,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         Command::Gc { .. } => unreachable!("handled above"),
         Command::Fetch { recipe, jobs } => {
             let recipe = cli.recipe(recipe)?;
-            let jobs = jobs.unwrap_or_else(crate::build::fetch_jobs);
-            let got = crate::build::prefetch(&recipe, &store, jobs)?;
+            let jobs = jobs.unwrap_or_else(crate::ops::build::fetch_jobs);
+            let got = crate::ops::build::prefetch(&recipe, &store, jobs)?;
             println!(
                 "fetched {} files ({:.1} MiB) in {:.2}s with {jobs} jobs; the store has every file {} pins",
                 got.files,

@@ -33,7 +33,7 @@ pub struct Args {
 }
 
 struct Quiet;
-impl crate::build::Reporter for Quiet {
+impl crate::report::Reporter for Quiet {
     fn step_started(&self, _: &crate::plan::Step) {}
     fn step_done(&self, s: &crate::plan::Step, cached: bool, secs: f64) {
         if !cached {
@@ -47,12 +47,12 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
     let overlay = crate::overlay::load(&a.overlay)?;
-    let built = crate::build::build(
+    let built = crate::ops::build::build(
         &recipe,
         &store,
         &a.out,
         &Quiet,
-        crate::build::Options::default(),
+        crate::ops::build::Options::default(),
     )?;
     // Booting reads only the published image: the store is let go (gc may run).
     drop(store);

@@ -23,10 +23,11 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, anyhow, bail};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::fetch;
+use crate::lock::model::Deb;
+use crate::lock::model::Package;
 use crate::store::Store;
 use crate::tools;
 
@@ -40,36 +41,6 @@ pub fn debian_keyring() -> PathBuf {
         Some(k) if !k.is_empty() => PathBuf::from(k),
         _ => PathBuf::from(DEBIAN_KEYRING),
     }
-}
-
-/// One pinned .deb, as the lock records it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord)]
-#[serde(deny_unknown_fields)]
-pub struct Deb {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-    /// The suite whose index named it (which source to download it from).
-    pub suite: String,
-    /// Path in the archive (`pool/main/...`), relative to the source's URL.
-    pub path: String,
-    pub sha256: String,
-    pub size: u64,
-}
-
-impl Deb {
-    fn file_name(&self) -> &str {
-        self.path.rsplit('/').next().unwrap_or(&self.path)
-    }
-}
-
-/// The content hash of a pinned set (what enters a step key).
-pub fn set_hash(debs: &[Deb]) -> String {
-    let mut h = Sha256::new();
-    for d in debs {
-        h.update(format!("{} {} {}\n", d.sha256, d.name, d.version));
-    }
-    hex::encode(h.finalize())
 }
 
 /// One suite to resolve from: where it is and whose key signs it.
@@ -628,7 +599,7 @@ pub fn control_of(deb: &[u8]) -> Result<String> {
 }
 
 /// Compare what mmdebstrap installed with what was pinned.
-pub fn check_installed(pinned: &[Deb], installed: &[crate::stages::rootfs::Package]) -> Result<()> {
+pub fn check_installed(pinned: &[Deb], installed: &[Package]) -> Result<()> {
     let want: BTreeSet<(&str, &str)> = pinned
         .iter()
         .map(|d| (d.name.as_str(), d.version.as_str()))

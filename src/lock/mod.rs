@@ -22,7 +22,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::debs::Deb;
+pub mod model;
+
+use model::{Deb, Wheel};
 use crate::plan::{Facts, TOOLS_PACKAGES, TOOLS_SUITE};
 use crate::recipe::Recipe;
 
@@ -41,7 +43,7 @@ pub struct Lock {
     pub recipe_sha256: String,
     /// The wheels of each `pip` layer.
     #[serde(default)]
-    pub pip: BTreeMap<String, Vec<crate::stages::wheels::Wheel>>,
+    pub pip: BTreeMap<String, Vec<Wheel>>,
     /// The requirements each pip layer's wheels were resolved from.
     #[serde(default)]
     pub pip_requirements: BTreeMap<String, Vec<String>>,
@@ -79,7 +81,7 @@ pub fn apt_inputs(recipe: &Recipe) -> String {
     let v = serde_json::json!({
         "base": recipe.base,
         "sources": recipe.sources,
-        "packages": crate::stages::rootfs::includes(recipe),
+        "packages": crate::plan::includes(recipe),
     });
     hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
 }
@@ -133,10 +135,7 @@ pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
     }
 }
 
-/// The content hash of a pip layer: its locked wheels.
-pub fn wheels_hash(wheels: &[crate::stages::wheels::Wheel]) -> String {
-    hex::encode(Sha256::digest(serde_json::to_vec(wheels).expect("json")))
-}
+pub use model::wheels_hash;
 
 /// Read the lock beside the recipe, if there is one.
 pub fn read(recipe: &Recipe) -> Result<Option<Lock>> {
@@ -185,7 +184,7 @@ pub fn write(recipe: &Recipe, lock: &Lock) -> Result<std::path::PathBuf> {
         recipe.name,
         toml::to_string(lock)?
     );
-    crate::build::atomic_write(&p, text.as_bytes())?;
+    crate::store::atomic::atomic_write(&p, text.as_bytes())?;
     Ok(p)
 }
 

@@ -161,7 +161,7 @@ fn kept_steps(keep: &Keep) -> Result<BTreeMap<String, PathBuf>> {
         for p in manifests {
             let text = fs::read(&p)
                 .with_context(|| format!("cannot read {}; nothing was removed", p.display()))?;
-            let m: crate::build::Manifest = serde_json::from_slice(&text).with_context(|| {
+            let m: crate::ops::publish::Manifest = serde_json::from_slice(&text).with_context(|| {
                 format!(
                     "{} is not an image manifest; nothing was removed\nhint: gc cannot tell which steps it keeps; fix or remove it",
                     p.display()

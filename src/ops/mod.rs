@@ -2,4 +2,7 @@
 //! stages. The CLI parses options, calls one function here and prints what
 //! it returns; nothing here draws progress or parses arguments.
 
+pub mod build;
 pub mod gc;
+pub mod publish;
+pub mod resolve;

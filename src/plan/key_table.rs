@@ -9,10 +9,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::debs::Deb;
+use crate::lock::model::{Deb, Wheel};
 use crate::lock::Lock;
 use crate::recipe::LayerKind;
-use crate::stages::wheels::Wheel;
 
 /// The module doc (the `//!` lines of mod.rs).
 fn table() -> String {

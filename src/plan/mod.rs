@@ -151,9 +151,9 @@ pub struct Facts {
     /// name: a `files` layer's tree, a `pip` layer's locked wheels.
     pub contents: BTreeMap<String, String>,
     /// Every .deb the rootfs installs (pinned by sha256).
-    pub rootfs_debs: Vec<crate::debs::Deb>,
+    pub rootfs_debs: Vec<crate::lock::model::Deb>,
     /// Every .deb of the tools environment.
-    pub tools_debs: Vec<crate::debs::Deb>,
+    pub tools_debs: Vec<crate::lock::model::Deb>,
     /// Versions of the host programs that make the tools environment and
     /// the rootfs (program -> version), gathered by `tools::host_versions`.
     pub host_tools: BTreeMap<String, String>,
@@ -262,6 +262,24 @@ fn layer_input(layer: &Layer, facts: &Facts) -> Value {
     v
 }
 
+/// The packages to install, those of a named source as `name/suite`.
+pub fn includes(recipe: &Recipe) -> Vec<String> {
+    let mut v = Vec::new();
+    for l in &recipe.layers {
+        if let LayerKind::Apt { packages, source } = &l.kind {
+            for p in packages {
+                match source.as_ref().and_then(|s| recipe.sources.get(s)) {
+                    Some(src) => v.push(format!("{p}/{}", src.suite)),
+                    None => v.push(p.to_string()),
+                }
+            }
+        }
+    }
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Index after the last `run` layer: layers before it are applied in the
 /// rootfs step (they may need to run commands over earlier ones).
 pub fn head_len(recipe: &Recipe) -> usize {
@@ -283,7 +301,7 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     tools_in.insert("variant".into(), json!("extract"));
     tools_in.insert(
         "debs".into(),
-        json!(crate::debs::set_hash(&facts.tools_debs)),
+        json!(crate::lock::model::set_hash(&facts.tools_debs)),
     );
     tools_in.insert("epoch".into(), json!(facts.tools_epoch));
     tools_in.insert("host_tools".into(), host_tools(facts, HOST_TOOLS_FOR_TOOLS));
@@ -315,7 +333,7 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     root_in.insert("packages".into(), json!(apt));
     root_in.insert(
         "debs".into(),
-        json!(crate::debs::set_hash(&facts.rootfs_debs)),
+        json!(crate::lock::model::set_hash(&facts.rootfs_debs)),
     );
     root_in.insert("epoch".into(), json!(facts.epoch));
     root_in.insert("layers".into(), json!(head_layers));
@@ -443,7 +461,7 @@ mod tests {
     fn pinned_debs_reach_their_steps_only() {
         let d = tempfile::tempdir().unwrap();
         let r = recipe(d.path(), R);
-        let deb = |sha: &str| crate::debs::Deb {
+        let deb = |sha: &str| crate::lock::model::Deb {
             name: "a".into(),
             version: "1".into(),
             arch: "all".into(),

@@ -5,6 +5,7 @@ pub mod boot;
 pub mod disk;
 pub mod fetched;
 pub mod filesystem;
+pub mod image;
 pub mod layer;
 pub mod qcow2;
 pub mod rootfs;

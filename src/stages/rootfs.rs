@@ -13,38 +13,13 @@ use std::fs;
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
-use serde::Serialize;
 
 use super::layer::layer_tree;
 use super::tarball::{Entry, Kind, Tree};
 use crate::recipe::{Layer, LayerKind, Recipe};
 use crate::tools;
 
-/// One installed Debian package.
-#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
-pub struct Package {
-    pub name: String,
-    pub version: String,
-    pub arch: String,
-}
-
-/// The packages to install, those of a named source as `name/suite`.
-pub fn includes(recipe: &Recipe) -> Vec<String> {
-    let mut v = Vec::new();
-    for l in &recipe.layers {
-        if let LayerKind::Apt { packages, source } = &l.kind {
-            for p in packages {
-                match source.as_ref().and_then(|s| recipe.sources.get(s)) {
-                    Some(src) => v.push(format!("{p}/{}", src.suite)),
-                    None => v.push(p.to_string()),
-                }
-            }
-        }
-    }
-    v.sort();
-    v.dedup();
-    v
-}
+use crate::lock::model::Package;
 
 /// Build the rootfs tar into `out/rootfs.tar` from the local repository
 /// of pinned .debs at `source` (an apt source line); returns the installed
@@ -75,7 +50,7 @@ pub fn build(
         .arg(format!("--format={format}"))
         .arg("--dpkgopt=force-unsafe-io");
     // The local repository is one suite: `name/suite` becomes `name`.
-    let inc: Vec<String> = includes(recipe)
+    let inc: Vec<String> = crate::plan::includes(recipe)
         .into_iter()
         .map(|p| p.split('/').next().unwrap_or(&p).to_string())
         .collect();

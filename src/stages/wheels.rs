@@ -9,37 +9,8 @@
 use std::io::Read;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
 
 use super::tarball::{Entry, Kind, Tree};
-
-/// One locked wheel.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Wheel {
-    pub name: String,
-    pub version: String,
-    pub file: String,
-    pub sha256: String,
-}
-
-impl Wheel {
-    /// Name and version from a wheel file name (`name-version-...-plat.whl`).
-    pub fn from_file(file: &str, sha256: &str) -> Result<Wheel> {
-        let stem = file
-            .strip_suffix(".whl")
-            .with_context(|| format!("{file} is not a wheel"))?;
-        let parts: Vec<&str> = stem.split('-').collect();
-        if parts.len() < 5 {
-            bail!("{file}: not a wheel file name");
-        }
-        Ok(Wheel {
-            name: parts[0].to_lowercase().replace('_', "-"),
-            version: parts[1].into(),
-            file: file.into(),
-            sha256: sha256.into(),
-        })
-    }
-}
 
 /// The Python of a Debian suite, for `pip` layers that do not say.
 pub fn suite_python(suite: &str) -> Option<&'static str> {

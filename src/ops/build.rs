@@ -1,0 +1,477 @@
+//! The build: resolve, plan, then run every step the store lacks, in
+//! order, each under its key's lock, and publish the image and manifest.
+//! It owns the order of effects, not how any one of them is done (that is
+//! the stages'), and never draws progress (it reports through
+//! [`crate::report::Reporter`]).
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use serde_json::json;
+
+use super::publish::publish;
+use super::resolve::{Resolved, facts, python_of, suite_urls};
+use crate::debs;
+use crate::fetch;
+use crate::lock::model::Wheel;
+use crate::plan::{self, Plan, Step, StepKind, TOOLS_SUITE};
+use crate::recipe::{LayerKind, Recipe};
+use crate::report::Reporter;
+use crate::stages::{image, layer, rootfs, tools_env, wheels};
+use crate::store::atomic::{synced_copy, tmp_beside};
+use crate::store::{self, Store};
+use crate::tools::ToolsEnv;
+
+/// How a build may reach the network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Never touch the network; fail naming the first thing missing.
+    pub offline: bool,
+    /// Fail when the recipe changed since its lock (or has none).
+    pub locked: bool,
+}
+
+/// Download every locked wheel the store lacks with one pip call (pip
+/// resolves nothing: `--no-deps`, exact versions); each is checked by
+/// [`wheel_blob`] as it is used.
+fn prefetch_wheels(store: &Store, wheels: &[Wheel], python: &str, opts: Options) -> Result<()> {
+    let missing: Vec<&Wheel> = wheels
+        .iter()
+        .filter(|w| !store.blob(&w.sha256).exists())
+        .collect();
+    if missing.is_empty() || opts.offline {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let reqs: Vec<String> = missing
+        .iter()
+        .map(|w| format!("{}=={}", w.name, w.version))
+        .collect();
+    crate::tools::pip_download(&reqs, python, true, None, dir.path())
+        .context("downloading locked wheels")?;
+    for w in missing {
+        let p = dir.path().join(&w.file);
+        if p.exists() {
+            let sum = store.add_file(&p)?;
+            if sum.sha256 != w.sha256 {
+                store.remove_blob(&sum.sha256);
+                bail!(
+                    "the sha256 of {} did not match: expected {}, got {}\nhint: the index serves another file under that name; check the lock",
+                    w.file,
+                    w.sha256,
+                    sum.sha256
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A locked wheel's bytes: from the store, else downloaded again and checked.
+fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<Vec<u8>> {
+    let path = store.blob(&w.sha256);
+    if !path.exists() {
+        if opts.offline {
+            bail!(
+                "--offline: wheel {} (sha256 {}) is not in the store\nhint: `mimg store add {}` with a copy of it",
+                w.file,
+                w.sha256,
+                w.file
+            );
+        }
+        let dir = tempfile::tempdir()?;
+        crate::tools::pip_download(
+            &[format!("{}=={}", w.name, w.version)],
+            python,
+            true,
+            None,
+            dir.path(),
+        )?;
+        let got = dir.path().join(&w.file);
+        if !got.exists() {
+            bail!(
+                "pip did not download {} again\nhint: `mimg store add {}` with a copy of it",
+                w.file,
+                w.file
+            );
+        }
+        let sum = store.add_file(&got)?;
+        if sum.sha256 != w.sha256 {
+            store.remove_blob(&sum.sha256);
+            bail!(
+                "the sha256 of {} did not match: expected {}, got {}",
+                w.file,
+                w.sha256,
+                sum.sha256
+            );
+        }
+    }
+    store
+        .read_blob(&w.sha256, &w.file)?
+        .with_context(|| format!("wheel {} left the store while building", w.file))
+}
+
+/// Put the pinned .debs in the store (unless there) and make a local
+/// repository of them under the store's tmp/; returns it and its source line.
+fn pinned_repo(
+    recipe: &Recipe,
+    pins: &[crate::lock::model::Deb],
+    suite: &str,
+    store: &Store,
+    opts: Options,
+) -> Result<(tempfile::TempDir, String)> {
+    let urls = || suite_urls(recipe);
+    let got = debs::fetch_all(store, pins, &urls, fetch_jobs(), opts.offline)?;
+    if got.files > 0 {
+        tracing::info!(
+            "fetched {} .debs ({} bytes) in {:.1}s",
+            got.files,
+            got.bytes,
+            got.seconds
+        );
+    }
+    // Rootless, apt reads the repository as a subordinate uid: where the
+    // store lies under a private directory, the repository goes to the
+    // system's temporary directory instead (hard links where it can).
+    let base = if crate::tools::is_root() || crate::tools::reachable_by_others(&store.tmp_dir()) {
+        store.tmp_dir()
+    } else {
+        std::env::temp_dir()
+    };
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("mimg-repo-{}-", std::process::id()))
+        .tempdir_in(&base)
+        .with_context(|| format!("cannot make a directory in {}", base.display()))?;
+    let line = debs::local_repo(store, pins, dir.path(), suite)?;
+    Ok((dir, line))
+}
+
+/// Download everything `recipe` pins into the store: .debs (`jobs` at
+/// once), wheels, fetch layers. For `mimg store fetch`.
+pub fn prefetch(recipe: &Recipe, store: &Store, jobs: usize) -> Result<debs::Fetched> {
+    let t0 = Instant::now();
+    let opts = Options::default();
+    let r = facts(recipe, opts, Some(store))?;
+    let all: Vec<crate::lock::model::Deb> = r
+        .facts
+        .rootfs_debs
+        .iter()
+        .chain(&r.facts.tools_debs)
+        .cloned()
+        .collect();
+    let mut got = debs::fetch_all(store, &all, &|| suite_urls(recipe), jobs, false)?;
+    for l in &recipe.layers {
+        match &l.kind {
+            LayerKind::Pip { python, .. } => {
+                let py = python_of(recipe, python)?;
+                let wheels = &r.wheels[l.name.as_str()];
+                let n = wheels
+                    .iter()
+                    .filter(|w| !store.blob(&w.sha256).exists())
+                    .count();
+                prefetch_wheels(store, wheels, &py, opts)?;
+                got.files += n;
+            }
+            LayerKind::Fetch { url, sha256, .. } if !store.blob(sha256.as_str()).exists() => {
+                got.bytes += blob(store, url, sha256, opts)?.len() as u64;
+                got.files += 1;
+            }
+            _ => {}
+        }
+    }
+    got.seconds = t0.elapsed().as_secs_f64();
+    Ok(got)
+}
+
+/// How many downloads run at once: `MIMG_FETCH_JOBS`, else 8.
+pub fn fetch_jobs() -> usize {
+    std::env::var("MIMG_FETCH_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|n| *n > 0)
+        .unwrap_or(8)
+}
+
+/// The bytes of a pinned file: from the store (re-hashed), or downloaded into it.
+pub fn blob(
+    store: &Store,
+    url: &str,
+    sha: &crate::recipe::Sha256Hex,
+    opts: Options,
+) -> Result<Vec<u8>> {
+    let name = url.rsplit('/').next().unwrap_or(url);
+    let path = store.blob(sha.as_str());
+    if let Some(data) = store.read_blob(sha.as_str(), name)? {
+        return Ok(data);
+    }
+    if opts.offline {
+        bail!(
+            "--offline: {name} (sha256 {sha}) is not in the store\nhint: `mimg store add FILE` with a copy of it"
+        );
+    }
+    let tmp = store.blob_tmp(sha.as_str());
+    let shown = std::cell::Cell::new(0u64);
+    let progress = |got: u64, total: Option<u64>| {
+        if got - shown.get() >= 8 << 20 {
+            shown.set(got);
+            tracing::info!("{name}: {} of {:?} bytes", got, total);
+        }
+    };
+    if let Err(e) = fetch::download(url, sha.as_str(), &tmp, &progress) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e.into());
+    }
+    store.put_blob(&tmp, sha.as_str())?;
+    Ok(fs::read(&path)?)
+}
+
+/// What a build did.
+pub struct Outcome {
+    pub image: PathBuf,
+    pub manifest: PathBuf,
+    pub built: usize,
+    pub reused: usize,
+    pub sha256: String,
+}
+
+/// Build `recipe` into `out_dir`.
+pub fn build(
+    recipe: &Recipe,
+    store: &Store,
+    out_dir: &Path,
+    rep: &dyn Reporter,
+    opts: Options,
+) -> Result<Outcome> {
+    let t0 = Instant::now();
+    let resolved = facts(recipe, opts, Some(store))?;
+    let facts = &resolved.facts;
+    let plan = plan::plan(recipe, facts);
+    tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());
+    // Whether each step was built (true) or reused, by key: a step made
+    // again after it was found damaged counts once, as built.
+    let mut ran: BTreeMap<String, bool> = BTreeMap::new();
+    fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
+    // Where a freshly made image is copied while the store commits it.
+    let copied = tmp_beside(&out_dir.join(format!("{}.qcow2", recipe.name.as_str())));
+    let mut fresh_copy = false;
+    let mut tally = |step: &Step, r: Option<f64>| {
+        ran.insert(step.key.to_string(), r.is_some());
+        rep.step_done(step, r.is_none(), r.unwrap_or(0.0));
+    };
+    let tools_step = &plan.steps[0];
+    if store.has(&plan.image().key) && store.has(&tools_step.key) {
+        // Nothing will use the tools environment (the image is there): it
+        // is checked all the same, so a damaged one is made again now,
+        // not found out by a later build.
+        if let Err(e) = store.check_tree(&tools_step.key, "root").wait() {
+            warn_damaged(&e);
+            store.remove_damaged(&tools_step.key)?;
+        }
+    }
+    std::thread::scope(|sc| -> Result<()> {
+        // The tools environment does not depend on the rootfs: when both
+        // are missing, make them at once (two mmdebstrap runs).
+        let mut early = None;
+        if tools_step.kind == StepKind::Tools
+            && !store.has(&tools_step.key)
+            && plan.steps.get(1).is_some_and(|s| !store.has(&s.key))
+        {
+            rep.step_started(tools_step);
+            early =
+                Some(sc.spawn(|| ensure(tools_step, recipe, &plan, &resolved, opts, store, None)));
+        }
+        for step in &plan.steps {
+            if step.kind == StepKind::Tools && early.is_some() {
+                continue;
+            }
+            if step.kind == StepKind::Image
+                && let Some(h) = early.take()
+            {
+                let r = h
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("the tools step panicked"))??;
+                tally(tools_step, r);
+            }
+            rep.step_started(step);
+            let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
+            let r = match ensure(step, recipe, &plan, &resolved, opts, store, copy_out) {
+                Err(e) if step.kind == StepKind::Image && damaged(&e, &tools_step.key) => {
+                    // A damaged tools environment is never used: made again,
+                    // then the image with it.
+                    warn_damaged(e.root_cause());
+                    store.remove_damaged(&tools_step.key)?;
+                    rep.step_started(tools_step);
+                    let t = ensure(tools_step, recipe, &plan, &resolved, opts, store, None)?;
+                    tally(tools_step, t);
+                    rep.step_started(step);
+                    ensure(step, recipe, &plan, &resolved, opts, store, copy_out)?
+                }
+                r => r?,
+            };
+            if r.is_some() && copy_out.is_some() {
+                fresh_copy = true;
+            }
+            tally(step, r);
+        }
+        Ok(())
+    })?;
+    tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
+    let fresh = fresh_copy.then_some(copied.as_path());
+    let built = ran.values().filter(|b| **b).count();
+    let reused = ran.len() - built;
+    let published = publish(recipe, &plan, store, out_dir, fresh);
+    if let Some(tmp) = fresh {
+        // Gone when publish renamed it into place; else a leftover.
+        let _ = fs::remove_file(tmp);
+    }
+    let (image, manifest, sha256) = published?;
+    tracing::debug!("build: published at {:.2}s", t0.elapsed().as_secs_f64());
+    Ok(Outcome {
+        image,
+        manifest,
+        built,
+        reused,
+        sha256,
+    })
+}
+
+/// Say that a store entry is damaged and is made again.
+fn warn_damaged(e: &dyn std::fmt::Display) {
+    let text = e.to_string();
+    eprintln!(
+        "warning: {}; making it again",
+        text.lines().next().unwrap_or_default()
+    );
+}
+
+/// Whether `e` says that the store entry `key` is damaged.
+fn damaged(e: &anyhow::Error, key: &plan::StepKey) -> bool {
+    e.chain().any(|c| {
+        matches!(c.downcast_ref::<store::StoreError>(),
+            Some(store::StoreError::Damaged { key: k, .. }) if k == key.as_str())
+    })
+}
+
+/// Make `step` unless the store has it: `None` when reused, else the seconds it took.
+/// With `copy_out` (an output's name, a destination), that output is also
+/// copied to the destination while the store hashes and syncs the step: the
+/// image is published without a second pass over it after the commit.
+fn ensure(
+    step: &Step,
+    recipe: &Recipe,
+    plan: &Plan,
+    resolved: &Resolved,
+    opts: Options,
+    store: &Store,
+    copy_out: Option<(&str, &Path)>,
+) -> Result<Option<f64>> {
+    let t0 = Instant::now();
+    if store.has(&step.key) {
+        return Ok(None);
+    }
+    let _lock = store.lock(&step.key)?;
+    if store.has(&step.key) {
+        // Another build made it while we waited.
+        return Ok(None);
+    }
+    let pending = store.begin(&step.key)?;
+    let extra = run_step(step, recipe, plan, resolved, opts, store, pending.dir())
+        .with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
+    let secs = t0.elapsed().as_secs_f64();
+    let Some((name, dest)) = copy_out else {
+        store.commit(pending, step, secs, extra)?;
+        return Ok(Some(secs));
+    };
+    // Opened before the commit renames the directory it is in.
+    let from = pending.dir().join(name);
+    let mut src =
+        fs::File::open(&from).with_context(|| format!("cannot read {}", from.display()))?;
+    std::thread::scope(|s| -> Result<()> {
+        let copy = s.spawn(move || synced_copy(&mut src, &from, dest));
+        let committed = store.commit(pending, step, secs, extra);
+        let copied = copy
+            .join()
+            .map_err(|_| anyhow::anyhow!("the copy of {name} panicked"))?;
+        committed?;
+        copied
+    })
+    .inspect_err(|_| {
+        let _ = fs::remove_file(dest);
+    })?;
+    Ok(Some(secs))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_step(
+    step: &Step,
+    recipe: &Recipe,
+    plan: &Plan,
+    resolved: &Resolved,
+    opts: Options,
+    store: &Store,
+    dir: &Path,
+) -> Result<serde_json::Value> {
+    let epoch = plan.epoch;
+    let facts = &resolved.facts;
+    match step.kind {
+        StepKind::Tools => {
+            let (_repo, line) = pinned_repo(recipe, &facts.tools_debs, TOOLS_SUITE, store, opts)?;
+            tools_env::build(&line, facts.tools_epoch, dir)?;
+            Ok(json!(null))
+        }
+        StepKind::Rootfs => {
+            let head = plan::head_len(recipe);
+            let suite = recipe.base.suite.as_str();
+            let (_repo, line) = pinned_repo(recipe, &facts.rootfs_debs, suite, store, opts)?;
+            let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
+            let pkgs = rootfs::build(recipe, &recipe.layers[..head], &line, epoch, dir, &blobs)?;
+            debs::check_installed(&facts.rootfs_debs, &pkgs)?;
+            Ok(json!({ "packages": pkgs }))
+        }
+        StepKind::Layer => {
+            let name = &step.layers[0];
+            let l = recipe
+                .layers
+                .iter()
+                .find(|l| l.name.as_str() == name)
+                .expect("planned from the recipe");
+            let tree = if let LayerKind::Pip { venv, python, .. } = &l.kind {
+                let py = python_of(recipe, python)?;
+                let wheels = resolved
+                    .wheels
+                    .get(name)
+                    .context("pip layer without resolved wheels")?;
+                prefetch_wheels(store, wheels, &py, opts)?;
+                let mut files = Vec::new();
+                for w in wheels {
+                    files.push((w.file.clone(), wheel_blob(store, w, &py, opts)?));
+                }
+                wheels::venv_tree(venv.as_str(), &py, &files, epoch)
+                    .with_context(|| format!("layer `{name}`"))?
+            } else {
+                let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
+                layer::layer_tree(l, epoch, &blobs)?
+            };
+            tree.write(fs::File::create(dir.join("layer.tar"))?)?;
+            Ok(json!(null))
+        }
+        StepKind::Image => {
+            let tools_key = &plan.steps[0].key;
+            let tools = ToolsEnv::new(store.path(tools_key).join("root"));
+            // The tools write the image's bytes: their tree is checked against
+            // its listing while they run, and waited for before the image is kept.
+            let tools_check = store.check_tree(tools_key, "root");
+            image::image(recipe, plan, step, store, &tools, tools_check, dir)?;
+            Ok(json!(null))
+        }
+    }
+}
+
+/// Which steps of a plan the store has.
+pub fn cached(plan: &Plan, store: &Store) -> Vec<bool> {
+    plan.steps.iter().map(|s| store.has(&s.key)).collect()
+}
+

@@ -1,0 +1,12 @@
+//! Reporting: how library code tells people what it is doing. Operations
+//! and stages call a [`Reporter`]; only the CLI implements one that draws
+//! (and hides it off a terminal, with `-q` and with `--json`).
+
+use crate::plan::Step;
+
+/// Progress of a build, for people; the CLI decides how to show it.
+pub trait Reporter {
+    fn step_started(&self, step: &Step);
+    fn step_done(&self, step: &Step, cached: bool, seconds: f64);
+}
+
