@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 use super::Cli;
 use crate::vm::acceptance::{self, Check};
@@ -67,14 +67,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         Some(d) => d.clone(),
         None => {
             let d = work.path().join("data.qcow2");
-            let st = std::process::Command::new("qemu-img")
-                .args(["create", "-q", "-f", "qcow2"])
-                .arg(&d)
-                .arg("8G")
-                .status()?;
-            if !st.success() {
-                bail!("qemu-img could not make a data disk");
-            }
+            crate::tools::qemu::create_qcow2(&d, None, Some("8G"))
+                .context("qemu-img could not make a data disk")?;
             d
         }
     };

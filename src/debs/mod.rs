@@ -629,6 +629,7 @@ pub fn check_installed(pinned: &[Deb], installed: &[Package]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::model::set_hash;
 
     #[test]
     fn print_uris_are_read() {

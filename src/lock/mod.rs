@@ -24,9 +24,9 @@ use sha2::{Digest, Sha256};
 
 pub mod model;
 
-use model::{Deb, Wheel};
 use crate::plan::{Facts, TOOLS_PACKAGES, TOOLS_SUITE};
 use crate::recipe::Recipe;
+use model::{Deb, Wheel};
 
 pub const VERSION: u32 = 1;
 

@@ -12,6 +12,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
+pub use super::Options;
 use super::publish::publish;
 use super::resolve::{Resolved, facts, python_of, suite_urls};
 use crate::debs;
@@ -24,15 +25,6 @@ use crate::stages::{image, layer, rootfs, tools_env, wheels};
 use crate::store::atomic::{synced_copy, tmp_beside};
 use crate::store::{self, Store};
 use crate::tools::ToolsEnv;
-
-/// How a build may reach the network.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Options {
-    /// Never touch the network; fail naming the first thing missing.
-    pub offline: bool,
-    /// Fail when the recipe changed since its lock (or has none).
-    pub locked: bool,
-}
 
 /// Download every locked wheel the store lacks with one pip call (pip
 /// resolves nothing: `--no-deps`, exact versions); each is checked by
@@ -474,4 +466,3 @@ fn run_step(
 pub fn cached(plan: &Plan, store: &Store) -> Vec<bool> {
     plan.steps.iter().map(|s| store.has(&s.key)).collect()
 }
-

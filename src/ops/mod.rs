@@ -6,3 +6,12 @@ pub mod build;
 pub mod gc;
 pub mod publish;
 pub mod resolve;
+
+/// How a build may reach the network.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Never touch the network; fail naming the first thing missing.
+    pub offline: bool,
+    /// Fail when the recipe changed since its lock (or has none).
+    pub locked: bool,
+}

@@ -134,4 +134,3 @@ pub fn publish(
     }
     Ok((img, man, sum.sha256))
 }
-

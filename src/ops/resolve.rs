@@ -17,7 +17,7 @@ use crate::recipe::{LayerKind, Recipe};
 use crate::stages::{layer, wheels};
 use crate::store::{self, Store};
 
-pub use super::build::Options;
+pub use super::Options;
 
 /// Content hashes of the recipe's local inputs (`files` layers).
 pub fn contents(recipe: &Recipe) -> Result<BTreeMap<String, String>> {
@@ -295,4 +295,3 @@ fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Res
         }
     }
 }
-

@@ -9,8 +9,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
-use crate::lock::model::{Deb, Wheel};
 use crate::lock::Lock;
+use crate::lock::model::{Deb, Wheel};
 use crate::recipe::LayerKind;
 
 /// The module doc (the `//!` lines of mod.rs).

@@ -9,4 +9,3 @@ pub trait Reporter {
     fn step_started(&self, step: &Step);
     fn step_done(&self, step: &Step, cached: bool, seconds: f64);
 }
-

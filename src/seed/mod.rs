@@ -315,7 +315,7 @@ fn user_data(o: &Overlay, files: &[VmFile]) -> String {
 
 /// The seed volume: FAT12, label `CIDATA`, the three files at its root.
 pub fn image(r: &Rendered, volume_id: u32) -> anyhow::Result<Vec<u8>> {
-    crate::stages::disk::fat_image(
+    crate::stages::fat::fat_image(
         1 << 20,
         *b"CIDATA     ",
         volume_id,

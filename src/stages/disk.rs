@@ -11,7 +11,7 @@
 //! last 33 sectors    backup GPT
 //! ```
 
-use std::io::{Cursor, Seek, SeekFrom, Write};
+use std::io::{Seek, Write};
 
 use anyhow::{Context, Result};
 
@@ -94,7 +94,7 @@ pub fn write_gpt<W: std::io::Read + Write + Seek>(
 
 /// A FAT16 EFI system partition of `bytes` holding `files` (path, data).
 pub fn esp_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<Vec<u8>> {
-    fat_image(
+    super::fat::fat_image(
         bytes,
         *b"EFI        ",
         volume_id,
@@ -103,48 +103,10 @@ pub fn esp_image(bytes: u64, volume_id: u32, files: &[(&str, &[u8])]) -> Result<
     )
 }
 
-/// A FAT volume of `bytes` holding `files` (path, data). File times are
-/// fatfs's fixed 1980-01-01 (no clock is read), so the bytes depend only
-/// on the arguments.
-pub fn fat_image(
-    bytes: u64,
-    label: [u8; 11],
-    volume_id: u32,
-    fat_type: fatfs::FatType,
-    files: &[(&str, &[u8])],
-) -> Result<Vec<u8>> {
-    let mut img = vec![0u8; bytes as usize];
-    {
-        let mut cur = Cursor::new(&mut img[..]);
-        let opts = fatfs::FormatVolumeOptions::new()
-            .volume_id(volume_id)
-            .volume_label(label)
-            .fat_type(fat_type);
-        fatfs::format_volume(&mut cur, opts).context("formatting a FAT volume")?;
-        cur.seek(SeekFrom::Start(0))?;
-        let fs =
-            fatfs::FileSystem::new(cur, fatfs::FsOptions::new()).context("opening a FAT volume")?;
-        for (path, data) in files {
-            let mut dir = fs.root_dir();
-            let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-            for d in &parts[..parts.len() - 1] {
-                dir = match dir.open_dir(d) {
-                    Ok(x) => x,
-                    Err(_) => dir.create_dir(d)?,
-                };
-            }
-            let mut f = dir.create_file(parts[parts.len() - 1])?;
-            f.truncate()?;
-            f.write_all(data)?;
-        }
-        fs.unmount()?;
-    }
-    Ok(img)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Cursor;
 
     #[test]
     fn guid_byte_order() {

@@ -169,4 +169,3 @@ fn disk_parts(
     // The raw disk is scratch (converted, then removed): no fsync.
     Ok(())
 }
-

@@ -3,6 +3,7 @@
 
 pub mod boot;
 pub mod disk;
+pub mod fat;
 pub mod fetched;
 pub mod filesystem;
 pub mod image;

@@ -150,6 +150,7 @@ fn console_scripts(text: &str) -> Vec<(String, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lock::model::Wheel;
     use std::io::Write;
 
     fn wheel() -> Vec<u8> {

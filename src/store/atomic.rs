@@ -59,4 +59,3 @@ pub fn synced_copy(src: &mut fs::File, from: &Path, dest: &Path) -> Result<()> {
     f.sync_all().with_context(fail)?;
     Ok(())
 }
-

@@ -8,6 +8,9 @@
 //! Every child gets a clean environment: `LC_ALL=C.UTF-8`, `TZ=UTC`,
 //! umask 022 and `SOURCE_DATE_EPOCH`; nothing else of the caller's leaks.
 
+pub mod netns;
+pub mod qemu;
+
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

@@ -12,9 +12,9 @@
 use std::io::{Read, Write};
 use std::net::{Ipv6Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
 pub mod acceptance;
 
@@ -111,7 +111,7 @@ impl Drop for Vm {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(ns) = &self.netns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+            crate::tools::netns::delete(ns);
         }
     }
 }
@@ -148,59 +148,21 @@ fn kvm_usable() -> bool {
     {
         return false;
     }
-    let probe = Command::new("qemu-system-x86_64")
-        .args([
-            "-accel",
-            "kvm",
-            "-cpu",
-            "max",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-monitor",
-            "none",
-            "-serial",
-            "none",
-            "-m",
-            "32",
-            "-S",
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn();
-    let Ok(mut child) = probe else { return false };
-    let t0 = std::time::Instant::now();
-    while t0.elapsed() < std::time::Duration::from_millis(1500) {
-        if let Ok(Some(_)) = child.try_wait() {
-            return false;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    true
+    crate::tools::qemu::kvm_works()
 }
 
 /// Boot per `spec`. Forwards are served by threads of this process.
 pub fn start(spec: &RunSpec) -> Result<Vm> {
     let work = tempfile::Builder::new().prefix("mimg-run-").tempdir()?;
     let overlay = work.path().join("overlay.qcow2");
-    let st = Command::new("qemu-img")
-        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
-        .arg(
-            std::fs::canonicalize(&spec.image)
-                .with_context(|| format!("no image at {}", spec.image.display()))?,
-        )
-        .arg(&overlay)
-        .status()
-        .context("qemu-img is not installed (make deps)")?;
-    if !st.success() {
-        bail!(
+    let image = std::fs::canonicalize(&spec.image)
+        .with_context(|| format!("no image at {}", spec.image.display()))?;
+    crate::tools::qemu::create_qcow2(&overlay, Some(&image), None).with_context(|| {
+        format!(
             "qemu-img could not make an overlay of {}",
             spec.image.display()
-        );
-    }
+        )
+    })?;
     let accel = if kvm_usable() {
         "kvm"
     } else {
@@ -267,16 +229,7 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
     let (netns, guest, mode) = match net {
         Some((addr, prefix, gw)) if root => {
             let ns = format!("mimg-{}", std::process::id());
-            let ip = |a: &[&str]| -> Result<()> {
-                let st = Command::new("ip")
-                    .args(a)
-                    .status()
-                    .context("`ip` (iproute2) is not installed")?;
-                if !st.success() {
-                    bail!("`ip {}` failed", a.join(" "));
-                }
-                Ok(())
-            };
+            let ip = |a: &[&str]| -> Result<()> { Ok(crate::tools::netns::ip(a)?) };
             ip(&["netns", "add", &ns])?;
             let setup = (|| -> Result<()> {
                 ip(&["-n", &ns, "link", "set", "lo", "up"])?;
@@ -296,7 +249,7 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
                 Ok(())
             })();
             if let Err(e) = setup {
-                let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+                crate::tools::netns::delete(&ns);
                 return Err(e);
             }
             args.extend([
@@ -325,21 +278,8 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
             (None, None, "QEMU user network (IPv4 forwards)")
         }
     };
-    let mut cmd = match &netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "qemu-system-x86_64"]);
-            c
-        }
-        None => Command::new("qemu-system-x86_64"),
-    };
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    let child = cmd
-        .spawn()
-        .context("cannot start qemu-system-x86_64 (make deps)")?;
+    let child = crate::tools::qemu::start(&args, netns.as_deref())
+        .context("cannot start qemu-system-x86_64")?;
     let vm = Vm {
         child,
         netns: netns.clone(),
@@ -368,14 +308,11 @@ fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
         for conn in l.incoming().flatten() {
             let (ns, exe) = (ns.clone(), exe.clone());
             std::thread::spawn(move || {
-                let child = Command::new("ip")
-                    .args(["netns", "exec", &ns])
-                    .arg(&exe)
-                    .args(["__relay", &format!("[{guest}]:{port}")])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn();
+                let child = crate::tools::netns::spawn_piped(
+                    &ns,
+                    &exe,
+                    &["__relay".to_string(), format!("[{guest}]:{port}")],
+                );
                 let Ok(mut child) = child else { return };
                 let mut to_child = child.stdin.take().expect("piped");
                 let mut from_child = child.stdout.take().expect("piped");
