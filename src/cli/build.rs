@@ -24,6 +24,11 @@ pub struct Args {
     /// Never touch the network: use the lock and the store only.
     #[arg(long)]
     offline: bool,
+    /// Print the result as one JSON document on stdout (image, sha256,
+    /// manifest, key, and each step: label, key, built, seconds); no
+    /// progress is shown.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Shows a spinner per step on a terminal, plain lines otherwise.
@@ -62,7 +67,8 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let t0 = Instant::now();
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
-    let bar = (!cli.quiet && std::io::stderr().is_terminal()).then(|| {
+    let quiet = cli.quiet || a.json;
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
         let b = ProgressBar::new_spinner();
         b.set_style(
             ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
@@ -70,10 +76,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         b.enable_steady_tick(Duration::from_millis(120));
         b
     });
-    let rep = Progress {
-        bar,
-        quiet: cli.quiet,
-    };
+    let rep = Progress { bar, quiet };
     let out = crate::ops::build::build(
         &recipe,
         &store,
@@ -88,6 +91,23 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         b.finish_and_clear();
     }
     let out = out?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "recipe": recipe.name,
+                "image": out.image,
+                "sha256": out.sha256,
+                "manifest": out.manifest,
+                "key": out.key,
+                "built": out.built,
+                "reused": out.reused,
+                "seconds": t0.elapsed().as_secs_f64(),
+                "steps": out.steps,
+            }))?
+        );
+        return Ok(());
+    }
     println!("{}  sha256 {}", out.image.display(), out.sha256);
     println!("{}", out.manifest.display());
     println!(

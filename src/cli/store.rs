@@ -17,8 +17,13 @@ pub struct Args {
 enum Command {
     /// List finished steps and blobs with their sizes.
     Ls,
-    /// Re-hash every entry; exit non-zero naming each damaged one.
-    Verify,
+    /// Re-hash every entry (files and trees); exit non-zero naming each
+    /// damaged one.
+    Verify {
+        /// Print `{"entries": N, "damaged": [...]}` as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
     /// Remove steps that no image manifest in the --keep directories names,
     /// blobs that no recipe in the recipes directory pins (its fetch layers,
     /// its lock's .debs and wheels), and leftovers of dead processes in
@@ -84,10 +89,21 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             }
             Ok(())
         }
-        Command::Verify => {
+        Command::Verify { json } => {
             let bad = store.verify()?;
             let n = store.keys()?.len() + store.blobs()?.len();
+            if *json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(
+                        &serde_json::json!({ "entries": n, "damaged": bad })
+                    )?
+                );
+            }
             if bad.is_empty() {
+                if *json {
+                    return Ok(());
+                }
                 println!("{n} entries verified, none damaged");
                 Ok(())
             } else {

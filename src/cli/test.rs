@@ -3,12 +3,11 @@
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
 use super::Cli;
-use crate::vm::acceptance::{self, Check};
+use crate::vm::acceptance::Check;
 
 /// Boot a recipe's image with a customer's seed and prove it serves Matrix.
 #[derive(clap::Args)]
@@ -32,8 +31,15 @@ pub struct Args {
     timeout: u64,
 }
 
-struct Quiet;
+struct Quiet {
+    json: bool,
+}
 impl crate::report::Reporter for Quiet {
+    fn note(&self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+        }
+    }
     fn step_started(&self, _: &crate::plan::Step) {}
     fn step_done(&self, s: &crate::plan::Step, cached: bool, secs: f64) {
         if !cached {
@@ -43,96 +49,32 @@ impl crate::report::Reporter for Quiet {
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
-    let t0 = Instant::now();
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
     let overlay = crate::overlay::load(&a.overlay)?;
-    let built = crate::ops::build::build(
+    let t = crate::ops::test::test(
         &recipe,
-        &store,
-        &a.out,
-        &Quiet,
-        crate::ops::build::Options::default(),
-    )?;
-    // Booting reads only the published image: the store is let go (gc may run).
-    drop(store);
-    let work = tempfile::Builder::new().prefix("mimg-test-").tempdir()?;
-    let rendered = crate::seed::render(&overlay);
-    let seed = work.path().join("seed.img");
-    std::fs::write(
-        &seed,
-        crate::seed::image(&rendered, crate::seed::volume_id(&rendered))?,
-    )?;
-    let data = match &a.data_disk {
-        Some(d) => d.clone(),
-        None => {
-            let d = work.path().join("data.qcow2");
-            crate::tools::qemu::create_qcow2(&d, None, Some("8G"))
-                .context("qemu-img could not make a data disk")?;
-            d
-        }
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let serial = work.path().join("serial.log");
-    let spec = crate::vm::RunSpec {
-        image: built.image.clone(),
-        seed: Some(seed),
-        data_disk: Some(data),
-        forwards: vec![crate::vm::Forward {
-            host: port,
-            guest: 80,
-        }],
-        serial_log: serial.clone(),
-        memory_mib: 2048,
-        cpus: 2,
-        uefi: false,
-    };
-    let mut vm = crate::vm::start(&spec)?;
-    if !a.json {
-        eprintln!(
-            "booting {} ({}, {}), waiting for Synapse through nginx",
-            built.image.display(),
-            vm.accel.to_uppercase(),
-            vm.mode
-        );
-    }
-    let client = acceptance::Client::new(port);
-    let mut checks: Vec<Check> = Vec::new();
-    let boot = Instant::now();
-    let healthy = acceptance::wait_healthy(
-        &client,
+        store,
         &overlay,
-        Duration::from_secs(a.timeout),
-        &mut || vm.running(),
-    );
-    checks.push(Check {
-        name: "boot until Synapse answers through nginx".into(),
-        ok: healthy.is_ok(),
-        seconds: boot.elapsed().as_secs_f64(),
-        detail: match &healthy {
-            Ok(_) => format!("{}, {}", vm.accel.to_uppercase(), vm.mode),
-            Err(e) => e.to_string(),
+        &crate::ops::test::TestOptions {
+            out: a.out.clone(),
+            data_disk: a.data_disk.clone(),
+            timeout: a.timeout,
         },
-    });
-    if healthy.is_ok() {
-        checks.extend(acceptance::run_checks(&client, &overlay, vm.guest));
-    }
-    let accel = vm.accel;
-    let serial_text = vm.serial();
-    drop(vm);
+        &Quiet { json: a.json },
+    )?;
+    let (checks, accel) = (&t.checks, t.accel);
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
     if a.json {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &serde_json::json!({ "recipe": recipe.name, "image": built.image, "accel": accel, "ok": failed.is_empty(), "seconds": t0.elapsed().as_secs_f64(), "checks": checks })
+                &serde_json::json!({ "recipe": recipe.name, "image": t.image, "accel": accel, "ok": failed.is_empty(), "seconds": t.seconds, "checks": checks })
             )?
         );
     } else {
         let tty = std::io::stdout().is_terminal();
-        for c in &checks {
+        for c in checks {
             let mark = match (c.ok, tty) {
                 (true, true) => "\x1b[32mok\x1b[0m  ",
                 (false, true) => "\x1b[31mFAIL\x1b[0m",
@@ -148,8 +90,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         );
     }
     if let Some(f) = failed.first() {
-        let lines: Vec<&str> = serial_text.lines().collect();
-        let tail = lines[lines.len().saturating_sub(30)..].join("\n");
+        let tail = &t.serial_tail;
         return Err(anyhow::anyhow!(
             "check failed: {}: {}\n--- last lines of the serial console:\n{tail}",
             f.name,

@@ -227,6 +227,20 @@ pub struct Outcome {
     pub built: usize,
     pub reused: usize,
     pub sha256: String,
+    /// The image step's key.
+    pub key: String,
+    /// Every step in plan order: what it did.
+    pub steps: Vec<StepRun>,
+}
+
+/// One step of a build, for `--json`.
+#[derive(Debug, serde::Serialize)]
+pub struct StepRun {
+    pub label: String,
+    pub key: String,
+    /// Made by this build (else reused from the store).
+    pub built: bool,
+    pub seconds: f64,
 }
 
 /// Build `recipe` into `out_dir`.
@@ -244,13 +258,13 @@ pub fn build(
     tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());
     // Whether each step was built (true) or reused, by key: a step made
     // again after it was found damaged counts once, as built.
-    let mut ran: BTreeMap<String, bool> = BTreeMap::new();
+    let mut ran: BTreeMap<String, Option<f64>> = BTreeMap::new();
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Where a freshly made image is copied while the store commits it.
     let copied = tmp_beside(&out_dir.join(format!("{}.qcow2", recipe.name.as_str())));
     let mut fresh_copy = false;
     let mut tally = |step: &Step, r: Option<f64>| {
-        ran.insert(step.key.to_string(), r.is_some());
+        ran.insert(step.key.to_string(), r);
         rep.step_done(step, r.is_none(), r.unwrap_or(0.0));
     };
     let tools_step = &plan.steps[0];
@@ -312,8 +326,21 @@ pub fn build(
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
     let fresh = fresh_copy.then_some(copied.as_path());
-    let built = ran.values().filter(|b| **b).count();
+    let built = ran.values().filter(|b| b.is_some()).count();
     let reused = ran.len() - built;
+    let steps = plan
+        .steps
+        .iter()
+        .map(|s| {
+            let r = ran.get(s.key.as_str()).copied().flatten();
+            StepRun {
+                label: s.label.clone(),
+                key: s.key.to_string(),
+                built: r.is_some(),
+                seconds: r.unwrap_or(0.0),
+            }
+        })
+        .collect();
     let published = publish(recipe, &plan, store, out_dir, fresh);
     if let Some(tmp) = fresh {
         // Gone when publish renamed it into place; else a leftover.
@@ -327,6 +354,8 @@ pub fn build(
         built,
         reused,
         sha256,
+        key: plan.image().key.to_string(),
+        steps,
     })
 }
 

@@ -4,8 +4,10 @@
 
 pub mod build;
 pub mod gc;
+pub mod lock;
 pub mod publish;
 pub mod resolve;
+pub mod test;
 
 /// How a build may reach the network.
 #[derive(Debug, Clone, Copy, Default)]

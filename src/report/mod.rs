@@ -8,4 +8,6 @@ use crate::plan::Step;
 pub trait Reporter {
     fn step_started(&self, step: &Step);
     fn step_done(&self, step: &Step, cached: bool, seconds: f64);
+    /// A line for people about longer work (booting, waiting).
+    fn note(&self, _text: &str) {}
 }

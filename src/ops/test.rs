@@ -1,0 +1,122 @@
+//! `mimg test`: build (cached), render the overlay's seed, boot the image
+//! with it and a data disk, and run the acceptance checks a Matrix client
+//! would ([`crate::vm::acceptance`]). Returns the checks; prints nothing.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::overlay::Overlay;
+use crate::recipe::Recipe;
+use crate::report::Reporter;
+use crate::store::Store;
+use crate::vm::acceptance::{self, Check};
+
+/// How to run the checks.
+pub struct TestOptions {
+    /// Output directory of the build.
+    pub out: PathBuf,
+    /// A data disk to use (kept); else a blank one for the run.
+    pub data_disk: Option<PathBuf>,
+    /// Seconds to wait for Synapse to answer after boot.
+    pub timeout: u64,
+}
+
+/// What a test run found.
+pub struct Tested {
+    pub image: PathBuf,
+    /// `kvm` or `tcg`.
+    pub accel: &'static str,
+    pub checks: Vec<Check>,
+    pub seconds: f64,
+    /// The last lines of the VM's serial console.
+    pub serial_tail: String,
+}
+
+/// Build, seed, boot and check `recipe` with `overlay`.
+pub fn test(
+    recipe: &Recipe,
+    store: Store,
+    overlay: &Overlay,
+    t: &TestOptions,
+    rep: &dyn Reporter,
+) -> Result<Tested> {
+    let t0 = Instant::now();
+    let built =
+        crate::ops::build::build(recipe, &store, &t.out, rep, crate::ops::Options::default())?;
+    // Booting reads only the published image: the store is let go (gc may run).
+    drop(store);
+    let work = tempfile::Builder::new().prefix("mimg-test-").tempdir()?;
+    let rendered = crate::seed::render(overlay);
+    let seed = work.path().join("seed.img");
+    std::fs::write(
+        &seed,
+        crate::seed::image(&rendered, crate::seed::volume_id(&rendered))?,
+    )?;
+    let data = match &t.data_disk {
+        Some(d) => d.clone(),
+        None => {
+            let d = work.path().join("data.qcow2");
+            crate::tools::qemu::create_qcow2(&d, None, Some("8G"))
+                .context("qemu-img could not make a data disk")?;
+            d
+        }
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let serial = work.path().join("serial.log");
+    let spec = crate::vm::RunSpec {
+        image: built.image.clone(),
+        seed: Some(seed),
+        data_disk: Some(data),
+        forwards: vec![crate::vm::Forward {
+            host: port,
+            guest: 80,
+        }],
+        serial_log: serial.clone(),
+        memory_mib: 2048,
+        cpus: 2,
+        uefi: false,
+    };
+    let mut vm = crate::vm::start(&spec)?;
+    rep.note(&format!(
+        "booting {} ({}, {}), waiting for Synapse through nginx",
+        built.image.display(),
+        vm.accel.to_uppercase(),
+        vm.mode
+    ));
+    let client = acceptance::Client::new(port);
+    let mut checks: Vec<Check> = Vec::new();
+    let boot = Instant::now();
+    let healthy = acceptance::wait_healthy(
+        &client,
+        overlay,
+        Duration::from_secs(t.timeout),
+        &mut || vm.running(),
+    );
+    checks.push(Check {
+        name: "boot until Synapse answers through nginx".into(),
+        ok: healthy.is_ok(),
+        seconds: boot.elapsed().as_secs_f64(),
+        detail: match &healthy {
+            Ok(_) => format!("{}, {}", vm.accel.to_uppercase(), vm.mode),
+            Err(e) => e.to_string(),
+        },
+    });
+    if healthy.is_ok() {
+        checks.extend(acceptance::run_checks(&client, overlay, vm.guest));
+    }
+    let accel = vm.accel;
+    let serial_text = vm.serial();
+    drop(vm);
+    let lines: Vec<&str> = serial_text.lines().collect();
+    Ok(Tested {
+        image: built.image,
+        accel,
+        checks,
+        seconds: t0.elapsed().as_secs_f64(),
+        serial_tail: lines[lines.len().saturating_sub(30)..].join("\n"),
+    })
+}
