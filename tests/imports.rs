@@ -205,3 +205,17 @@ fn processes_are_spawned_only_in_tools() {
         );
     }
 }
+
+#[test]
+fn only_the_cli_draws_progress() {
+    let g = graph();
+    for (m, code) in &g.code {
+        if m == "cli" || m.starts_with("cli::") {
+            continue;
+        }
+        assert!(
+            !code.contains("indicatif"),
+            "{m} draws progress; it reports through crate::report and the CLI draws"
+        );
+    }
+}

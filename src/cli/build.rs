@@ -1,14 +1,11 @@
 //! `mimg build RECIPE [--out DIR]`.
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
 
 use super::Cli;
-use crate::plan::Step;
 
 /// Build a recipe into DIR/NAME.qcow2 and DIR/NAME.manifest.json.
 #[derive(clap::Args)]
@@ -31,52 +28,11 @@ pub struct Args {
     json: bool,
 }
 
-/// Shows a spinner per step on a terminal, plain lines otherwise.
-struct Progress {
-    bar: Option<ProgressBar>,
-    quiet: bool,
-}
-
-impl crate::report::Reporter for Progress {
-    fn step_started(&self, step: &Step) {
-        if let Some(b) = &self.bar {
-            b.set_message(format!("{} {}", step.label, step.key.short()));
-        }
-    }
-    fn step_done(&self, step: &Step, cached: bool, seconds: f64) {
-        if self.quiet {
-            return;
-        }
-        let line = if cached {
-            format!("  {:<20} {}  cached", step.label, step.key.short())
-        } else {
-            format!(
-                "  {:<20} {}  built in {seconds:.1}s",
-                step.label,
-                step.key.short()
-            )
-        };
-        match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-}
-
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let t0 = Instant::now();
     let recipe = cli.recipe(&a.recipe)?;
     let store = cli.store()?;
-    let quiet = cli.quiet || a.json;
-    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-        let b = ProgressBar::new_spinner();
-        b.set_style(
-            ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("valid template"),
-        );
-        b.enable_steady_tick(Duration::from_millis(120));
-        b
-    });
-    let rep = Progress { bar, quiet };
+    let rep = super::progress::Progress::new(cli.quiet || a.json);
     let out = crate::ops::build::build(
         &recipe,
         &store,
@@ -87,9 +43,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
             locked: a.locked,
         },
     );
-    if let Some(b) = &rep.bar {
-        b.finish_and_clear();
-    }
+    rep.finish();
     let out = out?;
     if a.json {
         println!(

@@ -5,6 +5,7 @@ mod build;
 mod lock;
 mod overlay;
 mod plan;
+mod progress;
 mod run;
 mod seed;
 mod store;

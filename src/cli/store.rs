@@ -120,7 +120,10 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         Command::Fetch { recipe, jobs } => {
             let recipe = cli.recipe(recipe)?;
             let jobs = jobs.unwrap_or_else(crate::ops::build::fetch_jobs);
-            let got = crate::ops::build::prefetch(&recipe, &store, jobs)?;
+            let rep = super::progress::Progress::new(cli.quiet);
+            let got = crate::ops::build::prefetch(&recipe, &store, jobs, &rep);
+            rep.finish();
+            let got = got?;
             println!(
                 "fetched {} files ({:.1} MiB) in {:.2}s with {jobs} jobs; the store has every file {} pins",
                 got.files,

@@ -377,6 +377,7 @@ pub fn fetch_all(
     urls: &dyn Fn() -> Result<BTreeMap<String, String>>,
     jobs: usize,
     offline: bool,
+    rep: &dyn crate::report::Reporter,
 ) -> Result<Fetched> {
     let t0 = std::time::Instant::now();
     let mut seen = BTreeSet::new();
@@ -401,18 +402,7 @@ pub fn fetch_all(
     }
     let urls = urls()?;
     let total: u64 = missing.iter().map(|d| d.size).sum();
-    let bar = indicatif::ProgressBar::with_draw_target(
-        Some(total),
-        indicatif::ProgressDrawTarget::stderr(),
-    );
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "  {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-        )
-        .expect("template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(format!("{} .debs", missing.len()));
+    rep.download_started(&format!("{} .debs", missing.len()), total);
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let first_err: Mutex<Option<anyhow::Error>> = Mutex::new(None);
@@ -422,7 +412,7 @@ pub fn fetch_all(
                 while !failed.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     let Some(d) = missing.get(i) else { break };
-                    if let Err(e) = fetch_one(store, d, &urls, &bar) {
+                    if let Err(e) = fetch_one(store, d, &urls, rep) {
                         failed.store(true, Ordering::Relaxed);
                         first_err.lock().expect("lock").get_or_insert(e);
                     }
@@ -430,7 +420,7 @@ pub fn fetch_all(
             });
         }
     });
-    bar.finish_and_clear();
+    rep.download_done();
     if let Some(e) = first_err.into_inner().expect("lock") {
         return Err(e);
     }
@@ -445,7 +435,7 @@ fn fetch_one(
     store: &Store,
     d: &Deb,
     urls: &BTreeMap<String, String>,
-    bar: &indicatif::ProgressBar,
+    rep: &dyn crate::report::Reporter,
 ) -> Result<()> {
     let base = urls
         .get(&d.suite)
@@ -454,7 +444,7 @@ fn fetch_one(
     let tmp = store.blob_tmp(&d.sha256);
     let last = std::cell::Cell::new(0u64);
     let progress = |got: u64, _total: Option<u64>| {
-        bar.inc(got.saturating_sub(last.get()));
+        rep.downloaded(got.saturating_sub(last.get()));
         last.set(got);
     };
     if let Err(e) = fetch::download(&url, &d.sha256, &tmp, &progress) {

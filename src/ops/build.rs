@@ -106,17 +106,26 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
         .with_context(|| format!("wheel {} left the store while building", w.file))
 }
 
+/// What every step of one build needs.
+struct Ctx<'a> {
+    recipe: &'a Recipe,
+    plan: &'a Plan,
+    resolved: &'a Resolved,
+    opts: Options,
+    store: &'a Store,
+    rep: &'a dyn Reporter,
+}
+
 /// Put the pinned .debs in the store (unless there) and make a local
 /// repository of them under the store's tmp/; returns it and its source line.
 fn pinned_repo(
-    recipe: &Recipe,
+    cx: &Ctx,
     pins: &[crate::lock::model::Deb],
     suite: &str,
-    store: &Store,
-    opts: Options,
 ) -> Result<(tempfile::TempDir, String)> {
+    let (recipe, store) = (cx.recipe, cx.store);
     let urls = || suite_urls(recipe);
-    let got = debs::fetch_all(store, pins, &urls, fetch_jobs(), opts.offline)?;
+    let got = debs::fetch_all(store, pins, &urls, fetch_jobs(), cx.opts.offline, cx.rep)?;
     if got.files > 0 {
         tracing::info!(
             "fetched {} .debs ({} bytes) in {:.1}s",
@@ -143,7 +152,12 @@ fn pinned_repo(
 
 /// Download everything `recipe` pins into the store: .debs (`jobs` at
 /// once), wheels, fetch layers. For `mimg store fetch`.
-pub fn prefetch(recipe: &Recipe, store: &Store, jobs: usize) -> Result<debs::Fetched> {
+pub fn prefetch(
+    recipe: &Recipe,
+    store: &Store,
+    jobs: usize,
+    rep: &dyn Reporter,
+) -> Result<debs::Fetched> {
     let t0 = Instant::now();
     let opts = Options::default();
     let r = facts(recipe, opts, Some(store))?;
@@ -154,7 +168,7 @@ pub fn prefetch(recipe: &Recipe, store: &Store, jobs: usize) -> Result<debs::Fet
         .chain(&r.facts.tools_debs)
         .cloned()
         .collect();
-    let mut got = debs::fetch_all(store, &all, &|| suite_urls(recipe), jobs, false)?;
+    let mut got = debs::fetch_all(store, &all, &|| suite_urls(recipe), jobs, false, rep)?;
     for l in &recipe.layers {
         match &l.kind {
             LayerKind::Pip { python, .. } => {
@@ -277,6 +291,15 @@ pub fn build(
             store.remove_damaged(&tools_step.key)?;
         }
     }
+    let cx = Ctx {
+        recipe,
+        plan: &plan,
+        resolved: &resolved,
+        opts,
+        store,
+        rep,
+    };
+    let cx = &cx;
     std::thread::scope(|sc| -> Result<()> {
         // The tools environment does not depend on the rootfs: when both
         // are missing, make them at once (two mmdebstrap runs).
@@ -286,8 +309,7 @@ pub fn build(
             && plan.steps.get(1).is_some_and(|s| !store.has(&s.key))
         {
             rep.step_started(tools_step);
-            early =
-                Some(sc.spawn(|| ensure(tools_step, recipe, &plan, &resolved, opts, store, None)));
+            early = Some(sc.spawn(|| ensure(cx, tools_step, None)));
         }
         for step in &plan.steps {
             if step.kind == StepKind::Tools && early.is_some() {
@@ -303,17 +325,17 @@ pub fn build(
             }
             rep.step_started(step);
             let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
-            let r = match ensure(step, recipe, &plan, &resolved, opts, store, copy_out) {
+            let r = match ensure(cx, step, copy_out) {
                 Err(e) if step.kind == StepKind::Image && damaged(&e, &tools_step.key) => {
                     // A damaged tools environment is never used: made again,
                     // then the image with it.
                     warn_damaged(e.root_cause());
                     store.remove_damaged(&tools_step.key)?;
                     rep.step_started(tools_step);
-                    let t = ensure(tools_step, recipe, &plan, &resolved, opts, store, None)?;
+                    let t = ensure(cx, tools_step, None)?;
                     tally(tools_step, t);
                     rep.step_started(step);
-                    ensure(step, recipe, &plan, &resolved, opts, store, copy_out)?
+                    ensure(cx, step, copy_out)?
                 }
                 r => r?,
             };
@@ -380,16 +402,9 @@ fn damaged(e: &anyhow::Error, key: &plan::StepKey) -> bool {
 /// With `copy_out` (an output's name, a destination), that output is also
 /// copied to the destination while the store hashes and syncs the step: the
 /// image is published without a second pass over it after the commit.
-fn ensure(
-    step: &Step,
-    recipe: &Recipe,
-    plan: &Plan,
-    resolved: &Resolved,
-    opts: Options,
-    store: &Store,
-    copy_out: Option<(&str, &Path)>,
-) -> Result<Option<f64>> {
+fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Option<f64>> {
     let t0 = Instant::now();
+    let store = cx.store;
     if store.has(&step.key) {
         return Ok(None);
     }
@@ -399,7 +414,7 @@ fn ensure(
         return Ok(None);
     }
     let pending = store.begin(&step.key)?;
-    let extra = run_step(step, recipe, plan, resolved, opts, store, pending.dir())
+    let extra = run_step(cx, step, pending.dir())
         .with_context(|| format!("step {} ({})", step.label, step.key.short()))?;
     let secs = t0.elapsed().as_secs_f64();
     let Some((name, dest)) = copy_out else {
@@ -425,28 +440,27 @@ fn ensure(
     Ok(Some(secs))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_step(
-    step: &Step,
-    recipe: &Recipe,
-    plan: &Plan,
-    resolved: &Resolved,
-    opts: Options,
-    store: &Store,
-    dir: &Path,
-) -> Result<serde_json::Value> {
+fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
+    let Ctx {
+        recipe,
+        plan,
+        resolved,
+        opts,
+        store,
+        ..
+    } = *cx;
     let epoch = plan.epoch;
     let facts = &resolved.facts;
     match step.kind {
         StepKind::Tools => {
-            let (_repo, line) = pinned_repo(recipe, &facts.tools_debs, TOOLS_SUITE, store, opts)?;
+            let (_repo, line) = pinned_repo(cx, &facts.tools_debs, TOOLS_SUITE)?;
             tools_env::build(&line, facts.tools_epoch, dir)?;
             Ok(json!(null))
         }
         StepKind::Rootfs => {
             let head = plan::head_len(recipe);
             let suite = recipe.base.suite.as_str();
-            let (_repo, line) = pinned_repo(recipe, &facts.rootfs_debs, suite, store, opts)?;
+            let (_repo, line) = pinned_repo(cx, &facts.rootfs_debs, suite)?;
             let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
             let pkgs = rootfs::build(recipe, &recipe.layers[..head], &line, epoch, dir, &blobs)?;
             debs::check_installed(&facts.rootfs_debs, &pkgs)?;

@@ -5,9 +5,16 @@
 use crate::plan::Step;
 
 /// Progress of a build, for people; the CLI decides how to show it.
-pub trait Reporter {
+/// Called from several threads at once (parallel downloads).
+pub trait Reporter: Sync {
     fn step_started(&self, step: &Step);
     fn step_done(&self, step: &Step, cached: bool, seconds: f64);
     /// A line for people about longer work (booting, waiting).
     fn note(&self, _text: &str) {}
+    /// Downloads begin: `what` (for people), `bytes` in all.
+    fn download_started(&self, _what: &str, _bytes: u64) {}
+    /// `bytes` more arrived.
+    fn downloaded(&self, _bytes: u64) {}
+    /// The downloads are over (done or failed).
+    fn download_done(&self) {}
 }
