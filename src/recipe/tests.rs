@@ -1,5 +1,6 @@
 //! Recipe parsing: merge rules and error locations.
 
+use super::validate::parse_size;
 use super::*;
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
