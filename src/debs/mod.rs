@@ -536,16 +536,15 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
 /// A path as apt reads it in a URI: percent-encoded but for safe bytes
 /// (the store may live under a name with spaces).
 fn uri_path(p: &Path) -> String {
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
     use std::os::unix::ffi::OsStrExt;
-    let mut s = String::new();
-    for &b in p.as_os_str().as_bytes() {
-        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
-            s.push(b as char);
-        } else {
-            s.push_str(&format!("%{b:02X}"));
-        }
-    }
-    s
+    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'/')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'-')
+        .remove(b'~');
+    percent_encode(p.as_os_str().as_bytes(), KEEP).to_string()
 }
 
 /// The `control` file of a .deb (an ar archive holding control.tar.*).

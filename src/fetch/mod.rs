@@ -151,37 +151,18 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-/// Seconds since 1970 of a date such as `Sat, 08 Nov 2025 09:07:59 UTC`.
+/// Seconds since 1970 of a date such as `Sat, 08 Nov 2025 09:07:59 UTC`
+/// (a Release file's `Date:`: an HTTP date but for the zone's name).
 pub fn parse_rfc2822(s: &str) -> Option<u64> {
-    let s = s.split_once(',').map(|(_, r)| r).unwrap_or(s);
-    let mut it = s.split_whitespace();
-    let day: u64 = it.next()?.parse().ok()?;
-    let mon_name = it.next()?;
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ]
-    .iter()
-    .position(|m| *m == mon_name)? as u64
-        + 1;
-    let year: u64 = it.next()?.parse().ok()?;
-    let mut hms = it.next()?.split(':').map(|x| x.parse::<u64>().ok());
-    let (h, m, sec) = (hms.next()??, hms.next()??, hms.next()??);
-    let zone = it.next().unwrap_or("UTC");
-    if !(zone == "UTC" || zone == "GMT" || zone == "+0000") {
-        return None;
-    }
-    Some(days_from_civil(year, mon, day) * 86400 + h * 3600 + m * 60 + sec)
-}
-
-fn days_from_civil(y: u64, m: u64, d: u64) -> u64 {
-    // Howard Hinnant's algorithm, for years after 1970.
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y / 400;
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
+    let s = s.trim();
+    let gmt = ["UTC", "+0000", "GMT"]
+        .iter()
+        .find_map(|z| s.strip_suffix(z))
+        .map(|rest| format!("{}GMT", rest))?;
+    let t = httpdate::parse_http_date(&gmt).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
 }
 
 #[cfg(test)]

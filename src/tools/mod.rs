@@ -36,16 +36,7 @@ pub enum ToolError {
 
 /// Whether we run as root (else rootless, through user namespaces).
 pub fn is_root() -> bool {
-    // SAFETY-free: the effective uid is readable from /proc without libc.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2))
-                .map(|u| u == "0")
-        })
-        .unwrap_or(false)
+    nix::unistd::geteuid().is_root()
 }
 
 /// Whether a process of another uid can reach `dir` (every directory from
@@ -60,13 +51,12 @@ pub fn reachable_by_others(dir: &Path) -> bool {
         .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
-/// Find `tool` on the host's PATH.
+/// Find `tool` on the host's PATH, then in /usr/sbin and /sbin (an
+/// ordinary user's PATH may lack them).
 pub fn which(tool: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")])
-        .map(|d| d.join(tool))
-        .find(|p| p.is_file())
+    which::which(tool)
+        .ok()
+        .or_else(|| which::which_in(tool, Some("/usr/sbin:/sbin"), "/").ok())
 }
 
 fn require(tool: &str, package: &str) -> Result<PathBuf, ToolError> {
