@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -137,16 +137,57 @@ pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
 
 pub use model::wheels_hash;
 
+/// A lock file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// Where (file, line, column) and what: TOML's message names the key.
+    #[error(
+        "{loc}: {msg}\nhint: the lock is written by `mimg lock`; restore it from git or run `mimg lock` again"
+    )]
+    Parse {
+        loc: crate::recipe::Loc,
+        msg: String,
+    },
+}
+
+/// Parse the lock file at `p`, keeping the error's place in the file.
+fn parse(p: &std::path::Path) -> Result<Lock, LockError> {
+    let text = std::fs::read_to_string(p).map_err(|source| LockError::Io {
+        path: p.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| {
+        let loc = crate::recipe::span_loc(p, &text, e.span().unwrap_or(0..0));
+        // The key written on that line, when the error is in a value.
+        let key = text
+            .lines()
+            .nth(loc.line - 1)
+            .and_then(|l| l.split_once('='))
+            .map(|(k, _)| k.trim().to_string())
+            .filter(|k| !k.is_empty() && !k.starts_with('['));
+        let msg = e.message().trim().to_string();
+        LockError::Parse {
+            loc,
+            msg: match key {
+                Some(k) => format!("key `{k}`: {msg}"),
+                None => msg,
+            },
+        }
+    })
+}
+
 /// Read the lock beside the recipe, if there is one.
 pub fn read(recipe: &Recipe) -> Result<Option<Lock>> {
     let p = recipe.lock_path();
     if !p.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let lock: Lock = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
+    let lock = parse(&p)?;
     if lock.version != VERSION {
         bail!(
             "{}: lock version {} is not supported (this mimg reads version {VERSION})\nhint: run `mimg lock {}`",
@@ -163,10 +204,7 @@ pub fn read_inherited(recipe: &Recipe) -> Result<Option<Lock>> {
     for f in recipe.files.iter().skip(1) {
         let p = f.with_extension("lock");
         if p.is_file() {
-            let text = std::fs::read_to_string(&p)
-                .with_context(|| format!("cannot read {}", p.display()))?;
-            let lock: Lock = toml::from_str(&text)
-                .map_err(|e| anyhow::anyhow!("{}: {}", p.display(), e.message().trim()))?;
+            let lock = parse(&p)?;
             if lock.version == VERSION {
                 return Ok(Some(lock));
             }
@@ -221,4 +259,19 @@ pub fn changes(lock: &Lock, recipe: &Recipe, facts: &Facts) -> Vec<String> {
         }
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_lock_names_file_line_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.lock");
+        std::fs::write(&p, "version = 1\nrecipe = \"x\"\nepoch = \"soon\"\n").unwrap();
+        let e = parse(&p).unwrap_err().to_string();
+        assert!(e.contains("x.lock:3:"), "{e}");
+        assert!(e.contains("key `epoch`"), "{e}");
+    }
 }
