@@ -192,30 +192,27 @@ fn pure_modules_do_no_io() {
     }
 }
 
-#[test]
-fn processes_are_spawned_only_in_tools() {
+/// Panics naming the first module outside `home` whose code has `needle`.
+fn only_in(home: &str, needle: &str, why: &str) {
     let g = graph();
     for (m, code) in &g.code {
-        if m == "tools" || m.starts_with("tools::") {
+        if m == home || m.starts_with(&format!("{home}::")) {
             continue;
         }
-        assert!(
-            !code.contains("Command::new"),
-            "{m} spawns a process; spawning belongs in src/tools"
-        );
+        assert!(!code.contains(needle), "{m} uses {needle}: {why}");
     }
 }
 
 #[test]
+fn processes_are_spawned_only_in_tools() {
+    only_in("tools", "Command::new", "spawning belongs in src/tools");
+}
+
+#[test]
 fn only_the_cli_draws_progress() {
-    let g = graph();
-    for (m, code) in &g.code {
-        if m == "cli" || m.starts_with("cli::") {
-            continue;
-        }
-        assert!(
-            !code.contains("indicatif"),
-            "{m} draws progress; it reports through crate::report and the CLI draws"
-        );
-    }
+    only_in(
+        "cli",
+        "indicatif",
+        "library code reports through crate::report and the CLI draws",
+    );
 }

@@ -162,25 +162,16 @@ fn gc(cli: &Cli, keep: &[PathBuf], dry_run: bool, json: bool) -> Result<()> {
         return Ok(());
     }
     let verb = if dry_run { "would remove" } else { "removed" };
+    let named = |e: &crate::ops::gc::Entry| match &e.label {
+        Some(l) => format!("{} {} ({l})", e.kind, e.name),
+        None => format!("{} {}", e.kind, e.name),
+    };
     for e in &report.removed {
-        let label = e
-            .label
-            .as_deref()
-            .map(|l| format!(" ({l})"))
-            .unwrap_or_default();
-        println!(
-            "{verb} {} {}{label}, {} bytes: {}",
-            e.kind, e.name, e.bytes, e.why
-        );
+        println!("{verb} {}, {} bytes: {}", named(e), e.bytes, e.why);
     }
     if !cli.quiet {
         for e in &report.kept {
-            let label = e
-                .label
-                .as_deref()
-                .map(|l| format!(" ({l})"))
-                .unwrap_or_default();
-            println!("kept {} {}{label}: {}", e.kind, e.name, e.why);
+            println!("kept {}: {}", named(e), e.why);
         }
     }
     let count =
