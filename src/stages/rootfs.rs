@@ -138,14 +138,23 @@ fn tar_directory(root: &Path, epoch: u64) -> Result<Tree> {
         .context("cannot start tar")?;
     let stdout = child.stdout.take().expect("piped");
     // Read on a second thread: `wait` drains tar's stderr meanwhile.
-    let reader =
-        std::thread::spawn(move || Tree::read(std::io::BufReader::with_capacity(1 << 20, stdout)));
+    // The tree ends at tar's end-of-archive blocks, but GNU tar pads its
+    // output to whole records after them: read to the end, or a late write
+    // of that padding meets a closed pipe (SIGPIPE; seen once in CI).
+    let reader = std::thread::spawn(move || {
+        let mut r = std::io::BufReader::with_capacity(1 << 20, stdout);
+        let tree = Tree::read(&mut r);
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+        tree
+    });
     let waited = tools::wait(child, "tar");
     let tree = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the tar reader panicked"))?;
+    // A tree that did not parse says why; tar's own failure comes second.
+    let tree = tree.context("reading mmdebstrap's directory")?;
     waited.context("reading mmdebstrap's directory")?;
-    tree.context("reading mmdebstrap's directory")
+    Ok(tree)
 }
 
 /// Turn mmdebstrap's failure into one that names the cause. (It installs
