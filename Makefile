@@ -4,9 +4,9 @@ CARGO ?= cargo
 MIMG  := target/release/mimg
 RECIPE ?= minimal
 
-# Host tools (scripts/deps says which and why): mmdebstrap bootstraps the
-# tools environment; bubblewrap runs it; QEMU and OVMF boot images in tests;
-# the rest checks images.
+# Host tools (scripts/deps says which and why): mmdebstrap installs the
+# rootfs; bubblewrap runs the tools environment; QEMU and OVMF boot images in
+# tests; the rest checks images.
 .PHONY: deps build test test-unit test-integration image bench clean
 
 deps:

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use anyhow::{Context, Result, anyhow, bail};
 use sha2::{Digest, Sha256};
 
+pub mod archive;
+
 use crate::fetch;
 use crate::lock::model::Deb;
 use crate::lock::model::Package;
@@ -549,42 +551,18 @@ fn uri_path(p: &Path) -> String {
 
 /// The `control` file of a .deb (an ar archive holding control.tar.*).
 pub fn control_of(deb: &[u8]) -> Result<String> {
-    let mut rest = deb
-        .strip_prefix(b"!<arch>\n".as_slice())
-        .ok_or_else(|| anyhow!("not a .deb (no ar header)"))?;
-    while rest.len() >= 60 {
-        let (hdr, body) = rest.split_at(60);
-        let name = String::from_utf8_lossy(&hdr[..16]).trim().to_string();
-        let size: usize = String::from_utf8_lossy(&hdr[48..58])
-            .trim()
-            .parse()
-            .context("bad ar member size")?;
-        if body.len() < size {
-            bail!("truncated .deb");
+    let (name, data) = archive::member(deb, "control.tar")?;
+    let mut ar = archive::tar_reader(&name, data)?;
+    for e in ar.entries()? {
+        let mut e = e?;
+        let p = e.path()?.to_string_lossy().into_owned();
+        if p == "./control" || p == "control" {
+            let mut s = String::new();
+            e.read_to_string(&mut s)?;
+            return Ok(s);
         }
-        let data = &body[..size];
-        if let Some(ext) = name.trim_end_matches('/').strip_prefix("control.tar") {
-            let reader: Box<dyn Read + '_> = match ext {
-                "" => Box::new(data),
-                ".xz" => Box::new(xz2::read::XzDecoder::new(data)),
-                ".gz" => Box::new(flate2::read::GzDecoder::new(data)),
-                other => bail!("control.tar{other} is not supported"),
-            };
-            let mut ar = tar::Archive::new(reader);
-            for e in ar.entries()? {
-                let mut e = e?;
-                let p = e.path()?.to_string_lossy().into_owned();
-                if p == "./control" || p == "control" {
-                    let mut s = String::new();
-                    e.read_to_string(&mut s)?;
-                    return Ok(s);
-                }
-            }
-            bail!("control.tar has no control file");
-        }
-        rest = &body[(size + size % 2).min(body.len())..];
     }
-    bail!("no control.tar member")
+    bail!("control.tar has no control file")
 }
 
 /// Compare what mmdebstrap installed with what was pinned.

@@ -18,7 +18,7 @@ use super::resolve::{Resolved, facts, python_of, suite_urls};
 use crate::debs;
 use crate::fetch;
 use crate::lock::model::Wheel;
-use crate::plan::{self, Plan, Step, StepKind, TOOLS_SUITE};
+use crate::plan::{self, Plan, Step, StepKind};
 use crate::recipe::{LayerKind, Recipe};
 use crate::report::Reporter;
 use crate::stages::{image, layer, rootfs, tools_env, wheels};
@@ -106,6 +106,21 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
         .with_context(|| format!("wheel {} left the store while building", w.file))
 }
 
+/// Put the pinned .debs in the store, unless there.
+fn fetch_pins(cx: &Ctx, pins: &[crate::lock::model::Deb]) -> Result<()> {
+    let urls = || suite_urls(cx.recipe);
+    let got = debs::fetch_all(cx.store, pins, &urls, fetch_jobs(), cx.opts.offline, cx.rep)?;
+    if got.files > 0 {
+        tracing::info!(
+            "fetched {} .debs ({} bytes) in {:.1}s",
+            got.files,
+            got.bytes,
+            got.seconds
+        );
+    }
+    Ok(())
+}
+
 /// What every step of one build needs.
 struct Ctx<'a> {
     recipe: &'a Recipe,
@@ -123,17 +138,8 @@ fn pinned_repo(
     pins: &[crate::lock::model::Deb],
     suite: &str,
 ) -> Result<(tempfile::TempDir, String)> {
-    let (recipe, store) = (cx.recipe, cx.store);
-    let urls = || suite_urls(recipe);
-    let got = debs::fetch_all(store, pins, &urls, fetch_jobs(), cx.opts.offline, cx.rep)?;
-    if got.files > 0 {
-        tracing::info!(
-            "fetched {} .debs ({} bytes) in {:.1}s",
-            got.files,
-            got.bytes,
-            got.seconds
-        );
-    }
+    let store = cx.store;
+    fetch_pins(cx, pins)?;
     // Rootless, apt reads the repository as a subordinate uid: where the
     // store lies under a private directory, the repository goes to the
     // system's temporary directory instead (hard links where it can).
@@ -453,8 +459,17 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
     let facts = &resolved.facts;
     match step.kind {
         StepKind::Tools => {
-            let (_repo, line) = pinned_repo(cx, &facts.tools_debs, TOOLS_SUITE)?;
-            tools_env::build(&line, facts.tools_epoch, dir)?;
+            fetch_pins(cx, &facts.tools_debs)?;
+            let mut debs = Vec::new();
+            for d in &facts.tools_debs {
+                let data = store
+                    .read_blob(&d.sha256, d.file_name())?
+                    .with_context(|| {
+                        format!("pinned package {} {} left the store", d.name, d.version)
+                    })?;
+                debs.push((d.file_name().to_string(), data));
+            }
+            tools_env::build(&debs, dir)?;
             Ok(json!(null))
         }
         StepKind::Rootfs => {

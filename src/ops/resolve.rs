@@ -193,14 +193,7 @@ pub fn facts(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Result<Re
 
 /// Every host program whose version enters a key.
 fn host_tool_names() -> Vec<&'static str> {
-    let mut v: Vec<&str> = plan::HOST_TOOLS_FOR_TOOLS
-        .iter()
-        .chain(plan::HOST_TOOLS_FOR_ROOTFS)
-        .copied()
-        .collect();
-    v.sort();
-    v.dedup();
-    v
+    plan::HOST_TOOLS_FOR_ROOTFS.to_vec()
 }
 
 /// Says (on stderr) that the facts are being resolved over the network.

@@ -11,10 +11,9 @@
 //! |----------|--------------|---------------------------------------------------------------------|
 //! | `tools`  | `suite`      | the tools suite ([`TOOLS_SUITE`])                                   |
 //! | `tools`  | `packages`   | the tools package list ([`TOOLS_PACKAGES`])                         |
-//! | `tools`  | `variant`    | how they are unpacked (`extract`)                                   |
+//! | `tools`  | `variant`    | how they are unpacked (`mimg-unpack`: by mimg itself, data.tar only, merged /usr) |
 //! | `tools`  | `debs`       | set hash of every pinned .deb of the tools environment (lock `debs.tools`: each .deb's `sha256`, `name` and `version`) |
 //! | `tools`  | `epoch`      | the tools suite's release date (lock `tools_epoch`)                 |
-//! | `tools`  | `host_tools` | versions of the host programs that make it (mmdebstrap, tar)        |
 //! | `rootfs` | `base`       | base suite and components (recipe `[base]`)                         |
 //! | `rootfs` | `sources`    | the named sources (recipe `[sources]`: suite, components, url, keyring) |
 //! | `rootfs` | `packages`   | apt packages per source (every `apt` layer: `packages`, `source`)   |
@@ -159,8 +158,6 @@ pub struct Facts {
     pub host_tools: BTreeMap<String, String>,
 }
 
-/// The host programs whose versions enter the `tools` step's key.
-pub const HOST_TOOLS_FOR_TOOLS: &[&str] = &["mmdebstrap", "tar"];
 /// The host programs whose versions enter the `rootfs` step's key.
 pub const HOST_TOOLS_FOR_ROOTFS: &[&str] = &["mmdebstrap", "apt", "dpkg", "tar"];
 
@@ -298,13 +295,12 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     let mut tools_in = BTreeMap::new();
     tools_in.insert("suite".into(), json!(TOOLS_SUITE));
     tools_in.insert("packages".into(), json!(TOOLS_PACKAGES));
-    tools_in.insert("variant".into(), json!("extract"));
+    tools_in.insert("variant".into(), json!("mimg-unpack"));
     tools_in.insert(
         "debs".into(),
         json!(crate::lock::model::set_hash(&facts.tools_debs)),
     );
     tools_in.insert("epoch".into(), json!(facts.tools_epoch));
-    tools_in.insert("host_tools".into(), host_tools(facts, HOST_TOOLS_FOR_TOOLS));
     let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
 
     let head = head_len(recipe);

@@ -1,8 +1,8 @@
 //! The one place that spawns processes.
 //!
-//! Two kinds of tool run here: the host's `mmdebstrap` (to bootstrap the
-//! tools environment and the rootfs; it only drives apt and dpkg, whose
-//! bytes come from the pinned suites), and everything that writes image bytes
+//! Two kinds of tool run here: the host's `mmdebstrap` (to install the
+//! rootfs; it drives the host's apt and dpkg over the pinned .debs, and their
+//! versions are in the rootfs key), and everything that writes image bytes
 //! (mkfs.ext4, grub-mkimage, qemu-img), which runs from the tools
 //! environment through `bwrap`, so the host's versions never reach an image.
 //! Every child gets a clean environment: `LC_ALL=C.UTF-8`, `TZ=UTC`,
