@@ -155,10 +155,14 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// (a Release file's `Date:`: an HTTP date but for the zone's name).
 pub fn parse_rfc2822(s: &str) -> Option<u64> {
     let s = s.trim();
-    let gmt = ["UTC", "+0000", "GMT"]
+    let rest = ["UTC", "+0000", "GMT"]
         .iter()
-        .find_map(|z| s.strip_suffix(z))
-        .map(|rest| format!("{}GMT", rest))?;
+        .find_map(|z| s.strip_suffix(z))?;
+    // An HTTP date has a two-digit day; some archives write `Sat, 8 Nov`.
+    let gmt = match rest.split_once(", ") {
+        Some((wd, tail)) if tail.as_bytes().get(1) == Some(&b' ') => format!("{wd}, 0{tail}GMT"),
+        _ => format!("{rest}GMT"),
+    };
     let t = httpdate::parse_http_date(&gmt).ok()?;
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
@@ -177,6 +181,10 @@ mod tests {
         );
         assert_eq!(
             parse_rfc2822("Sat, 09 Aug 2025 09:26:03 UTC"),
+            Some(1754731563)
+        );
+        assert_eq!(
+            parse_rfc2822("Sat, 9 Aug 2025 09:26:03 UTC"),
             Some(1754731563)
         );
         assert_eq!(parse_rfc2822("garbage"), None);

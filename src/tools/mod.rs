@@ -51,12 +51,12 @@ pub fn reachable_by_others(dir: &Path) -> bool {
         .all(|d| std::fs::metadata(d).is_ok_and(|m| m.permissions().mode() & 0o001 != 0))
 }
 
-/// Find `tool` on the host's PATH, then in /usr/sbin and /sbin (an
-/// ordinary user's PATH may lack them).
+/// Find `tool` on the host's PATH, then in /usr/sbin, /usr/bin, /sbin and
+/// /bin (an ordinary user's PATH may lack the sbin ones; PATH may be unset).
 pub fn which(tool: &str) -> Option<PathBuf> {
     which::which(tool)
         .ok()
-        .or_else(|| which::which_in(tool, Some("/usr/sbin:/sbin"), "/").ok())
+        .or_else(|| which::which_in(tool, Some("/usr/sbin:/usr/bin:/sbin:/bin"), "/").ok())
 }
 
 fn require(tool: &str, package: &str) -> Result<PathBuf, ToolError> {
