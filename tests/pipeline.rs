@@ -1062,3 +1062,59 @@ fn build_again(store: &Path, out: &Path) -> std::process::Output {
         .env("MIMG_STORE", store);
     run(c)
 }
+
+#[test]
+fn another_host_mmdebstrap_on_path_moves_the_rootfs_key() {
+    let a = minimal();
+    let w = work("host-tool");
+    let bin = w.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    // A wrapper around the same mmdebstrap: another program that runs, so
+    // another key (the build would run it).
+    let wrapper = bin.join("mmdebstrap");
+    std::fs::write(&wrapper, "#!/bin/sh\nexec /usr/bin/mmdebstrap \"$@\"\n").unwrap();
+    assert!(
+        Command::new("chmod")
+            .arg("+x")
+            .arg(&wrapper)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let keys = |path: Option<String>| {
+        let mut c = mimg();
+        c.args(["plan", "minimal", "--json"])
+            .env("MIMG_STORE", &a.store);
+        if let Some(p) = path {
+            c.env("PATH", p);
+        }
+        let o = run(c);
+        assert!(o.status.success());
+        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        plan["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                (
+                    s["label"].as_str().unwrap().to_string(),
+                    s["key"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let base = keys(None);
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let other = keys(Some(path));
+    let moved: Vec<&str> = base
+        .iter()
+        .zip(&other)
+        .filter(|(x, y)| x.1 != y.1)
+        .map(|(x, _)| x.0.as_str())
+        .collect();
+    assert_eq!(moved, ["rootfs", "image"]);
+}

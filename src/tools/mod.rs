@@ -292,15 +292,35 @@ pub fn pip_download(
 }
 
 /// The versions of the host programs `names` (each also the name of the
-/// Debian package that ships it), for the keys of the steps they make:
-/// from dpkg's database in one call, else the first line of `NAME
-/// --version`; a program that is missing gets no entry.
+/// Debian package that ships it), for the keys of the steps they make.
+/// A program found in a system directory (`/usr/bin`, `/usr/sbin`, `/bin`,
+/// `/sbin`) is its package's version from dpkg's database (one call for
+/// all); one found elsewhere on PATH (a wrapper, a local build) is the first
+/// line of `NAME --version` and the sha256 of the file that runs. A program
+/// that is missing gets no entry.
 pub fn host_versions(names: &[&str]) -> std::collections::BTreeMap<String, String> {
     let mut out = std::collections::BTreeMap::new();
-    if let Some(q) = which("dpkg-query") {
+    let system = |p: &Path| {
+        let p = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+        ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"]
+            .iter()
+            .any(|d| p.starts_with(d))
+    };
+    let found: Vec<(&str, PathBuf)> = names
+        .iter()
+        .filter_map(|n| which(n).map(|p| (*n, p)))
+        .collect();
+    let packaged: Vec<&str> = found
+        .iter()
+        .filter(|(_, p)| system(p))
+        .map(|(n, _)| *n)
+        .collect();
+    if !packaged.is_empty()
+        && let Some(q) = which("dpkg-query")
+    {
         let mut c = clean(&q, 0);
         c.args(["-W", "-f=${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"])
-            .args(names)
+            .args(&packaged)
             .stdin(Stdio::null())
             .stderr(Stdio::null());
         if let Ok(o) = c.output() {
@@ -314,20 +334,31 @@ pub fn host_versions(names: &[&str]) -> std::collections::BTreeMap<String, Strin
             }
         }
     }
-    for n in names {
+    for (n, p) in &found {
         if out.contains_key(*n) {
             continue;
         }
-        let Some(p) = which(n) else { continue };
-        let mut c = clean(&p, 0);
+        let mut c = clean(p, 0);
         c.arg("--version")
             .stdin(Stdio::null())
             .stderr(Stdio::null());
-        if let Ok(o) = c.output()
-            && let Some(l) = String::from_utf8_lossy(&o.stdout).lines().next()
-        {
-            out.insert(n.to_string(), l.trim().to_string());
-        }
+        let version = c
+            .output()
+            .ok()
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(|l| l.trim().to_string())
+            })
+            .unwrap_or_default();
+        let sum = std::fs::read(p)
+            .map(|b| {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&b))
+            })
+            .unwrap_or_default();
+        out.insert(n.to_string(), format!("{version} (sha256 {sum})"));
     }
     out
 }
