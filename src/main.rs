@@ -6,6 +6,7 @@ mod fetch;
 mod lock;
 mod ops;
 mod overlay;
+mod paths;
 mod plan;
 mod recipe;
 mod report;

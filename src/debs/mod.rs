@@ -80,7 +80,7 @@ pub fn resolve(
     for s in sources {
         let r = fetch::release(&s.url, &s.suite)?;
         let f = d.join(format!("{}.InRelease", s.suite));
-        fs::write(&f, &r.bytes)?;
+        crate::paths::write(&f, &r.bytes)?;
         tools::gpgv(&s.keyring, &f).map_err(|e| {
             anyhow!(
                 "the InRelease of suite `{}` ({}/dists/{}/InRelease) is not validly signed by a key in {}:\n{}\nhint: check the mirror, or name the right keyring for this source in the recipe",
@@ -127,7 +127,7 @@ pub fn resolve(
     }
     // Phase 2: the requested packages over the essential set.
     if !includes.is_empty() {
-        fs::write(&conf.status, status)?;
+        crate::paths::write(&conf.status, status)?;
         let mut args = vec!["-q", "-y", "--print-uris", "install"];
         args.extend(includes.iter().map(String::as_str));
         let out = tools::apt_get(&conf.config, &args).map_err(|e| explain(e, includes))?;
@@ -214,10 +214,10 @@ impl AptDir {
             "etc/sources.list.d",
             "etc/trusted.gpg.d",
         ] {
-            fs::create_dir_all(d.join(sub))?;
+            crate::paths::create_dir_all(d.join(sub))?;
         }
         let status = d.join("status");
-        fs::write(&status, "")?;
+        crate::paths::write(&status, "")?;
         let mut list = String::new();
         for s in sources {
             list.push_str(&format!(
@@ -228,14 +228,14 @@ impl AptDir {
                 s.components.join(" ")
             ));
         }
-        fs::write(d.join("sources.list"), list)?;
+        crate::paths::write(d.join("sources.list"), list)?;
         let mut prefs = String::new();
         for (n, v) in hold {
             prefs.push_str(&format!(
                 "Package: {n}\nPin: version {v}\nPin-Priority: 1001\n\n"
             ));
         }
-        fs::write(d.join("etc/preferences"), prefs)?;
+        crate::paths::write(d.join("etc/preferences"), prefs)?;
         let q = |p: &Path| p.display().to_string();
         let config = d.join("apt.conf");
         fs::write(
@@ -280,7 +280,7 @@ impl AptDir {
             else {
                 continue;
             };
-            let text = fs::read_to_string(e.path())?;
+            let text = crate::paths::read_to_string(e.path())?;
             for stanza in text.split("\n\n") {
                 if let Some(f) = field(stanza, "Filename") {
                     let base = f.rsplit('/').next().unwrap_or(f).to_string();
@@ -485,7 +485,7 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
         dir.join("dists").join(suite).join("main"),
         bin.clone(),
     ] {
-        fs::create_dir_all(&d)?;
+        crate::paths::create_dir_all(&d)?;
         set_mode(&d, 0o755)?;
     }
     let mut packages = String::new();
@@ -502,7 +502,7 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
         let control = control_of(&data).with_context(|| format!("reading {}", d.file_name()))?;
         let dest = pool.join(d.file_name());
         if fs::hard_link(&blob, &dest).is_err() {
-            fs::write(&dest, &data)?;
+            crate::paths::write(&dest, &data)?;
         }
         set_mode(&dest, 0o644)?;
         packages.push_str(control.trim_end());
@@ -513,7 +513,7 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
             d.sha256
         ));
     }
-    fs::write(bin.join("Packages"), &packages)?;
+    crate::paths::write(bin.join("Packages"), &packages)?;
     set_mode(&bin.join("Packages"), 0o644)?;
     let release = format!(
         "Origin: mimg\nLabel: mimg\nSuite: {suite}\nCodename: {suite}\nDate: Thu, 01 Jan 1970 00:00:00 UTC\nArchitectures: amd64 all\nComponents: main\nSHA256:\n {} {} main/binary-amd64/Packages\n",
@@ -521,7 +521,7 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
         packages.len()
     );
     let rel = dir.join("dists").join(suite).join("Release");
-    fs::write(&rel, release)?;
+    crate::paths::write(&rel, release)?;
     set_mode(&rel, 0o644)?;
     Ok(format!(
         "deb [trusted=yes] copy://{} {suite} main",

@@ -505,7 +505,7 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
                 let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
                 layer::layer_tree(l, epoch, &blobs)?
             };
-            tree.write(fs::File::create(dir.join("layer.tar"))?)?;
+            tree.write(crate::paths::create(dir.join("layer.tar"))?)?;
             Ok(json!(null))
         }
         StepKind::Image => {

@@ -143,7 +143,7 @@ pub fn resolve_pip(
             let dir = tempfile::tempdir()?;
             let cons = tempfile::NamedTempFile::new()?;
             let text: String = hold.iter().map(|(n, v)| format!("{n}=={v}\n")).collect();
-            fs::write(cons.path(), text)?;
+            crate::paths::write(cons.path(), text)?;
             crate::tools::pip_download(requirements, &py, false, Some(cons.path()), dir.path())
                 .with_context(|| format!("resolving pip layer `{}`", l.name))?;
             let mut wheels = Vec::new();

@@ -121,7 +121,7 @@ fn mkimage(
     root_uuid: &str,
     epoch: u64,
 ) -> Result<Vec<u8>> {
-    std::fs::write(work.join("early.cfg"), early_cfg(root_uuid))?;
+    crate::paths::write(work.join("early.cfg"), early_cfg(root_uuid))?;
     let mut cmd = tools.command("grub-mkimage", work, epoch)?;
     cmd.args([
         "-O",
@@ -137,8 +137,8 @@ fn mkimage(
     .args(extra);
     tools::run(cmd, "grub-mkimage")?;
     let img = std::fs::read(work.join("grub.img")).context("reading grub-mkimage's output")?;
-    std::fs::remove_file(work.join("grub.img"))?;
-    std::fs::remove_file(work.join("early.cfg"))?;
+    crate::paths::remove_file(work.join("grub.img"))?;
+    crate::paths::remove_file(work.join("early.cfg"))?;
     Ok(img)
 }
 

@@ -62,7 +62,7 @@ pub fn build(
             LayerKind::Apt { .. } => {}
             LayerKind::Run { script } => {
                 let f = out.join(format!("run-{i}.sh"));
-                fs::write(&f, script)?;
+                crate::paths::write(&f, script)?;
                 cmd.arg(format!("--customize-hook=copy-in {} /tmp", f.display()));
                 cmd.arg(format!(
                     "--customize-hook=unshare -n chroot \"$1\" /bin/sh -e /tmp/run-{i}.sh"
@@ -71,7 +71,7 @@ pub fn build(
             }
             _ => {
                 let f = out.join(format!("layer-{i}.tar"));
-                layer_tree(l, epoch, blobs)?.write(fs::File::create(&f)?)?;
+                layer_tree(l, epoch, blobs)?.write(crate::paths::create(&f)?)?;
                 cmd.arg(format!("--customize-hook=tar-in {} /", f.display()));
             }
         }
@@ -90,7 +90,7 @@ pub fn build(
     } else {
         let t = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
             .context("reading mmdebstrap's tar")?;
-        fs::remove_file(&raw)?;
+        crate::paths::remove_file(&raw)?;
         t
     };
     for i in 0..head.len() {
@@ -102,7 +102,7 @@ pub fn build(
     tree.fix_hardlinks();
     tree.clamp(epoch);
     let packages = installed(&tree)?;
-    let f = fs::File::create(out.join("rootfs.tar"))?;
+    let f = crate::paths::create(out.join("rootfs.tar"))?;
     let mut w = std::io::BufWriter::new(f);
     tree.write(&mut w)?;
     std::io::Write::flush(&mut w)?;

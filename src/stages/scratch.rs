@@ -30,7 +30,7 @@ impl Scratch {
             .prefix(&format!("{PREFIX}{}-", std::process::id()))
             .tempdir_in(&base)
             .with_context(|| format!("cannot make a scratch directory in {}", base.display()))?;
-        let lock = std::fs::File::open(dir.path())?;
+        let lock = crate::paths::open(dir.path())?;
         lock.lock()?;
         tracing::debug!("image: scratch raw disk in {}", dir.path().display());
         Ok(Scratch { dir, _lock: lock })

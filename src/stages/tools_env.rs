@@ -19,7 +19,7 @@ use crate::debs::archive;
 /// Make the tools root at `out/root` from `debs` (file name, bytes), in order.
 pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
     let root = out.join("root");
-    fs::create_dir_all(&root)?;
+    crate::paths::create_dir_all(&root)?;
     for (name, data) in debs {
         unpack_deb(data, &root).with_context(|| format!("unpacking {name}"))?;
     }
@@ -36,11 +36,11 @@ pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
         }
     }
     for d in ["dev", "proc", "tmp", "mnt"] {
-        fs::create_dir_all(root.join(d))?;
+        crate::paths::create_dir_all(root.join(d))?;
     }
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+        crate::paths::set_permissions(root.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     }
     Ok(())
 }
@@ -81,7 +81,7 @@ fn unpack_deb(deb: &[u8], root: &Path) -> Result<()> {
         let Some(rel) = place(&path)? else { continue };
         let dest = root.join(&rel);
         if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent)?;
+            crate::paths::create_dir_all(parent)?;
         }
         let mode = e.header().mode()? & 0o7777;
         match e.header().entry_type() {
@@ -90,11 +90,11 @@ fn unpack_deb(deb: &[u8], root: &Path) -> Result<()> {
                     remove(&dest)?;
                     fs::create_dir(&dest)?;
                 }
-                fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))?;
+                crate::paths::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 remove(&dest)?;
-                let mut f = fs::File::create(&dest)?;
+                let mut f = crate::paths::create(&dest)?;
                 io::copy(&mut e, &mut f)?;
                 f.set_permissions(fs::Permissions::from_mode(mode))?;
             }
@@ -109,7 +109,7 @@ fn unpack_deb(deb: &[u8], root: &Path) -> Result<()> {
                     bail!("{} links to the root", path.display())
                 };
                 remove(&dest)?;
-                fs::hard_link(root.join(t), &dest)?;
+                crate::paths::hard_link(root.join(t), &dest)?;
             }
             // Device nodes and fifos: bwrap provides /dev.
             _ => {}

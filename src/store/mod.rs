@@ -631,7 +631,7 @@ fn make_writable(p: &Path) -> io::Result<()> {
     if md.is_dir() {
         let mut perm = md.permissions();
         perm.set_mode(perm.mode() | 0o700);
-        fs::set_permissions(p, perm)?;
+        crate::paths::set_permissions(p, perm)?;
         for e in fs::read_dir(p)? {
             make_writable(&e?.path())?;
         }
@@ -667,7 +667,7 @@ fn list_trees(dir: &Path) -> io::Result<BTreeMap<String, String>> {
         if e.file_type()?.is_dir() {
             let name = e.file_name().to_string_lossy().into_owned();
             let text = tree_listing(&e.path())?;
-            fs::write(dir.join(format!("{name}.tree")), &text)?;
+            crate::paths::write(dir.join(format!("{name}.tree")), &text)?;
             out.insert(name, hex::encode(Sha256::digest(text.as_bytes())));
         }
     }
