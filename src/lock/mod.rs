@@ -20,11 +20,9 @@ use std::collections::BTreeMap;
 
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 pub mod model;
 
-use crate::plan::{Facts, TOOLS_PACKAGES, TOOLS_SUITE};
 use crate::recipe::Recipe;
 use model::{Deb, Wheel};
 
@@ -64,75 +62,6 @@ pub struct Lock {
 pub struct Debs {
     pub rootfs: Vec<Deb>,
     pub tools: Vec<Deb>,
-}
-
-impl Lock {
-    /// Whether the pinned .debs were resolved from what `recipe` asks now.
-    pub fn pins_debs_of(&self, recipe: &Recipe) -> bool {
-        self.apt_inputs == apt_inputs(recipe)
-            && self.tools_inputs == tools_inputs()
-            && !self.debs.rootfs.is_empty()
-            && !self.debs.tools.is_empty()
-    }
-}
-
-/// sha256 of what decides a rootfs's package set.
-pub fn apt_inputs(recipe: &Recipe) -> String {
-    let v = serde_json::json!({
-        "base": recipe.base,
-        "sources": recipe.sources,
-        "packages": crate::plan::includes(recipe),
-    });
-    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
-}
-
-/// sha256 of what decides the tools environment's package set.
-pub fn tools_inputs() -> String {
-    let v = serde_json::json!({ "suite": TOOLS_SUITE, "packages": TOOLS_PACKAGES, "variant": "extract" });
-    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
-}
-
-/// sha256 of each layer's inputs (spec and content).
-pub fn layer_hashes(recipe: &Recipe, facts: &Facts) -> BTreeMap<String, String> {
-    recipe
-        .layers
-        .iter()
-        .map(|l| {
-            let mut v = serde_json::to_value(l).expect("layers serialise");
-            v["content"] = serde_json::json!(facts.contents.get(l.name.as_str()));
-            (
-                l.name.to_string(),
-                hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json"))),
-            )
-        })
-        .collect()
-}
-
-fn recipe_sha256(recipe: &Recipe) -> String {
-    let v =
-        serde_json::json!({ "base": recipe.base, "sources": recipe.sources, "disk": recipe.disk });
-    hex::encode(Sha256::digest(serde_json::to_vec(&v).expect("json")))
-}
-
-/// Make the lock of `recipe` from live facts.
-pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
-    Lock {
-        version: VERSION,
-        recipe: recipe.name.to_string(),
-        epoch: facts.epoch,
-        tools_epoch: facts.tools_epoch,
-        releases: facts.releases.clone(),
-        layers: layer_hashes(recipe, facts),
-        recipe_sha256: recipe_sha256(recipe),
-        pip: BTreeMap::new(),
-        pip_requirements: BTreeMap::new(),
-        apt_inputs: apt_inputs(recipe),
-        tools_inputs: tools_inputs(),
-        debs: Debs {
-            rootfs: facts.rootfs_debs.clone(),
-            tools: facts.tools_debs.clone(),
-        },
-    }
 }
 
 pub use model::wheels_hash;
@@ -222,43 +151,8 @@ pub fn write(recipe: &Recipe, lock: &Lock) -> Result<std::path::PathBuf> {
         recipe.name,
         toml::to_string(lock)?
     );
-    crate::store::atomic::atomic_write(&p, text.as_bytes())?;
+    crate::paths::atomic_write(&p, text.as_bytes())?;
     Ok(p)
-}
-
-/// Facts for planning, from the lock and local files only.
-pub fn facts(lock: &Lock, contents: BTreeMap<String, String>) -> Facts {
-    Facts {
-        releases: lock.releases.clone(),
-        epoch: lock.epoch,
-        tools_epoch: lock.tools_epoch,
-        contents,
-        rootfs_debs: lock.debs.rootfs.clone(),
-        tools_debs: lock.debs.tools.clone(),
-        host_tools: BTreeMap::new(),
-    }
-}
-
-/// What changed in the recipe since the lock was written; empty if nothing.
-pub fn changes(lock: &Lock, recipe: &Recipe, facts: &Facts) -> Vec<String> {
-    let mut v = Vec::new();
-    if lock.recipe_sha256 != recipe_sha256(recipe) {
-        v.push("[base], [sources] or [disk] changed".to_string());
-    }
-    let now = layer_hashes(recipe, facts);
-    for (name, h) in &now {
-        match lock.layers.get(name) {
-            None => v.push(format!("layer `{name}` is new")),
-            Some(old) if old != h => v.push(format!("layer `{name}` changed")),
-            _ => {}
-        }
-    }
-    for name in lock.layers.keys() {
-        if !now.contains_key(name) {
-            v.push(format!("layer `{name}` was removed"));
-        }
-    }
-    v
 }
 
 #[cfg(test)]

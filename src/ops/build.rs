@@ -18,11 +18,11 @@ use super::resolve::{Resolved, facts, python_of, suite_urls};
 use crate::debs;
 use crate::fetch;
 use crate::lock::model::Wheel;
+use crate::paths::{synced_copy, tmp_beside};
 use crate::plan::{self, Plan, Step, StepKind};
 use crate::recipe::{LayerKind, Recipe};
 use crate::report::Reporter;
 use crate::stages::{image, layer, rootfs, tools_env, wheels};
-use crate::store::atomic::{synced_copy, tmp_beside};
 use crate::store::{self, Store};
 use crate::tools::ToolsEnv;
 

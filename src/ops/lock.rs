@@ -63,11 +63,12 @@ pub fn lock(recipe: &Recipe, store: &Store, update: Option<&[String]>) -> Result
             }
         }
     }
-    let keep = |l: &&crate::lock::Lock| update.is_none() && l.pins_debs_of(&recipe);
+    let keep =
+        |l: &&crate::lock::Lock| update.is_none() && crate::ops::pins::pins_debs_of(l, &recipe);
     let (mut facts, unheld) = match old.as_ref().filter(keep) {
         // Without --update keep the pinned archive state.
         Some(o) => (
-            crate::lock::facts(o, crate::ops::resolve::contents(&recipe)?),
+            crate::ops::pins::facts(o, crate::ops::resolve::contents(&recipe)?),
             Vec::new(),
         ),
         None => {
@@ -86,11 +87,13 @@ pub fn lock(recipe: &Recipe, store: &Store, update: Option<&[String]>) -> Result
             // Without --update, a half that still matches its inputs keeps its pins.
             if let Some(o) = old.as_ref().filter(|_| update.is_none()) {
                 // (`releases` then records today's release files, read for the other half.)
-                if o.apt_inputs == crate::lock::apt_inputs(&recipe) && !o.debs.rootfs.is_empty() {
+                if o.apt_inputs == crate::ops::pins::apt_inputs(&recipe)
+                    && !o.debs.rootfs.is_empty()
+                {
                     f.rootfs_debs = o.debs.rootfs.clone();
                     f.epoch = o.epoch;
                 }
-                if o.tools_inputs == crate::lock::tools_inputs() && !o.debs.tools.is_empty() {
+                if o.tools_inputs == crate::ops::pins::tools_inputs() && !o.debs.tools.is_empty() {
                     f.tools_debs = o.debs.tools.clone();
                     f.tools_epoch = o.tools_epoch;
                 }
@@ -134,7 +137,7 @@ pub fn lock(recipe: &Recipe, store: &Store, update: Option<&[String]>) -> Result
             .contents
             .insert(name.clone(), crate::lock::wheels_hash(wheels));
     }
-    let mut lock = crate::lock::make(&recipe, &facts);
+    let mut lock = crate::ops::pins::make(&recipe, &facts);
     lock.pip = pip;
     lock.pip_requirements = reqs;
     let path = crate::lock::write(&recipe, &lock)?;

@@ -5,6 +5,7 @@
 pub mod build;
 pub mod gc;
 pub mod lock;
+pub mod pins;
 pub mod publish;
 pub mod resolve;
 pub mod test;

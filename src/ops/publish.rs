@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::paths::{atomic_copy, atomic_write};
 use crate::plan::{Plan, StepKind};
 use crate::recipe::Recipe;
-use crate::store::atomic::{atomic_copy, atomic_write};
 use crate::store::{self, Store};
 
 /// The manifest written beside an image (format version 1).

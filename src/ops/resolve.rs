@@ -204,7 +204,7 @@ fn say_resolving(recipe: &Recipe, what: &str) {
 fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Result<Resolved> {
     let own = lock::read(recipe)?;
     if let Some(l) = &own
-        && !l.pins_debs_of(recipe)
+        && !crate::ops::pins::pins_debs_of(l, recipe)
         && (opts.locked || opts.offline)
     {
         bail!(
@@ -223,7 +223,7 @@ fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Res
     }
     let chosen = match own {
         Some(l) => Some(l),
-        None => lock::read_inherited(recipe)?.filter(|l| l.pins_debs_of(recipe)),
+        None => lock::read_inherited(recipe)?.filter(|l| crate::ops::pins::pins_debs_of(l, recipe)),
     };
     let reqs = pip_requirements(recipe);
     let mut wheels = BTreeMap::new();
@@ -258,10 +258,10 @@ fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Res
         c.insert(name.clone(), lock::wheels_hash(w));
     }
     match chosen {
-        Some(l) if l.pins_debs_of(recipe) => {
-            let f = lock::facts(&l, c);
+        Some(l) if crate::ops::pins::pins_debs_of(&l, recipe) => {
+            let f = crate::ops::pins::facts(&l, c);
             if opts.locked {
-                let changes = lock::changes(&l, recipe, &f);
+                let changes = crate::ops::pins::changes(&l, recipe, &f);
                 if !changes.is_empty() {
                     bail!(
                         "{} is out of date (--locked): {}\nhint: run `mimg lock {}` and commit the lock",

@@ -206,7 +206,7 @@ fn facts_of(lock: &Lock, host: &BTreeMap<String, String>) -> Facts {
     for (name, w) in &lock.pip {
         c.insert(name.clone(), crate::lock::wheels_hash(w));
     }
-    let mut f = crate::lock::facts(lock, c);
+    let mut f = crate::ops::pins::facts(lock, c);
     f.host_tools = host.clone();
     f
 }

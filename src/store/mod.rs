@@ -32,8 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-pub mod atomic;
-
 use crate::plan::{Step, StepKey};
 
 /// Store layout version, part of every path.
