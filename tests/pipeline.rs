@@ -772,8 +772,13 @@ fn plan_keys(recipes: &Path, recipe: &str, store: &Path) -> Vec<(String, String,
     c.args(["plan", recipe, "--json", "--offline", "--recipes"])
         .arg(recipes)
         .env("MIMG_STORE", store);
+    plan_steps(c)
+}
+
+/// Run a `mimg plan --json` command: label, key and cached of each step.
+fn plan_steps(c: Command) -> Vec<(String, String, bool)> {
     let o = run(c);
-    assert!(o.status.success(), "plan of {recipe}");
+    assert!(o.status.success(), "mimg plan failed");
     let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     plan["steps"]
         .as_array()
@@ -1088,20 +1093,7 @@ fn another_host_mmdebstrap_on_path_moves_the_rootfs_key() {
         if let Some(p) = path {
             c.env("PATH", p);
         }
-        let o = run(c);
-        assert!(o.status.success());
-        let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-        plan["steps"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|s| {
-                (
-                    s["label"].as_str().unwrap().to_string(),
-                    s["key"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect::<Vec<_>>()
+        plan_steps(c)
     };
     let base = keys(None);
     let path = format!(
