@@ -469,9 +469,9 @@ fn fetch_one(
 }
 
 /// Make a local apt repository of exactly `debs` (hard links into the
-/// store, each re-hashed) at `dir`, as suite `suite`; returns the source
-/// line for mmdebstrap.
-pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Result<String> {
+/// store, each re-hashed) at `dir`, as suite `suite` (component `main`,
+/// unsigned: mmdebstrap reads it `[trusted=yes]`).
+pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Result<()> {
     // apt reads the repository as another uid (mmdebstrap's unshare mode
     // maps the caller to root and apt's `_apt` to a subordinate uid): its
     // modes are set here, never left to the caller's umask.
@@ -523,30 +523,13 @@ pub fn local_repo(store: &Store, debs: &[Deb], dir: &Path, suite: &str) -> Resul
     let rel = dir.join("dists").join(suite).join("Release");
     crate::paths::write(&rel, release)?;
     set_mode(&rel, 0o644)?;
-    Ok(format!(
-        "deb [trusted=yes] copy://{} {suite} main",
-        uri_path(dir)
-    ))
+    Ok(())
 }
 
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::set_permissions(p, fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot set the mode of {}", p.display()))
-}
-
-/// A path as apt reads it in a URI: percent-encoded but for safe bytes
-/// (the store may live under a name with spaces).
-fn uri_path(p: &Path) -> String {
-    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, percent_encode};
-    use std::os::unix::ffi::OsStrExt;
-    const KEEP: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'/')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'-')
-        .remove(b'~');
-    percent_encode(p.as_os_str().as_bytes(), KEEP).to_string()
 }
 
 /// The `control` file of a .deb (an ar archive holding control.tar.*).
@@ -612,11 +595,6 @@ mod tests {
         assert_eq!(d.file_name(), "a_2-3_all.deb");
         assert!(installed_stanza(s).starts_with("Package: a\nStatus: install ok installed\n"));
         assert!(deb_of("trixie", "Package: a").is_err());
-    }
-
-    #[test]
-    fn repository_paths_are_uri_safe() {
-        assert_eq!(uri_path(Path::new("/a b/c+d/é")), "/a%20b/c%2Bd/%C3%A9");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use crate::paths::{synced_copy, tmp_beside};
 use crate::plan::{self, Plan, Step, StepKind};
 use crate::recipe::{LayerKind, Recipe};
 use crate::report::Reporter;
-use crate::stages::{image, layer, rootfs, tools_env, wheels};
+use crate::stages::{image, layer, rootfs, run, tools_env, wheels};
 use crate::store::{self, Store};
 use crate::tools::ToolsEnv;
 
@@ -137,7 +137,7 @@ fn pinned_repo(
     cx: &Ctx,
     pins: &[crate::lock::model::Deb],
     suite: &str,
-) -> Result<(tempfile::TempDir, String)> {
+) -> Result<tempfile::TempDir> {
     let store = cx.store;
     fetch_pins(cx, pins)?;
     // Rootless, apt reads the repository as a subordinate uid: where the
@@ -152,8 +152,8 @@ fn pinned_repo(
         .prefix(&format!("mimg-repo-{}-", std::process::id()))
         .tempdir_in(&base)
         .with_context(|| format!("cannot make a directory in {}", base.display()))?;
-    let line = debs::local_repo(store, pins, dir.path(), suite)?;
-    Ok((dir, line))
+    debs::local_repo(store, pins, dir.path(), suite)?;
+    Ok(dir)
 }
 
 /// Download everything `recipe` pins into the store: .debs (`jobs` at
@@ -307,34 +307,25 @@ pub fn build(
     };
     let cx = &cx;
     std::thread::scope(|sc| -> Result<()> {
-        // The tools environment does not depend on the rootfs: when both
-        // are missing, make them at once (two mmdebstrap runs).
-        let mut early = None;
-        if tools_step.kind == StepKind::Tools
-            && !store.has(&tools_step.key)
-            && plan.steps.get(1).is_some_and(|s| !store.has(&s.key))
-        {
-            rep.step_started(tools_step);
-            early = Some(sc.spawn(|| ensure(cx, tools_step, None)));
+        // The rootfs is installed by the tools: when both are missing, the
+        // rootfs's pinned .debs are fetched while the tools are unpacked.
+        let mut prefetch = None;
+        if !store.has(&tools_step.key) && plan.steps.get(1).is_some_and(|s| !store.has(&s.key)) {
+            prefetch = Some(sc.spawn(|| fetch_pins(cx, &resolved.facts.rootfs_debs)));
         }
         for step in &plan.steps {
-            if step.kind == StepKind::Tools && early.is_some() {
-                continue;
-            }
-            if step.kind == StepKind::Image
-                && let Some(h) = early.take()
+            if step.kind != StepKind::Tools
+                && let Some(h) = prefetch.take()
             {
-                let r = h
-                    .join()
-                    .map_err(|_| anyhow::anyhow!("the tools step panicked"))??;
-                tally(tools_step, r);
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("fetching the rootfs's .debs panicked"))??;
             }
             rep.step_started(step);
             let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
             let r = match ensure(cx, step, copy_out) {
-                Err(e) if step.kind == StepKind::Image && damaged(&e, &tools_step.key) => {
+                Err(e) if step.kind != StepKind::Tools && damaged(&e, &tools_step.key) => {
                     // A damaged tools environment is never used: made again,
-                    // then the image with it.
+                    // then the step with it.
                     warn_damaged(e.root_cause());
                     store.remove_damaged(&tools_step.key)?;
                     rep.step_started(tools_step);
@@ -349,6 +340,10 @@ pub fn build(
                 fresh_copy = true;
             }
             tally(step, r);
+        }
+        if let Some(h) = prefetch.take() {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("fetching the rootfs's .debs panicked"))??;
         }
         Ok(())
     })?;
@@ -473,11 +468,11 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
             Ok(json!(null))
         }
         StepKind::Rootfs => {
-            let head = plan::head_len(recipe);
             let suite = recipe.base.suite.as_str();
-            let (_repo, line) = pinned_repo(cx, &facts.rootfs_debs, suite)?;
-            let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
-            let pkgs = rootfs::build(recipe, &recipe.layers[..head], &line, epoch, dir, &blobs)?;
+            let repo = pinned_repo(cx, &facts.rootfs_debs, suite)?;
+            let (tools, tools_check) = tools_of(cx);
+            let pkgs = rootfs::build(recipe, &tools, repo.path(), epoch, dir)?;
+            tools_check.wait()?;
             debs::check_installed(&facts.rootfs_debs, &pkgs)?;
             Ok(json!({ "packages": pkgs }))
         }
@@ -488,7 +483,32 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
                 .iter()
                 .find(|l| l.name.as_str() == name)
                 .expect("planned from the recipe");
-            let tree = if let LayerKind::Pip { venv, python, .. } = &l.kind {
+            let tree = if let LayerKind::Run { script } = &l.kind {
+                let at = plan
+                    .steps
+                    .iter()
+                    .position(|s| s.key == step.key)
+                    .expect("a step of the plan");
+                let before: Vec<&Step> = plan.steps[..at]
+                    .iter()
+                    .filter(|s| s.kind == StepKind::Layer)
+                    .collect();
+                let tars = image::stored_tars(recipe, plan, store, &before)?;
+                let base = image::merge_tars(&tars);
+                let mut checks = vec![];
+                checks.extend(tars.into_iter().map(|t| t.check));
+                let (tools, tools_check) = tools_of(cx);
+                checks.push(tools_check);
+                let made = base.and_then(|base| {
+                    run::run(&tools, &base, script, epoch, dir)
+                        .with_context(|| format!("layer `{name}`"))
+                });
+                // A damaged input says so before what it made is judged.
+                for c in checks {
+                    c.wait()?;
+                }
+                made?
+            } else if let LayerKind::Pip { venv, python, .. } = &l.kind {
                 let py = python_of(recipe, python)?;
                 let wheels = resolved
                     .wheels
@@ -509,15 +529,22 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
             Ok(json!(null))
         }
         StepKind::Image => {
-            let tools_key = &plan.steps[0].key;
-            let tools = ToolsEnv::new(store.path(tools_key).join("root"));
-            // The tools write the image's bytes: their tree is checked against
-            // its listing while they run, and waited for before the image is kept.
-            let tools_check = store.check_tree(tools_key, "root");
+            let (tools, tools_check) = tools_of(cx);
             image::image(recipe, plan, step, store, &tools, tools_check, dir)?;
             Ok(json!(null))
         }
     }
+}
+
+/// The tools environment of the plan. The tools write bytes: their tree
+/// is checked against its listing while they run (wait for the check
+/// before what they made is kept).
+fn tools_of(cx: &Ctx) -> (ToolsEnv, store::Check) {
+    let tools_key = &cx.plan.steps[0].key;
+    (
+        ToolsEnv::new(cx.store.path(tools_key).join("root")),
+        cx.store.check_tree(tools_key, "root"),
+    )
 }
 
 /// Which steps of a plan the store has.

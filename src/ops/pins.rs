@@ -88,7 +88,6 @@ pub fn facts(lock: &Lock, contents: BTreeMap<String, String>) -> Facts {
         contents,
         rootfs_debs: lock.debs.rootfs.clone(),
         tools_debs: lock.debs.tools.clone(),
-        host_tools: BTreeMap::new(),
     }
 }
 

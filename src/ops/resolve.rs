@@ -186,14 +186,7 @@ fn pip_requirements(recipe: &Recipe) -> BTreeMap<String, Vec<String>> {
 /// their wheels put in `store` when one is given. With a lock that covers
 /// the recipe this reads local files only: no network, no store.
 pub fn facts(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Result<Resolved> {
-    let mut r = facts_of_inputs(recipe, opts, store)?;
-    r.facts.host_tools = crate::tools::host_versions(&host_tool_names());
-    Ok(r)
-}
-
-/// Every host program whose version enters a key.
-fn host_tool_names() -> Vec<&'static str> {
-    plan::HOST_TOOLS_FOR_ROOTFS.to_vec()
+    facts_of_inputs(recipe, opts, store)
 }
 
 /// Says (on stderr) that the facts are being resolved over the network.

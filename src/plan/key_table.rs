@@ -198,7 +198,7 @@ fn fixture(text: &str) -> Fixture {
 
 /// The facts a build takes from `lock` (as `build::facts` does): the
 /// lock's pins, the files layers' content, the pip layers' wheels.
-fn facts_of(lock: &Lock, host: &BTreeMap<String, String>) -> Facts {
+fn facts_of(lock: &Lock) -> Facts {
     let mut c = BTreeMap::from([
         ("conf".to_string(), "c1".to_string()),
         ("late".to_string(), "c2".to_string()),
@@ -206,16 +206,7 @@ fn facts_of(lock: &Lock, host: &BTreeMap<String, String>) -> Facts {
     for (name, w) in &lock.pip {
         c.insert(name.clone(), crate::lock::wheels_hash(w));
     }
-    let mut f = crate::ops::pins::facts(lock, c);
-    f.host_tools = host.clone();
-    f
-}
-
-fn host() -> BTreeMap<String, String> {
-    ["mmdebstrap", "apt", "dpkg", "tar"]
-        .iter()
-        .map(|n| (n.to_string(), "1.0".to_string()))
-        .collect()
+    crate::ops::pins::facts(lock, c)
 }
 
 /// Labels of the steps whose keys differ between two plans.
@@ -276,9 +267,6 @@ fn every_field_of_a_layer_kind_and_of_the_lock_is_in_the_key_table() {
             "wheel field `{f}` is not in the key table"
         );
     }
-    for n in HOST_TOOLS_FOR_ROOTFS {
-        assert!(t.contains(n), "host program {n} is not in the key table");
-    }
 }
 
 #[test]
@@ -286,46 +274,67 @@ fn every_pinned_input_moves_exactly_its_steps() {
     let fx = fixture(RECIPE);
     let r = &fx.recipe;
     let base_lock = lock();
-    let base = plan(r, &facts_of(&base_lock, &host()));
+    let base = plan(r, &facts_of(&base_lock));
     let labels: Vec<&str> = base.steps.iter().map(|s| s.label.as_str()).collect();
-    assert_eq!(labels, ["tools", "rootfs", "layer:late", "image"]);
+    assert_eq!(
+        labels,
+        [
+            "tools",
+            "rootfs",
+            "layer:conf",
+            "layer:web",
+            "layer:app",
+            "layer:enable",
+            "layer:late",
+            "image"
+        ]
+    );
 
     let with = |edit: &dyn Fn(&mut Lock)| {
         let mut l = lock();
         edit(&mut l);
-        plan(r, &facts_of(&l, &host()))
+        plan(r, &facts_of(&l))
     };
-    // Layers before the run layer are in the rootfs step.
+    // The run layer runs over the tree so far: whatever moves a step
+    // before it moves it too.
     let cases: Vec<(&str, Plan, &[&str])> = vec![
         (
             "a wheel's sha256",
             with(&|l| l.pip.get_mut("app").unwrap()[0].sha256 = "23".repeat(32)),
-            &["rootfs", "image"],
+            &["layer:app", "layer:enable", "image"],
         ),
         (
             "a wheel's version",
             with(&|l| l.pip.get_mut("app").unwrap()[0].version = "1.17.0".into()),
-            &["rootfs", "image"],
+            &["layer:app", "layer:enable", "image"],
         ),
         (
             "a rootfs .deb's sha256",
             with(&|l| l.debs.rootfs[0].sha256 = "46".repeat(32)),
-            &["rootfs", "image"],
+            &["rootfs", "layer:enable", "image"],
         ),
         (
-            "a tools .deb's sha256",
+            "a tools .deb's sha256 (the tools install the rootfs)",
             with(&|l| l.debs.tools[0].sha256 = "56".repeat(32)),
-            &["tools", "image"],
+            &["tools", "rootfs", "layer:enable", "image"],
         ),
         (
             "the epoch",
             with(&|l| l.epoch += 1),
-            &["rootfs", "layer:late", "image"],
+            &[
+                "rootfs",
+                "layer:conf",
+                "layer:web",
+                "layer:app",
+                "layer:enable",
+                "layer:late",
+                "image",
+            ],
         ),
         (
             "the tools epoch",
             with(&|l| l.tools_epoch += 1),
-            &["tools", "image"],
+            &["tools", "rootfs", "layer:enable", "image"],
         ),
         (
             "a release file (no bytes: the .debs are pinned)",
@@ -338,29 +347,32 @@ fn every_pinned_input_moves_exactly_its_steps() {
     for (what, p, want) in cases {
         assert_eq!(moved(&base, &p), set(want), "changing {what}");
     }
-    for (tool, want) in [
-        ("apt", &["rootfs", "image"][..]),
-        ("dpkg", &["rootfs", "image"]),
-        ("mmdebstrap", &["rootfs", "image"]),
-        ("tar", &["rootfs", "image"]),
-    ] {
-        let mut h = host();
-        h.insert(tool.into(), "2.0".into());
-        let p = plan(r, &facts_of(&base_lock, &h));
-        assert_eq!(moved(&base, &p), set(want), "a new version of host {tool}");
-    }
+    let mut c = facts_of(&base_lock);
+    c.contents.insert("conf".into(), "c9".into());
+    assert_eq!(
+        moved(&base, &plan(r, &c)),
+        set(&["layer:conf", "layer:enable", "image"]),
+        "a files layer before the run layer"
+    );
+    let mut c = facts_of(&base_lock);
+    c.contents.insert("late".into(), "c9".into());
+    assert_eq!(
+        moved(&base, &plan(r, &c)),
+        set(&["layer:late", "image"]),
+        "a files layer after the run layer"
+    );
 }
 
 #[test]
-fn pip_and_fetch_layers_after_the_last_run_layer_are_keyed_by_their_pins() {
-    // The same layers, no run layer: each is a step of its own.
+fn pip_and_fetch_layers_are_keyed_by_their_pins() {
+    // The same layers, no run layer.
     let text = RECIPE.replace(
         "kind = \"run\"\nscript = \"true\"",
         "kind = \"apt\"\npackages = [\"b\"]",
     );
     let fx = fixture(&text);
     let r = &fx.recipe;
-    let base = plan(r, &facts_of(&lock(), &host()));
+    let base = plan(r, &facts_of(&lock()));
     let labels: Vec<&str> = base.steps.iter().map(|s| s.label.as_str()).collect();
     assert_eq!(
         labels,
@@ -376,7 +388,7 @@ fn pip_and_fetch_layers_after_the_last_run_layer_are_keyed_by_their_pins() {
     );
     let mut l = lock();
     l.pip.get_mut("app").unwrap()[0].sha256 = "23".repeat(32);
-    let p = plan(r, &facts_of(&l, &host()));
+    let p = plan(r, &facts_of(&l));
     assert_eq!(
         moved(&base, &p),
         set(&["layer:app", "image"]),
@@ -384,7 +396,7 @@ fn pip_and_fetch_layers_after_the_last_run_layer_are_keyed_by_their_pins() {
     );
 
     let fx2 = fixture(&text.replace(&"1".repeat(64), &"9".repeat(64)));
-    let p = plan(&fx2.recipe, &facts_of(&lock(), &host()));
+    let p = plan(&fx2.recipe, &facts_of(&lock()));
     assert_eq!(
         moved(&base, &p),
         set(&["layer:web", "image"]),
@@ -393,6 +405,6 @@ fn pip_and_fetch_layers_after_the_last_run_layer_are_keyed_by_their_pins() {
 
     // Transport is no input: another URL for the same pinned file.
     let fx3 = fixture(&text.replace("127.0.0.1/web", "127.0.0.2/mirror/web"));
-    let p = plan(&fx3.recipe, &facts_of(&lock(), &host()));
+    let p = plan(&fx3.recipe, &facts_of(&lock()));
     assert_eq!(moved(&base, &p), set(&[]), "a fetch layer's url");
 }

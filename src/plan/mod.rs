@@ -11,7 +11,7 @@
 //! |----------|--------------|---------------------------------------------------------------------|
 //! | `tools`  | `suite`      | the tools suite ([`TOOLS_SUITE`])                                   |
 //! | `tools`  | `packages`   | the tools package list ([`TOOLS_PACKAGES`])                         |
-//! | `tools`  | `variant`    | how they are unpacked (`mimg-unpack`: by mimg itself, data.tar only, merged /usr) |
+//! | `tools`  | `variant`    | how they are unpacked ([`TOOLS_VARIANT`]: by mimg itself, data.tar only, merged /usr, the sandboxes' mount points) |
 //! | `tools`  | `debs`       | set hash of every pinned .deb of the tools environment (lock `debs.tools`: each .deb's `sha256`, `name` and `version`) |
 //! | `tools`  | `epoch`      | the tools suite's release date (lock `tools_epoch`)                 |
 //! | `rootfs` | `base`       | base suite and components (recipe `[base]`)                         |
@@ -19,10 +19,10 @@
 //! | `rootfs` | `packages`   | apt packages per source (every `apt` layer: `packages`, `source`)   |
 //! | `rootfs` | `debs`       | set hash of every pinned .deb of the rootfs (lock `debs.rootfs`)    |
 //! | `rootfs` | `epoch`      | the build epoch (lock `epoch`)                                      |
-//! | `rootfs` | `layers`     | every non-apt layer up to the last `run` layer, as `layer` below    |
-//! | `rootfs` | `host_tools` | versions of the host programs that make it (mmdebstrap, apt, dpkg, tar) |
+//! | `rootfs` | `tools`      | the tools step's key (its mmdebstrap, apt, dpkg and tar install the rootfs) |
 //! | `layer`  | `layer`      | the layer's whole spec (every field of its kind but those below: `name`, `kind`, `to`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: each wheel's `name`, `version`, `file`, `sha256`) |
 //! | `layer`  | `epoch`      | the build epoch                                                     |
+//! | `layer`  | `over`       | a `run` layer only: keys of the rootfs step and of every layer step before it (the tree it runs in) |
 //! | `image`  | `tools`, `rootfs`, `layers` | keys of the tools step, the rootfs step and every later layer step, in order |
 //! | `image`  | `disk`       | disk size and boot modes (recipe `[disk]`)                          |
 //! | `image`  | `epoch`      | the build epoch                                                     |
@@ -51,11 +51,21 @@ use crate::recipe::{Layer, LayerKind, Recipe};
 pub const FORMAT: u32 = 1;
 
 /// The suite the tools environment comes from, and what it holds: these
-/// packages and their dependencies, unpacked (mmdebstrap's `extract`
-/// variant: no essential set, no maintainer scripts; the tools only run).
+/// packages and their dependencies, unpacked by mimg (no essential set, no
+/// maintainer scripts; the tools only run). Its mmdebstrap, apt, dpkg and
+/// tar install every rootfs; its e2fsprogs, grub and qemu-utils write
+/// every image.
 pub const TOOLS_SUITE: &str = "trixie";
 pub const TOOLS_PACKAGES: &[&str] = &[
     "dash",
+    "coreutils",
+    "mmdebstrap",
+    "apt",
+    "dpkg",
+    "tar",
+    "mount",
+    "util-linux",
+    "findutils",
     "libc-bin",
     "e2fsprogs",
     "libarchive13t64",
@@ -66,6 +76,10 @@ pub const TOOLS_PACKAGES: &[&str] = &[
     "mtools",
     "dosfstools",
 ];
+
+/// How the tools root is made (`stages::tools_env`), in the tools key:
+/// bumped whenever it writes other bytes from the same .debs.
+pub const TOOLS_VARIANT: &str = "mimg-unpack/2";
 
 /// A step key: 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
@@ -153,20 +167,6 @@ pub struct Facts {
     pub rootfs_debs: Vec<crate::lock::model::Deb>,
     /// Every .deb of the tools environment.
     pub tools_debs: Vec<crate::lock::model::Deb>,
-    /// Versions of the host programs that make the tools environment and
-    /// the rootfs (program -> version), gathered by `tools::host_versions`.
-    pub host_tools: BTreeMap<String, String>,
-}
-
-/// The host programs whose versions enter the `rootfs` step's key.
-pub const HOST_TOOLS_FOR_ROOTFS: &[&str] = &["mmdebstrap", "apt", "dpkg", "tar"];
-
-fn host_tools(facts: &Facts, names: &[&str]) -> Value {
-    let m: BTreeMap<&str, Option<&String>> = names
-        .iter()
-        .map(|n| (*n, facts.host_tools.get(*n)))
-        .collect();
-    json!(m)
 }
 
 /// What a step does.
@@ -277,25 +277,13 @@ pub fn includes(recipe: &Recipe) -> Vec<String> {
     v
 }
 
-/// Index after the last `run` layer: layers before it are applied in the
-/// rootfs step (they may need to run commands over earlier ones).
-pub fn head_len(recipe: &Recipe) -> usize {
-    recipe
-        .layers
-        .iter()
-        .rposition(|l| matches!(l.kind, LayerKind::Run { .. }))
-        .map(|i| i + 1)
-        .unwrap_or(0)
-}
-
 /// Make the plan. Pure: the same recipe and facts give the same keys.
 pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     let mut steps = Vec::new();
-
     let mut tools_in = BTreeMap::new();
     tools_in.insert("suite".into(), json!(TOOLS_SUITE));
     tools_in.insert("packages".into(), json!(TOOLS_PACKAGES));
-    tools_in.insert("variant".into(), json!("mimg-unpack"));
+    tools_in.insert("variant".into(), json!(TOOLS_VARIANT));
     tools_in.insert(
         "debs".into(),
         json!(crate::lock::model::set_hash(&facts.tools_debs)),
@@ -303,9 +291,7 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     tools_in.insert("epoch".into(), json!(facts.tools_epoch));
     let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
 
-    let head = head_len(recipe);
     let mut apt: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut head_layers = Vec::new();
     for l in &recipe.layers {
         if let LayerKind::Apt { packages, source } = &l.kind {
             let key = source.as_ref().map(|s| s.to_string()).unwrap_or_default();
@@ -318,11 +304,6 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
         ps.sort();
         ps.dedup();
     }
-    for l in &recipe.layers[..head] {
-        if !matches!(l.kind, LayerKind::Apt { .. }) {
-            head_layers.push(layer_input(l, facts));
-        }
-    }
     let mut root_in = BTreeMap::new();
     root_in.insert("base".into(), json!(recipe.base));
     root_in.insert("sources".into(), json!(recipe.sources));
@@ -332,26 +313,24 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
         json!(crate::lock::model::set_hash(&facts.rootfs_debs)),
     );
     root_in.insert("epoch".into(), json!(facts.epoch));
-    root_in.insert("layers".into(), json!(head_layers));
-    root_in.insert(
-        "host_tools".into(),
-        host_tools(facts, HOST_TOOLS_FOR_ROOTFS),
-    );
-    let head_names = recipe.layers[..head]
-        .iter()
-        .filter(|l| !matches!(l.kind, LayerKind::Apt { .. }))
-        .map(|l| l.name.to_string())
-        .collect();
-    let rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, head_names);
+    root_in.insert("tools".into(), json!(tools.key));
+    let rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, vec![]);
 
-    let mut tail = Vec::new();
-    for l in &recipe.layers[head..] {
+    // Every other layer is a step. A `run` layer acts on the tree so far:
+    // its key holds the keys of every step that made that tree.
+    let mut tail: Vec<Step> = Vec::new();
+    for l in &recipe.layers {
         if matches!(l.kind, LayerKind::Apt { .. }) {
             continue;
         }
         let mut inp = BTreeMap::new();
         inp.insert("layer".into(), layer_input(l, facts));
         inp.insert("epoch".into(), json!(facts.epoch));
+        if matches!(l.kind, LayerKind::Run { .. }) {
+            let mut over = vec![rootfs.key.clone()];
+            over.extend(tail.iter().map(|s| s.key.clone()));
+            inp.insert("over".into(), json!(over));
+        }
         tail.push(Step::new(
             StepKind::Layer,
             format!("layer:{}", l.name),
@@ -441,16 +420,42 @@ mod tests {
     }
 
     #[test]
-    fn layers_before_a_run_layer_go_into_the_rootfs() {
+    fn a_run_layer_is_a_step_keyed_by_the_tree_it_runs_in() {
         let d = tempfile::tempdir().unwrap();
-        let r = recipe(
-            d.path(),
-            &format!("{R}[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\n"),
+        let text = format!(
+            "{R}[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\n[[layer]]\nname = \"after\"\nkind = \"files\"\nfrom = \"files\"\n"
         );
-        let p = plan(&r, &facts("x"));
+        let r = recipe(d.path(), &text);
+        let mut f = facts("x");
+        f.contents.insert("after".into(), "a".into());
+        let p = plan(&r, &f);
         let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
-        assert_eq!(labels, ["tools", "rootfs", "image"]);
-        assert_eq!(p.steps[1].layers, ["motd", "en"]);
+        assert_eq!(
+            labels,
+            ["tools", "rootfs", "layer:motd", "layer:en", "layer:after", "image"]
+        );
+        assert_eq!(p.steps[1].layers, Vec::<String>::new());
+        assert_eq!(
+            p.steps[3].inputs["over"],
+            json!([p.steps[1].key, p.steps[2].key])
+        );
+        // The files layer before it moves it; the one after does not.
+        let mut g = f.clone();
+        g.contents.insert("motd".into(), "y".into());
+        let q = plan(&r, &g);
+        let moved: Vec<_> = p
+            .steps
+            .iter()
+            .zip(&q.steps)
+            .filter(|(a, b)| a.key != b.key)
+            .map(|(a, _)| a.label.as_str())
+            .collect();
+        assert_eq!(moved, ["layer:motd", "layer:en", "image"]);
+        let mut h = f.clone();
+        h.contents.insert("after".into(), "b".into());
+        let q = plan(&r, &h);
+        assert_eq!(p.steps[3].key, q.steps[3].key);
+        assert_ne!(p.image().key, q.image().key);
     }
 
     #[test]

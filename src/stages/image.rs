@@ -12,7 +12,7 @@ use std::time::Instant;
 use anyhow::Result;
 
 use super::scratch::Scratch;
-use super::{boot, disk, filesystem, qcow2, tarball::Tree};
+use super::{boot, disk, filesystem, qcow2, run, tarball::Tree};
 use crate::plan::{Plan, Step, StepKind};
 use crate::recipe::{BootMode, Recipe};
 use crate::store::{self, Store};
@@ -32,14 +32,15 @@ pub fn image(
     let phase = |what: &str| tracing::debug!("image: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     // The stored tars, rootfs first; their sha256s are checked on other
     // threads while the image is made, and waited for before it is kept.
-    let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
-    let mut tars = vec![store.read_output(rootfs_key, "rootfs.tar")?];
-    for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
-        tars.push(store.read_output(&s.key, "layer.tar")?);
-    }
+    let layer_steps: Vec<&Step> = plan
+        .steps
+        .iter()
+        .filter(|s| s.kind == StepKind::Layer)
+        .collect();
+    let tars = stored_tars(recipe, plan, store, &layer_steps)?;
     phase("stored tars read");
     let root_uuid = step.key.derive_uuid("root filesystem");
-    let bytes = tars.iter().map(|(t, _)| t.len() as u64).sum();
+    let bytes = tars.iter().map(|t| t.bytes.len() as u64).sum();
     let scratch = Scratch::new(bytes, dir)?;
     let raw_path = scratch.path().join("disk.raw");
     // The GPT, the EFI system partition and GRUB do not depend on the tree:
@@ -55,7 +56,7 @@ pub fn image(
     });
     // From here the tars' bytes live only as long as the tree does.
     let mut checks: Vec<store::Check> = vec![tools_check];
-    checks.extend(tars.into_iter().map(|(_, c)| c));
+    checks.extend(tars.into_iter().map(|t| t.check));
     let tree = match tree {
         Ok(t) => t,
         Err(e) => {
@@ -89,17 +90,60 @@ pub fn image(
     Ok(())
 }
 
-/// The image's tree: the rootfs, the layers in order, then the boot files.
-fn merged_tree(tars: &[(bytes::Bytes, store::Check)], root_uuid: &str, epoch: u64) -> Result<Tree> {
+/// One stored tar of the tree: the rootfs, a layer's, or a run layer's
+/// difference; its sha256 is checked meanwhile (wait for `check`).
+pub struct StoredTar {
+    pub bytes: bytes::Bytes,
+    pub check: store::Check,
+    /// A run layer's difference (whiteouts; directories replaced).
+    pub diff: bool,
+}
+
+/// The rootfs tar and those of `layers` (layer steps of `plan`), in order.
+pub fn stored_tars(
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &Store,
+    layers: &[&Step],
+) -> Result<Vec<StoredTar>> {
+    let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
+    let (bytes, check) = store.read_output(rootfs_key, "rootfs.tar")?;
+    let mut tars = vec![StoredTar {
+        bytes,
+        check,
+        diff: false,
+    }];
+    for s in layers {
+        let (bytes, check) = store.read_output(&s.key, "layer.tar")?;
+        let diff = recipe.layers.iter().any(|l| {
+            s.layers.first().is_some_and(|n| n == l.name.as_str())
+                && matches!(l.kind, crate::recipe::LayerKind::Run { .. })
+        });
+        tars.push(StoredTar { bytes, check, diff });
+    }
+    Ok(tars)
+}
+
+/// The tree of stored tars merged in order (see [`filesystem::merge`] and
+/// [`run::apply`]).
+pub fn merge_tars(tars: &[StoredTar]) -> Result<Tree> {
     let mut tree: Option<Tree> = None;
-    for (data, _) in tars {
-        let t = Tree::read_bytes(data)?;
+    for t in tars {
+        let layer = Tree::read_bytes(&t.bytes)?;
         match &mut tree {
-            None => tree = Some(t),
-            Some(base) => filesystem::merge(base, t),
+            None => tree = Some(layer),
+            Some(base) if t.diff => run::apply(base, layer),
+            Some(base) => filesystem::merge(base, layer),
         }
     }
     let mut tree = tree.expect("the rootfs is always read");
+    tree.fix_hardlinks();
+    Ok(tree)
+}
+
+/// The image's tree: the rootfs, the layers in order, then the boot files.
+fn merged_tree(tars: &[StoredTar], root_uuid: &str, epoch: u64) -> Result<Tree> {
+    let mut tree = merge_tars(tars)?;
     let (kernel, initrd) = boot::kernel(&tree)?;
     filesystem::merge(
         &mut tree,

@@ -100,7 +100,8 @@ fn host_entry(p: &Path, mtime: u64) -> Result<Entry> {
 /// Gives the bytes of a pinned file (from the store, or fetched into it).
 pub type Blobs<'a> = &'a dyn Fn(&str, &crate::recipe::Sha256Hex) -> Result<Vec<u8>>;
 
-/// The tree a layer adds (not for `apt` and `run` layers, which act in the rootfs).
+/// The tree a layer adds (not for `apt` layers, the rootfs's, nor `run`
+/// layers, which act on the tree: [`super::run`]).
 pub fn layer_tree(layer: &Layer, mtime: u64, blobs: Blobs) -> Result<Tree> {
     match &layer.kind {
         LayerKind::Files { from, to } => {
@@ -138,7 +139,7 @@ pub fn layer_tree(layer: &Layer, mtime: u64, blobs: Blobs) -> Result<Tree> {
             )
         }
         LayerKind::Apt { .. } | LayerKind::Run { .. } => {
-            unreachable!("apt and run layers act inside the rootfs step")
+            unreachable!("apt layers are the rootfs step; run layers run over a tree (stages::run)")
         }
     }
 }

@@ -10,6 +10,7 @@ pub mod image;
 pub mod layer;
 pub mod qcow2;
 pub mod rootfs;
+pub mod run;
 pub mod scratch;
 pub mod tarball;
 pub mod tools_env;

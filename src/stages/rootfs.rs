@@ -1,7 +1,7 @@
-//! The rootfs step: mmdebstrap installs every apt layer's packages from the
-//! recipe's suites, applies the layers up to the last `run` layer through
-//! mmdebstrap hooks, and the result is scrubbed and rewritten as a
-//! canonical tar (see [`super::tarball`]).
+//! The rootfs step: the tools environment's mmdebstrap installs every apt
+//! layer's packages from the pinned .debs, and the result is scrubbed and
+//! rewritten as a canonical tar (see [`super::tarball`]). No host program
+//! touches the tree: the host only runs the sandbox.
 //!
 //! Scrubbed, because they are host facts, secrets or clocks: ssh host keys,
 //! the snakeoil certificate, logs, apt lists and caches, ldconfig's
@@ -9,95 +9,72 @@
 //! host's hostname and resolv.conf, and the mirror URL in apt's sources.
 
 use std::collections::BTreeMap;
-use std::fs;
 use std::path::Path;
+use std::process::Stdio;
 
 use anyhow::{Context, Result, bail};
 
-use super::layer::layer_tree;
 use super::tarball::{Entry, Kind, Tree};
-use crate::recipe::{Layer, LayerKind, Recipe};
-use crate::tools;
+use crate::recipe::Recipe;
+use crate::tools::{self, ToolsEnv};
 
 use crate::lock::model::Package;
 
-/// Build the rootfs tar into `out/rootfs.tar` from the local repository
-/// of pinned .debs at `source` (an apt source line); returns the installed
-/// packages.
+/// Where the local repository of pinned .debs is seen inside the sandbox.
+pub const REPO: &str = "/repo";
+
+/// Build the rootfs tar into `out/rootfs.tar`: the tools environment's
+/// mmdebstrap (in its sandbox, as root there, with no network) installs
+/// the recipe's packages from the local repository of pinned .debs at
+/// `repo` (suite `suite`) and streams the tree as a tar, which mimg reads,
+/// scrubs and rewrites canonically. Returns the installed packages.
 pub fn build(
     recipe: &Recipe,
-    head: &[Layer],
-    source: &str,
+    tools_env: &ToolsEnv,
+    repo: &Path,
     epoch: u64,
     out: &Path,
-    blobs: super::layer::Blobs,
 ) -> Result<Vec<Package>> {
-    // As root, mmdebstrap makes a directory and GNU tar, run by mimg with
-    // mmdebstrap's own tar options, streams it into the tree: mmdebstrap's
-    // tar format does the same through a pipe and a copy, ~6 s slower here.
-    // Rootless (unshare mode), only mmdebstrap can read what it made: its
-    // tar format. Both give the same tree.
-    let as_dir = tools::is_root();
-    let (format, raw) = if as_dir {
-        ("directory", out.join("mmdebstrap.root"))
-    } else {
-        ("tar", out.join("mmdebstrap.tar"))
-    };
-    let mut cmd = tools::mmdebstrap(epoch)?;
-    // dpkg's fsyncs buy nothing here: the tree is read back into the
-    // canonical tar, which the store syncs when it commits the step.
-    cmd.arg("--variant=apt")
-        .arg(format!("--format={format}"))
-        .arg("--dpkgopt=force-unsafe-io");
+    let suite = recipe.base.suite.as_str();
     // The local repository is one suite: `name/suite` becomes `name`.
     let inc: Vec<String> = crate::plan::includes(recipe)
         .into_iter()
         .map(|p| p.split('/').next().unwrap_or(&p).to_string())
         .collect();
+    let include = format!("--include={}", inc.join(","));
+    let source = format!("deb [trusted=yes] copy://{REPO} {suite} main");
+    let mut argv = vec![
+        "mmdebstrap",
+        "--mode=root",
+        "--quiet",
+        "--variant=apt",
+        "--format=tar",
+        // dpkg's fsyncs buy nothing here: the tree is read back into the
+        // canonical tar, which the store syncs when it commits the step.
+        "--dpkgopt=force-unsafe-io",
+    ];
     if !inc.is_empty() {
-        cmd.arg(format!("--include={}", inc.join(",")));
+        argv.push(&include);
     }
-    for (i, l) in head.iter().enumerate() {
-        match &l.kind {
-            LayerKind::Apt { .. } => {}
-            LayerKind::Run { script } => {
-                let f = out.join(format!("run-{i}.sh"));
-                crate::paths::write(&f, script)?;
-                cmd.arg(format!("--customize-hook=copy-in {} /tmp", f.display()));
-                cmd.arg(format!(
-                    "--customize-hook=unshare -n chroot \"$1\" /bin/sh -e /tmp/run-{i}.sh"
-                ));
-                cmd.arg(format!("--customize-hook=rm -f \"$1/tmp/run-{i}.sh\""));
-            }
-            _ => {
-                let f = out.join(format!("layer-{i}.tar"));
-                layer_tree(l, epoch, blobs)?.write(crate::paths::create(&f)?)?;
-                cmd.arg(format!("--customize-hook=tar-in {} /", f.display()));
-            }
-        }
-    }
-    cmd.arg(recipe.base.suite.as_str()).arg(&raw).arg(source);
+    argv.extend([suite, "-", source.as_str()]);
     let t0 = std::time::Instant::now();
     let phase =
         |what: &str| tracing::debug!("rootfs: {what} at {:.2}s", t0.elapsed().as_secs_f64());
-    tools::run(cmd, "mmdebstrap").map_err(explain)?;
-    phase("mmdebstrap done");
-
-    let mut tree = if as_dir {
-        let t = tar_directory(&raw, epoch)?;
-        fs::remove_dir_all(&raw).with_context(|| format!("cannot remove {}", raw.display()))?;
-        t
-    } else {
-        let t = Tree::read(fs::File::open(&raw).context("reading mmdebstrap's tar")?)
-            .context("reading mmdebstrap's tar")?;
-        crate::paths::remove_file(&raw)?;
-        t
-    };
-    for i in 0..head.len() {
-        let _ = fs::remove_file(out.join(format!("run-{i}.sh")));
-        let _ = fs::remove_file(out.join(format!("layer-{i}.tar")));
-    }
-    phase("tar read");
+    // mmdebstrap's work directory is a tmpfs of the sandbox: whatever uids
+    // own its files, it is gone with the sandbox, even when killed.
+    let sandbox = tools_env
+        .sandbox(epoch)
+        .tmpfs("/tmp")
+        .env("TMPDIR", "/tmp")
+        .bind(repo, REPO, false);
+    let child = sandbox
+        .spawn(&argv, Stdio::piped(), "mmdebstrap")
+        .map_err(explain)?;
+    let mut tree = read_tar_of(child, "mmdebstrap").map_err(|e| match e.downcast::<tools::ToolError>() {
+        Ok(t) => explain(t),
+        Err(e) => e,
+    })?;
+    phase("mmdebstrap done, tar read");
     scrub(&mut tree, recipe, epoch);
     tree.fix_hardlinks();
     tree.clamp(epoch);
@@ -110,34 +87,10 @@ pub fn build(
     Ok(packages)
 }
 
-/// The options of mmdebstrap's own tar run (mmdebstrap 1.x) that decide
-/// what the tree holds, so a directory read this way is the tree its tar
-/// format carries. (Its `--mtime`/`--clamp-mtime` is `Tree::clamp`, run
-/// on both paths; pax header names are not content.)
-const MMDEBSTRAP_TAR_OPTIONS: &[&str] = &[
-    "--sort=name",
-    "--numeric-owner",
-    "--one-file-system",
-    "--format=pax",
-    "--xattrs",
-    "-c",
-    "--exclude=./dev",
-];
-
-/// Read the directory `root` into a tree through GNU tar.
-fn tar_directory(root: &Path, epoch: u64) -> Result<Tree> {
-    let mut child = tools::tar(epoch)?
-        .args(MMDEBSTRAP_TAR_OPTIONS)
-        .arg("-C")
-        .arg(root)
-        .arg(".")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot start tar")?;
+/// Read the tar a sandboxed child writes to its standard output.
+pub fn read_tar_of(mut child: std::process::Child, tool: &str) -> Result<Tree> {
     let stdout = child.stdout.take().expect("piped");
-    // Read on a second thread: `wait` drains tar's stderr meanwhile.
+    // Read on a second thread: `wait` drains the child's stderr meanwhile.
     // The tree ends at tar's end-of-archive blocks, but GNU tar pads its
     // output to whole records after them: read to the end, or a late write
     // of that padding meets a closed pipe (SIGPIPE; seen once in CI).
@@ -147,28 +100,22 @@ fn tar_directory(root: &Path, epoch: u64) -> Result<Tree> {
         let _ = std::io::copy(&mut r, &mut std::io::sink());
         tree
     });
-    let waited = tools::wait(child, "tar");
+    let waited = tools::wait(child, tool);
     let tree = reader
         .join()
         .map_err(|_| anyhow::anyhow!("the tar reader panicked"))?;
-    // A tree that did not parse says why; tar's own failure comes second.
-    let tree = tree.context("reading mmdebstrap's directory")?;
-    waited.context("reading mmdebstrap's directory")?;
-    Ok(tree)
+    // The tool's own failure says more than a tar cut short.
+    waited?;
+    tree.with_context(|| format!("reading the tar {tool} wrote"))
 }
 
 /// Turn mmdebstrap's failure into one that names the cause. (It installs
 /// from the local repository of pinned .debs: no mirror is involved.)
 fn explain(e: tools::ToolError) -> anyhow::Error {
-    if let tools::ToolError::Failed { stderr, .. } = &e {
-        if let Some(named) = crate::debs::package_error(stderr) {
-            return named;
-        }
-        if stderr.contains("subuid") || stderr.contains("newuidmap") {
-            return anyhow::anyhow!(
-                "{e}\nhint: a rootless build needs ranges in /etc/subuid and /etc/subgid for this user (and the uidmap package)"
-            );
-        }
+    if let tools::ToolError::Failed { stderr, .. } = &e
+        && let Some(named) = crate::debs::package_error(stderr)
+    {
+        return named;
     }
     anyhow::Error::new(e)
 }
@@ -206,6 +153,13 @@ const DROP_EXACT: &[&str] = &[
 
 /// Remove what must not be in an image, replace what names the host.
 pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
+    drop_volatile(tree);
+    fixed_files(tree, recipe, mtime);
+}
+
+/// Remove what must not be in an image: host facts, secrets, clocks,
+/// caches (also from what a `run` layer adds).
+pub fn drop_volatile(tree: &mut Tree) {
     let paths: Vec<String> = tree.paths().collect();
     for p in paths {
         let e = tree.get(&p).expect("listed");
@@ -231,6 +185,10 @@ pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
             tree.remove(&p);
         }
     }
+}
+
+/// The files every rootfs gets in place of the build host's.
+fn fixed_files(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
     // mmdebstrap's tar format adds its own ./dev, the directory has the
     // host's: neither is content (devtmpfs mounts over it), one fixed entry.
     tree.insert("dev", Entry::dir(0o755, mtime));

@@ -24,7 +24,7 @@ pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
         unpack_deb(data, &root).with_context(|| format!("unpacking {name}"))?;
     }
     // What base-files and dpkg would have made: the merged-/usr links and
-    // the mount points bwrap needs.
+    // the mount points of the sandboxes (crate::tools::sandbox).
     for (link, target) in [
         ("bin", "usr/bin"),
         ("sbin", "usr/sbin"),
@@ -35,7 +35,7 @@ pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
             std::os::unix::fs::symlink(target, root.join(link))?;
         }
     }
-    for d in ["dev", "proc", "tmp", "mnt"] {
+    for d in ["dev", "proc", "tmp", "mnt", "repo", "root"] {
         crate::paths::create_dir_all(root.join(d))?;
     }
     {

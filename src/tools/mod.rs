@@ -1,15 +1,18 @@
 //! The one place that spawns processes.
 //!
-//! Two kinds of tool run here: the host's `mmdebstrap` (to install the
-//! rootfs; it drives the host's apt and dpkg over the pinned .debs, and their
-//! versions are in the rootfs key), and everything that writes image bytes
-//! (mkfs.ext4, grub-mkimage, qemu-img), which runs from the tools
-//! environment through `bwrap`, so the host's versions never reach an image.
+//! Every program that writes tree or image bytes (mmdebstrap with its apt,
+//! dpkg and tar; mkfs.ext4, grub-mkimage, qemu-img; a `run` layer's
+//! commands) runs from the tools environment or the tree itself through
+//! `bwrap` ([`sandbox`]), so the host's versions never reach an image. The
+//! host's own programs here only move or check bytes whose hashes are
+//! pinned (apt-get resolving and gpgv checking at lock time, pip download),
+//! run the sandbox (bwrap, newuidmap) or boot (QEMU, ip).
 //! Every child gets a clean environment: `LC_ALL=C.UTF-8`, `TZ=UTC`,
 //! umask 022 and `SOURCE_DATE_EPOCH`; nothing else of the caller's leaks.
 
 pub mod netns;
 pub mod qemu;
+pub mod sandbox;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -26,6 +29,8 @@ pub enum ToolError {
         tool: String,
         source: std::io::Error,
     },
+    #[error("this host lacks {what}\nhint: {hint}")]
+    Unavailable { what: String, hint: String },
     #[error("`{tool}` failed ({status}):\n{stderr}")]
     Failed {
         tool: String,
@@ -59,7 +64,7 @@ pub fn which(tool: &str) -> Option<PathBuf> {
         .or_else(|| which::which_in(tool, Some("/usr/sbin:/usr/bin:/sbin:/bin"), "/").ok())
 }
 
-fn require(tool: &str, package: &str) -> Result<PathBuf, ToolError> {
+pub(crate) fn require(tool: &str, package: &str) -> Result<PathBuf, ToolError> {
     which(tool).ok_or_else(|| ToolError::Missing {
         tool: tool.into(),
         package: package.into(),
@@ -162,25 +167,6 @@ pub fn apt_get(config: &Path, args: &[&str]) -> Result<String, ToolError> {
     }
 }
 
-/// The host's GNU tar, with the clean environment (C.UTF-8, UTC, umask 022)
-/// mmdebstrap gives the tar it runs.
-pub fn tar(epoch: u64) -> Result<Command, ToolError> {
-    Ok(clean(&require("tar", "tar")?, epoch))
-}
-
-/// The host's mmdebstrap, in root mode as root and unshare mode otherwise.
-pub fn mmdebstrap(epoch: u64) -> Result<Command, ToolError> {
-    let p = require("mmdebstrap", "mmdebstrap")?;
-    let mut c = clean(&p, epoch);
-    c.arg(if is_root() {
-        "--mode=root"
-    } else {
-        "--mode=unshare"
-    });
-    c.arg("--quiet");
-    Ok(c)
-}
-
 /// A finished tools environment: a Debian root in the store.
 #[derive(Debug, Clone)]
 pub struct ToolsEnv {
@@ -194,6 +180,12 @@ impl ToolsEnv {
 
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// A sandbox with this environment, read-only, as `/` (see
+    /// [`sandbox::Sandbox`]), where its programs run as root.
+    pub fn sandbox(&self, epoch: u64) -> sandbox::Sandbox {
+        sandbox::Sandbox::new(&self.root, false, epoch)
     }
 
     /// `program` from the tools environment, with `work` at `/mnt` (read-write)
@@ -289,76 +281,4 @@ pub fn pip_download(
     }
     c.arg("--dest").arg(dest).arg("--").args(requirements);
     run(c, "pip download")
-}
-
-/// The versions of the host programs `names` (each also the name of the
-/// Debian package that ships it), for the keys of the steps they make.
-/// A program found in a system directory (`/usr/bin`, `/usr/sbin`, `/bin`,
-/// `/sbin`) is its package's version from dpkg's database (one call for
-/// all); one found elsewhere on PATH (a wrapper, a local build) is the first
-/// line of `NAME --version` and the sha256 of the file that runs. A program
-/// that is missing gets no entry.
-pub fn host_versions(names: &[&str]) -> std::collections::BTreeMap<String, String> {
-    let mut out = std::collections::BTreeMap::new();
-    let system = |p: &Path| {
-        let p = p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-        ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"]
-            .iter()
-            .any(|d| p.starts_with(d))
-    };
-    let found: Vec<(&str, PathBuf)> = names
-        .iter()
-        .filter_map(|n| which(n).map(|p| (*n, p)))
-        .collect();
-    let packaged: Vec<&str> = found
-        .iter()
-        .filter(|(_, p)| system(p))
-        .map(|(n, _)| *n)
-        .collect();
-    if !packaged.is_empty()
-        && let Some(q) = which("dpkg-query")
-    {
-        let mut c = clean(&q, 0);
-        c.args(["-W", "-f=${Package}\\t${Version}\\t${db:Status-Abbrev}\\n"])
-            .args(&packaged)
-            .stdin(Stdio::null())
-            .stderr(Stdio::null());
-        if let Ok(o) = c.output() {
-            for line in String::from_utf8_lossy(&o.stdout).lines() {
-                let mut f = line.split('\t');
-                if let (Some(p), Some(v), Some(st)) = (f.next(), f.next(), f.next())
-                    && st.starts_with("ii")
-                {
-                    out.insert(p.to_string(), v.to_string());
-                }
-            }
-        }
-    }
-    for (n, p) in &found {
-        if out.contains_key(*n) {
-            continue;
-        }
-        let mut c = clean(p, 0);
-        c.arg("--version")
-            .stdin(Stdio::null())
-            .stderr(Stdio::null());
-        let version = c
-            .output()
-            .ok()
-            .and_then(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .map(|l| l.trim().to_string())
-            })
-            .unwrap_or_default();
-        let sum = std::fs::read(p)
-            .map(|b| {
-                use sha2::Digest;
-                hex::encode(sha2::Sha256::digest(&b))
-            })
-            .unwrap_or_default();
-        out.insert(n.to_string(), format!("{version} (sha256 {sum})"));
-    }
-    out
 }

@@ -1,0 +1,211 @@
+//! A `run` layer's step: its script runs in the tree made so far (the
+//! rootfs and every layer before it), without network, and what it changed
+//! is kept as a deterministic tar: the entries it added or changed, and a
+//! whiteout (`DIR/.wh.NAME`, as in OCI layers) for each path it removed.
+//!
+//! Everything happens in one sandbox of the tools environment: its GNU tar
+//! unpacks the tree into a tmpfs, its `chroot` runs the script there as
+//! root (proc and dev mounted, its own /tmp, the script read from a file
+//! descriptor so it never lands in the tree), its tar reads the tree back.
+//! No host program touches the tree; rootless, the files keep their owners
+//! through the sandbox's user namespace.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::Result;
+
+use super::tarball::{Entry, Kind, PathKey, Tree};
+use crate::tools::ToolsEnv;
+
+/// The prefix of a whiteout's file name.
+pub const WHITEOUT: &str = ".wh.";
+
+/// What runs in the tools sandbox: unpack, run the layer's script
+/// chrooted, unmount, stream the tree out.
+const DRIVER: &str = r#"set -e
+r=/tmp/root
+mkdir -m 0755 $r
+tar -C $r -x -p --numeric-owner --xattrs --xattrs-include='*' -f /mnt/base.tar
+mkdir -p $r/proc $r/dev $r/tmp
+mount -t proc proc $r/proc
+mount --rbind /dev $r/dev
+mount -t tmpfs -o mode=1777 tmpfs $r/tmp
+status=0
+env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 TZ=UTC HOME=/root \
+    SOURCE_DATE_EPOCH="$SOURCE_DATE_EPOCH" SYSTEMD_OFFLINE=1 \
+    chroot $r /bin/sh -e /dev/fd/3 3</mnt/run.sh </dev/null >&2 || status=$?
+umount -l $r/tmp $r/proc
+umount -l $r/dev
+if [ $status -ne 0 ]; then
+    echo "mimg: the run layer's script failed with exit status $status" >&2
+    exit $status
+fi
+tar -C $r -c --numeric-owner --xattrs --xattrs-include='*' --format=pax --sort=name --one-file-system .
+"#;
+
+/// Run `script` over `base` (the tree so far); returns the difference.
+/// `dir` is the step's directory (scratch files are removed again).
+pub fn run(
+    tools: &ToolsEnv,
+    base: &Tree,
+    script: &str,
+    epoch: u64,
+    dir: &Path,
+) -> Result<Tree> {
+    let base_tar = dir.join("base.tar");
+    let script_file = dir.join("run.sh");
+    {
+        let f = crate::paths::create(&base_tar)?;
+        let mut w = std::io::BufWriter::new(f);
+        base.write(&mut w)?;
+        std::io::Write::flush(&mut w)?;
+    }
+    crate::paths::write(&script_file, script)?;
+    let sandbox = tools
+        .sandbox(epoch)
+        .tmpfs("/tmp")
+        .bind(dir, "/mnt", false);
+    let after = sandbox
+        .spawn(&["/bin/sh", "-c", DRIVER], Stdio::piped(), "run layer")
+        .map_err(anyhow::Error::new)
+        .and_then(|child| super::rootfs::read_tar_of(child, "run layer"));
+    let _ = std::fs::remove_file(&base_tar);
+    let _ = std::fs::remove_file(&script_file);
+    let mut after = after.map_err(|e| {
+        e.context("the script runs as root in the tree so far, with no network: it may change files, not fetch them")
+    })?;
+    super::rootfs::drop_volatile(&mut after);
+    after.fix_hardlinks();
+    after.clamp(epoch);
+    Ok(diff(base, &after, epoch))
+}
+
+/// What turns `before` into `after`: every entry of `after` that differs,
+/// and a whiteout for each path of `before` that `after` lacks (one for a
+/// removed directory, none for what was under it).
+pub fn diff(before: &Tree, after: &Tree, epoch: u64) -> Tree {
+    let mut out = Tree::default();
+    for (k, e) in &after.entries {
+        if before.entries.get(k) != Some(e) {
+            out.entries.insert(k.clone(), e.clone());
+        }
+    }
+    let mut gone: Option<String> = None;
+    for k in before.entries.keys() {
+        if after.entries.contains_key(k) {
+            continue;
+        }
+        let p = k.path();
+        if gone
+            .as_ref()
+            .is_some_and(|g| p.starts_with(&format!("{g}/")))
+        {
+            continue;
+        }
+        let (parent, name) = match p.rsplit_once('/') {
+            Some((d, n)) => (format!("{d}/"), n),
+            None => (String::new(), p.as_str()),
+        };
+        out.insert(
+            &format!("{parent}{WHITEOUT}{name}"),
+            Entry::file(Vec::new(), 0o644, epoch),
+        );
+        gone = Some(p.clone());
+    }
+    out
+}
+
+/// Apply a run layer's difference to `base`: whiteouts remove their path
+/// (and what is under it), every other entry replaces what is there
+/// (directories too: a run layer may change a directory's owner or mode).
+pub fn apply(base: &mut Tree, diff: Tree) {
+    for (k, e) in diff.entries {
+        let p = k.path();
+        let name = p.rsplit('/').next().unwrap_or(&p);
+        if let Some(target) = name.strip_prefix(WHITEOUT) {
+            let dir = &p[..p.len() - name.len()];
+            remove_all(base, &format!("{dir}{target}"));
+            continue;
+        }
+        if let Some(old) = base.entries.get(&k)
+            && old.kind == Kind::Dir
+            && e.kind != Kind::Dir
+        {
+            remove_all(base, &p);
+        }
+        base.entries.insert(k, e);
+    }
+}
+
+fn remove_all(t: &mut Tree, path: &str) {
+    let prefix = format!("{path}/");
+    let doomed: Vec<PathKey> = t
+        .entries
+        .range(PathKey::new(path)..)
+        .map(|(k, _)| k.clone())
+        .take_while(|k| {
+            let p = k.path();
+            p == path || p.starts_with(&prefix)
+        })
+        .collect();
+    for d in doomed {
+        t.entries.remove(&d);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(s: &str) -> Entry {
+        Entry::file(s.as_bytes().to_vec(), 0o644, 1)
+    }
+
+    #[test]
+    fn a_diff_applied_gives_the_tree_after() {
+        let mut before = Tree::default();
+        for d in ["etc", "etc/a", "srv", "srv/old", "var"] {
+            before.insert(d, Entry::dir(0o755, 1));
+        }
+        before.insert("etc/a/x", file("x"));
+        before.insert("etc/keep", file("k"));
+        before.insert("srv/old/f", file("f"));
+        before.insert("var/gone", file("g"));
+        let mut after = before.clone();
+        after.insert("etc/a/x", file("x2"));
+        after.insert("etc/new", file("n"));
+        after.remove("srv/old/f");
+        after.remove("srv/old");
+        after.remove("var/gone");
+        after.insert(
+            "var",
+            Entry {
+                uid: 7,
+                ..Entry::dir(0o750, 1)
+            },
+        );
+        let d = diff(&before, &after, 1);
+        assert_eq!(
+            d.paths().collect::<Vec<_>>(),
+            ["etc/a/x", "etc/new", "srv/.wh.old", "var", "var/.wh.gone"]
+        );
+        let mut applied = before.clone();
+        apply(&mut applied, d);
+        assert_eq!(applied.entries, after.entries);
+        // Nothing changed, nothing kept.
+        assert!(diff(&after, &after, 1).entries.is_empty());
+    }
+
+    #[test]
+    fn a_file_over_a_directory_removes_what_was_in_it() {
+        let mut base = Tree::default();
+        base.insert("a", Entry::dir(0o755, 1));
+        base.insert("a/b", file("b"));
+        base.insert("ab", file("ab"));
+        let mut d = Tree::default();
+        d.insert("a", file("now a file"));
+        apply(&mut base, d);
+        assert_eq!(base.paths().collect::<Vec<_>>(), ["a", "ab"]);
+    }
+}
