@@ -1126,3 +1126,341 @@ fn host_package_tools_neither_move_a_key_nor_take_part_in_a_build() {
     assert!(!text.contains("must not run"), "{text}");
     assert_eq!(sha256(&w.join("out/minimal.qcow2")), a.sha);
 }
+
+/// `mimg build RECIPE --recipes DIR --json` into `store` and `out`: the
+/// image's sha256 and (label, built) of each step.
+fn build_json(recipe: &str, recipes: &Path, store: &Path, out: &Path) -> (String, Vec<(String, bool)>) {
+    let mut c = mimg();
+    c.args(["build", recipe, "--json", "--recipes"])
+        .arg(recipes)
+        .arg("--out")
+        .arg(out)
+        .env("MIMG_STORE", store);
+    let o = run(c);
+    assert!(o.status.success(), "build of {recipe} failed");
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let steps = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["label"].as_str().unwrap().to_string(),
+                s["built"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    (v["sha256"].as_str().unwrap().to_string(), steps)
+}
+
+fn built_labels(steps: &[(String, bool)]) -> Vec<&str> {
+    steps
+        .iter()
+        .filter(|s| s.1)
+        .map(|s| s.0.as_str())
+        .collect()
+}
+
+#[test]
+fn a_run_layer_between_files_layers_is_a_step_rebuilt_with_the_layer_before_it_and_boots() {
+    let a = minimal();
+    let w = work("run-layer");
+    let recipes = w.join("recipes");
+    cp("-a", &repo().join("recipes"), &recipes);
+    let store = w.join("store");
+    store_copy(&a.store, &store, &["layer", "image"]);
+    let (_, steps) = build_json("banner", &recipes, &store, &w.join("out1"));
+    assert_eq!(
+        built_labels(&steps),
+        [
+            "layer:base-config",
+            "layer:banner-unit",
+            "layer:banner-enable",
+            "layer:banner-dropin",
+            "image"
+        ],
+        "tools and rootfs are minimal's"
+    );
+
+    // The text the files layer before the run layer ships, changed.
+    std::fs::write(
+        recipes.join("files/banner/etc/mimg/banner.txt"),
+        "Changed for this test\nsecond line\n",
+    )
+    .unwrap();
+    let (sha, steps) = build_json("banner", &recipes, &store, &w.join("out2"));
+    assert_eq!(
+        built_labels(&steps),
+        ["layer:banner-unit", "layer:banner-enable", "image"],
+        "exactly that layer, the run layer after it and the image"
+    );
+
+    // A cold build of the changed recipe (only the downloaded .debs shared).
+    let cold = w.join("cold-store");
+    store_copy(&a.store, &cold, &["tools", "rootfs", "layer", "image"]);
+    let (cold_sha, cold_steps) = build_json("banner", &recipes, &cold, &w.join("out3"));
+    assert!(cold_steps.iter().all(|s| s.1), "the cold build built every step");
+    assert_eq!(sha, cold_sha, "the rebuilt image equals a cold build");
+
+    // What the run layer made: the unit enabled and the banner rendered.
+    let tar = std::fs::read(
+        store
+            .join("v1/steps")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                std::fs::read_to_string(p.join("meta.json"))
+                    .is_ok_and(|m| m.contains("\"layer:banner-enable\""))
+            })
+            .expect("the run layer's step")
+            .join("layer.tar"),
+    )
+    .unwrap();
+    let mut ar = tar::Archive::new(&tar[..]);
+    let mut paths = Vec::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let p = e.path().unwrap().to_string_lossy().into_owned();
+        if p == "etc/issue.d/mimg-banner.issue" {
+            let mut s = String::new();
+            std::io::Read::read_to_string(&mut e, &mut s).unwrap();
+            assert!(s.starts_with("== "), "{s}");
+        }
+        paths.push(p);
+    }
+    assert!(
+        paths.contains(&"etc/systemd/system/multi-user.target.wants/mimg-banner.service".into()),
+        "{paths:?}"
+    );
+
+    let (t, log) = boot(
+        &w.join("out2/banner.qcow2"),
+        Firmware::SeaBios,
+        &[],
+        "mimg-banner: hello, Changed for this test",
+        Duration::from_secs(300),
+    );
+    assert!(t.is_some(), "the enabled unit did not say the banner:\n{log}");
+}
+
+#[test]
+fn a_run_layer_has_no_network_and_its_failure_says_so() {
+    let a = minimal();
+    let w = work("run-no-net");
+    let recipes = w.join("recipes");
+    cp("-a", &repo().join("recipes"), &recipes);
+    // A listener on the host's loopback: a run layer sharing the host's
+    // network would reach it.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::fs::write(
+        recipes.join("reach.toml"),
+        format!(
+            "extends = \"minimal\"\n\n[[layer]]\nname = \"reach\"\nkind = \"run\"\nscript = \"\"\"\nbash -c 'echo hi > /dev/tcp/127.0.0.1/{port}'\n\"\"\"\n"
+        ),
+    )
+    .unwrap();
+    let mut c = mimg();
+    c.args(["build", "reach", "--recipes"])
+        .arg(&recipes)
+        .arg("--out")
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &a.store);
+    let o = run(c);
+    assert!(!o.status.success(), "the run layer reached the host");
+    let err = stderr(&o);
+    assert!(err.contains("layer `reach`"), "{err}");
+    assert!(err.contains("no network"), "{err}");
+    assert!(err.contains("exit status 1"), "{err}");
+    assert!(
+        listener.accept().is_err(),
+        "nothing connected to the host's loopback"
+    );
+}
+
+/// The Debian mirror as mimg finds it (`MIMG_DEBIAN_MIRROR`, else the
+/// first deb822 source of the host), for the test's own mmdebstrap.
+fn debian_mirror() -> String {
+    if let Ok(m) = std::env::var("MIMG_DEBIAN_MIRROR") {
+        return m;
+    }
+    let mut files: Vec<_> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap_or_default();
+        if let Some(uri) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("URIs:"))
+            .and_then(|u| u.split_whitespace().next())
+        {
+            return uri.to_string();
+        }
+    }
+    let text = std::fs::read_to_string("/etc/apt/sources.list").unwrap_or_default();
+    text.lines()
+        .filter(|l| l.starts_with("deb "))
+        .find_map(|l| l.split_whitespace().find(|w| w.contains("://")))
+        .expect("a Debian mirror is configured (MIMG_DEBIAN_MIRROR or apt sources)")
+        .to_string()
+}
+
+/// Each path of a tar: type, mode, owner, mtime and content sha256 (or
+/// link target), to name what differs between two trees.
+fn tar_listing(tar: &Path) -> std::collections::BTreeMap<String, String> {
+    use sha2::Digest;
+    let data = std::fs::read(tar).unwrap();
+    let mut ar = tar::Archive::new(&data[..]);
+    let mut out = std::collections::BTreeMap::new();
+    for e in ar.entries().unwrap() {
+        let mut e = e.unwrap();
+        let h = e.header().clone();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let mut body = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut body).unwrap();
+        let link = e
+            .link_name()
+            .ok()
+            .flatten()
+            .map(|l| l.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        out.insert(
+            path,
+            format!(
+                "{:?} {:o} {}:{} {} {} {}",
+                h.entry_type(),
+                h.mode().unwrap_or(0),
+                h.uid().unwrap_or(0),
+                h.gid().unwrap_or(0),
+                h.mtime().unwrap_or(0),
+                hex::encode(sha2::Sha256::digest(&body)),
+                link
+            ),
+        );
+    }
+    out
+}
+
+/// The outputs (step label -> step directory) of a store.
+fn step_dirs(store_steps: &Path) -> std::collections::BTreeMap<String, std::path::PathBuf> {
+    std::fs::read_dir(store_steps)
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(e.path().join("meta.json")).ok()?).ok()?;
+            Some((meta["label"].as_str()?.to_string(), e.path()))
+        })
+        .collect()
+}
+
+#[test]
+fn minimal_built_inside_a_trixie_host_root_is_the_same_image() {
+    assert!(is_root(), "this test makes a second host root: run the suite as root");
+    let a = minimal();
+    let w = work("second-host");
+    let root = w.join("root");
+    // The second host: Debian trixie's essential set (its own dpkg, tar,
+    // coreutils, of other versions than this host's) and bubblewrap, which
+    // is what the README says a host needs to build as root, plus mimg.
+    let mut c = Command::new("mmdebstrap");
+    c.args([
+        "--quiet",
+        "--mode=root",
+        "--variant=essential",
+        "--include=bubblewrap",
+        "trixie",
+    ])
+    .arg(&root)
+    .arg(debian_mirror());
+    let o = run(c);
+    assert!(o.status.success(), "mmdebstrap made the second host root");
+    assert!(
+        !root.join("usr/bin/mmdebstrap").exists() && !root.join("usr/bin/apt-get").exists(),
+        "the second host has no mmdebstrap and no apt"
+    );
+    std::fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_mimg"), root.join("usr/local/bin/mimg")).unwrap();
+    std::fs::create_dir_all(root.join("work")).unwrap();
+    cp("-a", &repo().join("recipes"), &root.join("work/recipes"));
+    for d in ["store", "out", "tmp"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    // Only the downloaded .debs come along (the build is offline); every
+    // step is built there, into a store on tmpfs (this side's is on disk).
+    let staging = w.join("staging");
+    store_copy(&a.store, &staging, &["tools", "rootfs", "layer", "image"]);
+    let script = r#"set -e
+R="$1"; S="$2"
+mount --bind "$R" "$R"
+mount --rbind /dev "$R/dev"
+mount -t proc proc "$R/proc"
+mount -t tmpfs tmpfs "$R/tmp"
+mount -t tmpfs -o size=8g tmpfs "$R/store"
+cp -a "$S/." "$R/store/"
+cd "$R"
+mkdir -p old
+pivot_root . old
+/old/usr/bin/umount -l /old
+rmdir /old
+umask 077
+status=0
+env -i PATH=/usr/local/bin:/usr/bin:/bin HOME=/root TZ=Pacific/Chatham \
+    LANG=de_DE.UTF-8 LC_ALL=de_DE.UTF-8 MIMG_STORE=/store \
+    mimg build minimal --offline --recipes /work/recipes --out /out || status=$?
+mkdir -p /out/steps
+for d in /store/v1/steps/*/; do
+    mkdir -p "/out/steps/$(basename "$d")"
+    cp -a "$d/meta.json" "/out/steps/$(basename "$d")/" 2>/dev/null || true
+    for f in rootfs.tar layer.tar; do
+        [ -f "$d/$f" ] && cp -a "$d/$f" "/out/steps/$(basename "$d")/" || true
+    done
+done
+exit $status
+"#;
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--pid", "--fork", "--propagation", "private", "--"])
+        .args(["/bin/sh", "-c", script, "sh"])
+        .arg(&root)
+        .arg(&staging);
+    let o = run(c);
+    let image = root.join("out/minimal.qcow2");
+    let other = if o.status.success() {
+        sha256(&image)
+    } else {
+        String::from("(no image)")
+    };
+    if other != a.sha {
+        // Name what differs, step by step.
+        let here = step_dirs(&a.store.join("v1/steps"));
+        let there = step_dirs(&root.join("out/steps"));
+        for (label, dir) in &there {
+            let Some(mine) = here.get(label) else {
+                eprintln!("step {label}: {} there, no step of that label here", dir.display());
+                continue;
+            };
+            if mine.file_name() != dir.file_name() {
+                eprintln!("step {label}: keys differ ({:?} here, {:?} there)", mine.file_name(), dir.file_name());
+            }
+            for f in ["rootfs.tar", "layer.tar"] {
+                if !dir.join(f).exists() {
+                    continue;
+                }
+                let (x, y) = (tar_listing(&mine.join(f)), tar_listing(&dir.join(f)));
+                let mut shown = 0;
+                for p in x.keys().chain(y.keys()).collect::<std::collections::BTreeSet<_>>() {
+                    if x.get(p) != y.get(p) && shown < 60 {
+                        eprintln!("{label}/{f}: {p}\n  here:  {:?}\n  there: {:?}", x.get(p), y.get(p));
+                        shown += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(o.status.success(), "the build on the second host failed");
+    assert_eq!(other, a.sha, "the same image on both hosts");
+}
