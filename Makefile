@@ -4,9 +4,10 @@ CARGO ?= cargo
 MIMG  := target/release/mimg
 RECIPE ?= minimal
 
-# Host tools (scripts/deps says which and why): mmdebstrap installs the
-# rootfs; bubblewrap runs the tools environment; QEMU and OVMF boot images in
-# tests; the rest checks images.
+# Host tools (scripts/deps says which and why): bubblewrap (and uidmap,
+# rootless) runs the sandbox the tools environment works in; QEMU and OVMF
+# boot images; the rest is for tests (mmdebstrap makes a second host root,
+# fdisk and e2fsprogs check images) and for locking (apt, gpgv, pip).
 .PHONY: deps build test test-unit test-integration image bench clean
 
 deps:
