@@ -53,6 +53,8 @@ pub struct AptSource {
     /// Base URL (transport only).
     pub url: String,
     pub keyring: PathBuf,
+    /// apt's `check-valid-until` for this source.
+    pub check_valid_until: bool,
 }
 
 /// What a resolution found.
@@ -123,7 +125,8 @@ pub fn resolve(
             .get(&name)
             .ok_or_else(|| anyhow!("apt chose {name}, which no index lists"))?;
         status.push_str(&installed_stanza(stanza));
-        chosen.insert(name.clone(), deb_of(suite, stanza)?);
+        let d = deb_of(suite, stanza)?;
+        chosen.insert(d.name.clone(), d);
     }
     // Phase 2: the requested packages over the essential set.
     if !includes.is_empty() {
@@ -135,7 +138,10 @@ pub fn resolve(
             let (suite, stanza) = index
                 .get(&name)
                 .ok_or_else(|| anyhow!("apt chose {name}, which no index lists"))?;
-            chosen.insert(name.clone(), deb_of(suite, stanza)?);
+            // A package of the essential set moved to another version
+            // (from a named source) replaces its first choice.
+            let d = deb_of(suite, stanza)?;
+            chosen.insert(d.name.clone(), d);
         }
     }
     let mut debs: Vec<Deb> = chosen.into_values().collect();
@@ -221,8 +227,13 @@ impl AptDir {
         let mut list = String::new();
         for s in sources {
             list.push_str(&format!(
-                "deb [signed-by={}] {} {} {}\n",
+                "deb [signed-by={}{}] {} {} {}\n",
                 s.keyring.display(),
+                if s.check_valid_until {
+                    ""
+                } else {
+                    " check-valid-until=no"
+                },
                 s.url,
                 s.suite,
                 s.components.join(" ")
@@ -230,6 +241,17 @@ impl AptDir {
         }
         crate::paths::write(d.join("sources.list"), list)?;
         let mut prefs = String::new();
+        // A named source gives only what is asked of it by name
+        // (`pkg/suite`) and what that needs beyond the base suite, as
+        // backports do (NotAutomatic): it never upgrades the rest.
+        for s in sources.iter().skip(1) {
+            for field in ["n", "a"] {
+                prefs.push_str(&format!(
+                    "Package: *\nPin: release {field}={}\nPin-Priority: 100\n\n",
+                    s.suite
+                ));
+            }
+        }
         for (n, v) in hold {
             prefs.push_str(&format!(
                 "Package: {n}\nPin: version {v}\nPin-Priority: 1001\n\n"

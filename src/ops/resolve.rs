@@ -39,6 +39,7 @@ pub fn apt_sources(recipe: &Recipe, mirror: &str) -> Vec<AptSource> {
         components: comps(&recipe.base.components),
         url: mirror.to_string(),
         keyring: debs::debian_keyring(),
+        check_valid_until: true,
     }];
     for s in recipe.sources.values() {
         if v.iter().any(|x| x.suite == s.suite.as_str()) {
@@ -49,6 +50,7 @@ pub fn apt_sources(recipe: &Recipe, mirror: &str) -> Vec<AptSource> {
             components: comps(&s.components),
             url: s.url.clone().unwrap_or_else(|| mirror.to_string()),
             keyring: s.keyring.clone().unwrap_or_else(debs::debian_keyring),
+            check_valid_until: s.check_valid_until,
         });
     }
     v
@@ -60,6 +62,7 @@ fn tools_sources(mirror: &str) -> Vec<AptSource> {
         components: vec!["main".into()],
         url: mirror.to_string(),
         keyring: debs::debian_keyring(),
+        check_valid_until: true,
     }]
 }
 

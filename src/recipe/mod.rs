@@ -86,6 +86,12 @@ pub struct Source {
     /// Debian mirror: not part of any key). Default: the Debian mirror.
     #[serde(skip)]
     pub url: Option<String>,
+    /// Whether apt refuses this suite's index once its `Valid-Until` has
+    /// passed (default true). `false` for a frozen or snapshot mirror of a
+    /// suite that carries one (sid). Not part of any key: it decides only
+    /// whether `mimg lock` may resolve; the lock pins the bytes.
+    #[serde(skip)]
+    pub check_valid_until: bool,
 }
 
 /// Firmware an image must boot under.

@@ -47,6 +47,7 @@ pub(super) struct RawSource {
     pub(super) components: Option<Spanned<Vec<String>>>,
     pub(super) keyring: Option<Spanned<String>>,
     pub(super) url: Option<Spanned<String>>,
+    pub(super) check_valid_until: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize, Default, Clone)]
