@@ -14,6 +14,11 @@ pinned .debs, wheels and tarball (`mimg store fetch`), and the bare run's
 mmdebstrap installs the same .debs from a local repository.
 rebuild_ratio: the median of three rebuilds, each after one file of a files
 layer changed, over the median cold build.
+minimal's cold build is timed in each pair too. With MIMG_BENCH_BEFORE=DIR
+(a checkout of an earlier mimg with target/release/mimg built), that mimg's
+cold builds of minimal and of the same stand-in homeserver, from DIR's
+recipes and locks and the same downloaded files, are timed in each pair as
+well: before and after, side by side in one run.
 """
 import json, os, shutil, statistics, subprocess, sys, tempfile, time, tomllib
 
@@ -21,6 +26,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIMG = os.path.join(REPO, "target/release/mimg")
 WORK = os.path.join(REPO, "bench/work")
 PAIRS = int(os.environ.get("MIMG_BENCH_PAIRS", "3"))
+BEFORE = os.environ.get("MIMG_BENCH_BEFORE")
 REBUILDS = int(os.environ.get("MIMG_BENCH_REBUILDS", "3"))
 
 
@@ -38,6 +44,25 @@ def timed(cmd, env=None):
     return dt, p.stdout
 
 
+def standin_recipe(name, base, port, sha):
+    recipe = os.path.join(WORK, name)
+    open(recipe, "w").write(
+        f'extends = "{base}/recipes/maas-homeserver.toml"\n\n[[layer]]\nname = "element"\nkind = "fetch"\n'
+        f'url = "http://127.0.0.1:{port}/element-v0.0.0-standin.tar.gz"\nsha256 = "{sha}"\nto = "/var/www/element"\nstrip = 1\n')
+    return recipe
+
+
+def cold(binary, recipe, blobs, name, extra=()):
+    """A cold build (a store holding only the downloaded files): seconds."""
+    store = os.path.join(WORK, name)
+    shutil.rmtree(store, ignore_errors=True)
+    os.makedirs(os.path.join(store, "v1"))
+    sh(["cp", "-al", blobs, os.path.join(store, "v1/blobs")])
+    dt, _ = timed([binary, "build", "-q", recipe, *extra, "--out", os.path.join(WORK, "out-" + name)], env_with(store))
+    shutil.rmtree(store)
+    return dt
+
+
 def standin():
     src = os.path.join(WORK, "src/element-v0.0.0-standin")
     os.makedirs(src, exist_ok=True)
@@ -49,11 +74,9 @@ def standin():
     srv = subprocess.Popen([sys.executable, os.path.join(REPO, "tests/fixtures/serve.py"), www], stdout=subprocess.PIPE, text=True)
     port = int(srv.stdout.readline())
     sha = subprocess.run(["sha256sum", tarball], capture_output=True, text=True).stdout.split()[0]
-    recipe = os.path.join(WORK, "bench-homeserver.toml")
-    open(recipe, "w").write(
-        f'extends = "{REPO}/recipes/maas-homeserver.toml"\n\n[[layer]]\nname = "element"\nkind = "fetch"\n'
-        f'url = "http://127.0.0.1:{port}/element-v0.0.0-standin.tar.gz"\nsha256 = "{sha}"\nto = "/var/www/element"\nstrip = 1\n')
-    return srv, recipe
+    recipe = standin_recipe("bench-homeserver.toml", REPO, port, sha)
+    before = BEFORE and standin_recipe("bench-homeserver-before.toml", BEFORE, port, sha)
+    return srv, recipe, before
 
 
 def env_with(store):
@@ -124,7 +147,7 @@ def bare(plan, tools_root, out, source, fmt):
 def main():
     shutil.rmtree(WORK, ignore_errors=True)
     os.makedirs(WORK)
-    srv, recipe = standin()
+    srv, recipe, before_recipe = standin()
     try:
         warm = os.path.join(WORK, "store-warm")
         sh([MIMG, "lock", recipe], env=env_with(warm), capture_output=True)
@@ -135,7 +158,9 @@ def main():
         blobs = os.path.join(warm, "v1/blobs")
         suite = tomllib.load(open(os.path.join(REPO, "recipes/minimal.toml"), "rb"))["base"]["suite"]
         source = bare_repo(recipe[:-5] + ".lock", blobs, suite)
-        cold, mimg_runs, bare_runs, bare_dir_runs = [], [], [], []
+        mimg_runs, bare_runs, bare_dir_runs = [], [], []
+        minimal_runs, before_minimal, before_homeserver = [], [], []
+        old = BEFORE and os.path.join(BEFORE, "target/release/mimg")
         plan = None
         for i in range(PAIRS):
             store = os.path.join(WORK, f"store-{i}")
@@ -154,6 +179,10 @@ def main():
             bare_runs.append(bdt)
             bdt, _ = bare(plan, os.path.join(WORK, "tools/root"), os.path.join(WORK, "bare"), source, "directory")
             bare_dir_runs.append(bdt)
+            minimal_runs.append(cold(MIMG, "minimal", blobs, "store-minimal"))
+            if old:
+                before_minimal.append(cold(old, "minimal", blobs, "store-before-minimal", ["--recipes", os.path.join(BEFORE, "recipes")]))
+                before_homeserver.append(cold(old, before_recipe, blobs, "store-before-homeserver"))
             if i > 0:
                 shutil.rmtree(store)
         store = os.path.join(WORK, "store-0")
@@ -201,8 +230,16 @@ def main():
             "boot_healthy_seconds": boot and round(boot["seconds"], 1),
             "boot_accel": boot and boot["accel"],
             "boot_network": boot and boot["network"],
+            "minimal_cold_seconds": round(statistics.median(minimal_runs), 1),
+            "before": old and {
+                "mimg": subprocess.run([old, "--version"], capture_output=True, text=True).stdout.strip(),
+                "commit": subprocess.run(["git", "-C", BEFORE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
+                "minimal_cold_seconds": [round(x, 1) for x in before_minimal],
+                "homeserver_cold_seconds": [round(x, 1) for x in before_homeserver],
+            },
             "raw": {"mimg_cold_seconds": [round(x, 1) for x in mimg_runs], "bare_cold_seconds": [round(x, 1) for x in bare_runs],
                     "bare_directory_cold_seconds": [round(x, 1) for x in bare_dir_runs],
+                    "minimal_cold_seconds": [round(x, 1) for x in minimal_runs],
                     "rebuild_seconds": [round(x, 2) for x in rebuilds],
                     "fetch_seconds_parallel": round(fetched, 2), "fetch_seconds_serial": round(serial, 2), "noop_seconds": [round(x, 3) for x in noop], "seed_seconds": [round(x, 4) for x in seed]},
         }
@@ -214,6 +251,10 @@ def main():
             print(f"{k:<22} {v}")
         print(f"mimg cold {results['raw']['mimg_cold_seconds']} s, bare (tar) {results['raw']['bare_cold_seconds']} s, bare (directory) {results['raw']['bare_directory_cold_seconds']} s")
         print(f"rebuilds {results['raw']['rebuild_seconds']} s (median / median cold = rebuild_ratio)")
+        print(f"minimal cold {results['raw']['minimal_cold_seconds']} s")
+        if old:
+            b = results["before"]
+            print(f"before ({b['commit']}): minimal cold {b['minimal_cold_seconds']} s, homeserver cold {b['homeserver_cold_seconds']} s")
     finally:
         srv.kill()
 
