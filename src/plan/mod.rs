@@ -15,7 +15,7 @@
 //! | `tools`  | `debs`       | set hash of every pinned .deb of the tools environment (lock `debs.tools`: each .deb's `sha256`, `name` and `version`) |
 //! | `tools`  | `epoch`      | the tools suite's release date (lock `tools_epoch`)                 |
 //! | `rootfs` | `base`       | base suite and components (recipe `[base]`)                         |
-//! | `rootfs` | `sources`    | the named sources (recipe `[sources]`: suite, components, url, keyring) |
+//! | `rootfs` | `sources`    | the named sources (recipe `[sources]`: suite, components; their `url`, `keyring` and `check_valid_until` are transport and checks, in no key) |
 //! | `rootfs` | `packages`   | apt packages per source (every `apt` layer: `packages`, `source`)   |
 //! | `rootfs` | `debs`       | set hash of every pinned .deb of the rootfs (lock `debs.rootfs`)    |
 //! | `rootfs` | `epoch`      | the build epoch (lock `epoch`)                                      |

@@ -18,6 +18,9 @@ use anyhow::Result;
 use super::tarball::{Entry, Kind, PathKey, Tree};
 use crate::tools::ToolsEnv;
 
+/// What the driver says last when the script (not the driver) failed.
+const SCRIPT_FAILED: &str = "mimg: the run layer's script failed";
+
 /// The prefix of a whiteout's file name.
 pub const WHITEOUT: &str = ".wh.";
 
@@ -38,7 +41,7 @@ env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C.UTF-8 TZ=UTC HOME=/root \
 umount -l $r/tmp $r/proc
 umount -l $r/dev
 if [ $status -ne 0 ]; then
-    echo "mimg: the run layer's script failed with exit status $status" >&2
+    echo "mimg: the run layer's script failed" >&2
     exit $status
 fi
 tar -C $r -c --numeric-owner --xattrs --xattrs-include='*' --format=pax --sort=name --one-file-system .
@@ -72,13 +75,32 @@ pub fn run(
         .and_then(|child| super::rootfs::read_tar_of(child, "run layer"));
     let _ = std::fs::remove_file(&base_tar);
     let _ = std::fs::remove_file(&script_file);
-    let mut after = after.map_err(|e| {
-        e.context("the script runs as root in the tree so far, with no network: it may change files, not fetch them")
-    })?;
+    let mut after = after.map_err(explain)?;
     super::rootfs::drop_volatile(&mut after);
     after.fix_hardlinks();
     after.clamp(epoch);
     Ok(diff(base, &after, epoch))
+}
+
+/// The script's failure said plainly, with its output's last lines and
+/// what a run layer can and cannot do.
+fn explain(e: anyhow::Error) -> anyhow::Error {
+    let failed = e.chain().find_map(|c| match c.downcast_ref::<crate::tools::ToolError>() {
+        Some(crate::tools::ToolError::Failed { status, stderr, .. })
+            if stderr.contains(SCRIPT_FAILED) =>
+        {
+            Some((status.code(), stderr.replace(&format!("{SCRIPT_FAILED}\n"), "")))
+        }
+        _ => None,
+    });
+    match failed {
+        Some((code, out)) => anyhow::anyhow!(
+            "its script failed (exit status {}); its last lines of output:\n{}\nhint: a run layer runs as root in the tree so far, with no network: what it needs must come from the layers before it (apt, files, fetch, pip)",
+            code.map(|c| c.to_string()).unwrap_or_else(|| "by a signal".into()),
+            out.trim_end()
+        ),
+        None => e,
+    }
 }
 
 /// What turns `before` into `after`: every entry of `after` that differs,

@@ -16,6 +16,12 @@
 //!   locks/store.lock      held shared by every process that uses the store
 //!                         (build, lock, store fetch/add), exclusive by gc
 //!   blobs/<sha256>        fetched files by content (tarballs, binaries, wheels)
+//!   checked/<key>.<dir>   a cache: each file of that output directory as last
+//!                         checked clean, with its stat signature (device, inode,
+//!                         size, mtime, ctime) and sha256; a build's check re-hashes
+//!                         only files whose signature moved (any write moves ctime),
+//!                         `store verify` re-hashes everything; removing it costs
+//!                         one full check
 //! ```
 //!
 //! A step directory appears by `rename(2)` only after its outputs and
@@ -290,13 +296,15 @@ impl Store {
         Check {
             key: key.to_string(),
             entry: self.path(key),
-            checking: std::thread::spawn(move || store.tree_damage(&k, &name)),
+            checking: std::thread::spawn(move || store.tree_damage(&k, &name, true)),
         }
     }
 
     /// What is wrong with the tree `name` of step `key`, if anything: its
     /// listing file against the meta, then the tree against the listing.
-    fn tree_damage(&self, key: &StepKey, name: &str) -> Option<String> {
+    /// With `cached`, files whose stat signature is the one recorded when
+    /// they were last checked clean are not hashed again.
+    fn tree_damage(&self, key: &StepKey, name: &str, cached: bool) -> Option<String> {
         let meta = match self.meta(key) {
             Ok(m) => m,
             Err(e) => return Some(e.to_string()),
@@ -313,11 +321,28 @@ impl Store {
         if &got != want {
             return Some(format!("{name}.tree has sha256 {got}, recorded {want}"));
         }
-        let now = match tree_listing(&self.path(key).join(name)) {
+        let cache_file = self.base().join("checked").join(format!("{key}.{name}"));
+        let known = if cached {
+            fs::read_to_string(&cache_file)
+                .map(|t| Signatures::parse(&t))
+                .unwrap_or_default()
+        } else {
+            Signatures::default()
+        };
+        let (now, seen) = match tree_listing_with(&self.path(key).join(name), &known) {
             Ok(t) => t,
             Err(e) => return Some(format!("{name}/: {e}")),
         };
-        (now != recorded).then(|| listing_difference(name, &recorded, &now))
+        if now != recorded {
+            let _ = fs::remove_file(&cache_file);
+            return Some(listing_difference(name, &recorded, &now));
+        }
+        if seen != known {
+            // Clean: remember it (a cache; failing to write it costs speed only).
+            let _ = fs::create_dir_all(cache_file.parent().expect("under checked/"))
+                .and_then(|_| crate::paths::atomic_write(&cache_file, seen.text().as_bytes()).map_err(io::Error::other));
+        }
+        None
     }
 
     /// Every finished step's key.
@@ -557,7 +582,7 @@ impl Store {
                         }
                     }
                     for name in m.trees.keys() {
-                        if let Some(what) = self.tree_damage(&key, name) {
+                        if let Some(what) = self.tree_damage(&key, name, false) {
                             bad.push(format!("{step}: {what}"));
                         }
                     }
@@ -578,12 +603,26 @@ impl Store {
     /// Remove a step or blob (for gc).
     pub fn remove_step(&self, key: &StepKey) {
         remove_all(&self.path(key));
+        self.forget_checked(key);
+    }
+
+    /// Drop the check cache of `key`'s trees (see the layout: `checked/`).
+    fn forget_checked(&self, key: &StepKey) {
+        if let Ok(d) = fs::read_dir(self.base().join("checked")) {
+            let prefix = format!("{key}.");
+            for e in d.flatten() {
+                if e.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     /// Remove a damaged step under its build lock, so that it is made again.
     pub fn remove_damaged(&self, key: &StepKey) -> Result<(), StoreError> {
         let _l = self.lock(key)?;
         remove_all(&self.path(key));
+        self.forget_checked(key);
         if self.path(key).exists() {
             return Err(self.io(
                 format!("remove the damaged entry {}", self.path(key).display()),
@@ -676,7 +715,56 @@ fn list_trees(dir: &Path) -> io::Result<BTreeMap<String, String>> {
 /// by path: `TYPE MODE UID:GID SHA256|TARGET|- PATH` (a path's `\` and
 /// newlines escaped).
 pub fn tree_listing(root: &Path) -> io::Result<String> {
+    tree_listing_with(root, &Signatures::default()).map(|(t, _)| t)
+}
+
+/// Each file of a tree by path: its stat signature when it was hashed,
+/// and the sha256 it had then.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Signatures(BTreeMap<String, (String, String)>);
+
+impl Signatures {
+    fn parse(text: &str) -> Signatures {
+        Signatures(
+            text.lines()
+                .filter_map(|l| {
+                    let mut f = l.splitn(3, '\t');
+                    let (sig, sha, path) = (f.next()?, f.next()?, f.next()?);
+                    Some((path.to_string(), (sig.to_string(), sha.to_string())))
+                })
+                .collect(),
+        )
+    }
+    fn text(&self) -> String {
+        let mut t = String::new();
+        for (path, (sig, sha)) in &self.0 {
+            t.push_str(&format!("{sig}\t{sha}\t{path}\n"));
+        }
+        t
+    }
+}
+
+/// Device, inode, size, mtime and ctime (to the nanosecond): what any
+/// write to the file, or its replacement, changes.
+fn signature(md: &fs::Metadata) -> String {
     use std::os::unix::fs::MetadataExt;
+    format!(
+        "{}:{}:{}:{}.{}:{}.{}",
+        md.dev(),
+        md.ino(),
+        md.size(),
+        md.mtime(),
+        md.mtime_nsec(),
+        md.ctime(),
+        md.ctime_nsec()
+    )
+}
+
+/// [`tree_listing`], hashing only the files whose signature is not the
+/// one in `known`; returns the signatures of every file too.
+fn tree_listing_with(root: &Path, known: &Signatures) -> io::Result<(String, Signatures)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = Signatures::default();
     let mut lines = Vec::new();
     let mut todo = vec![PathBuf::new()];
     while let Some(rel) = todo.pop() {
@@ -692,7 +780,14 @@ pub fn tree_listing(root: &Path) -> io::Result<String> {
                 let t = fs::read_link(e.path())?;
                 ("l", escape(&t.to_string_lossy()))
             } else if ft.is_file() {
-                ("f", hash_file(&e.path())?.sha256)
+                let key = escape(&rel.to_string_lossy());
+                let sig = signature(&md);
+                let sha = match known.0.get(&key) {
+                    Some((s, sha)) if *s == sig => sha.clone(),
+                    _ => hash_file(&e.path())?.sha256,
+                };
+                seen.0.insert(key, (sig, sha.clone()));
+                ("f", sha)
             } else {
                 ("o", "-".to_string())
             };
@@ -714,7 +809,7 @@ pub fn tree_listing(root: &Path) -> io::Result<String> {
         text.push_str(&l);
         text.push('\n');
     }
-    Ok(text)
+    Ok((text, seen))
 }
 
 fn escape(s: &str) -> String {
@@ -826,6 +921,43 @@ mod tests {
         assert_eq!(m.files["layer.tar"].size, 1);
         assert_eq!(s.meta(&st.key).unwrap().files, m.files);
         assert_eq!(s.keys().unwrap(), vec![st.key.clone()]);
+    }
+
+    #[test]
+    fn a_tree_check_rehashes_only_what_moved_and_still_finds_damage() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let s = Store::open(d.path()).unwrap();
+        let st = step("tree");
+        let _l = s.lock(&st.key).unwrap();
+        let p = s.begin(&st.key).unwrap();
+        fs::create_dir_all(p.dir().join("root/bin")).unwrap();
+        fs::write(p.dir().join("root/bin/tool"), b"tool-1").unwrap();
+        fs::write(p.dir().join("root/keep"), b"k").unwrap();
+        s.commit(p, &st, 0.1, serde_json::Value::Null).unwrap();
+        let cache = d.path().join(format!("v1/checked/{}.root", st.key));
+        assert!(s.check_tree(&st.key, "root").wait().is_ok());
+        let first = fs::read_to_string(&cache).expect("a clean check is remembered");
+        assert!(first.contains("\tbin/tool\n") && first.contains("\tkeep\n"));
+        // The cache is used: a file whose signature is unchanged is not
+        // hashed again (a wrong sha256 in the cache shows through).
+        let tool_sha = hex::encode(Sha256::digest(b"tool-1"));
+        fs::write(&cache, first.replace(&tool_sha, &"0".repeat(64))).unwrap();
+        assert!(s.check_tree(&st.key, "root").wait().is_err());
+        assert!(!cache.exists(), "a failed check drops the cache");
+        assert!(s.check_tree(&st.key, "root").wait().is_ok());
+        // Same size, same mtime, other bytes: ctime moved, so it is hashed.
+        let tool = s.path(&st.key).join("root/bin/tool");
+        let mtime = fs::metadata(&tool).unwrap().modified().unwrap();
+        fs::set_permissions(&tool, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::write(&tool, b"tool-2").unwrap();
+        fs::File::options().write(true).open(&tool).unwrap().set_modified(mtime).unwrap();
+        let e = s.check_tree(&st.key, "root").wait().unwrap_err().to_string();
+        assert!(e.contains("root/bin/tool changed"), "{e}");
+        // verify never trusts the cache; gc's removal drops it.
+        assert!(!s.verify().unwrap().is_empty());
+        s.remove_step(&st.key);
+        assert!(!cache.exists());
     }
 
     #[test]
