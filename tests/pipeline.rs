@@ -111,7 +111,11 @@ fn rootless_build_matches_the_root_build() {
         assert!(o.status.success(), "rootless build of {recipe} failed");
         sha256(&w.join(format!("out/{recipe}.qcow2")))
     };
-    assert_eq!(rootless("minimal"), a.sha, "rootless and root builds differ");
+    assert_eq!(
+        rootless("minimal"),
+        a.sha,
+        "rootless and root builds differ"
+    );
     // A run layer too runs rootless in the sandbox's user namespace: the
     // files it makes keep their owners, the bytes are the root build's.
     let root_banner = build("banner", &a.store, &w.join("out-root"));
@@ -1096,7 +1100,11 @@ fn host_package_tools_neither_move_a_key_nor_take_part_in_a_build() {
         "chroot",
     ] {
         let f = bin.join(tool);
-        std::fs::write(&f, "#!/bin/sh\necho \"host $0 must not run\" >&2\nexit 97\n").unwrap();
+        std::fs::write(
+            &f,
+            "#!/bin/sh\necho \"host $0 must not run\" >&2\nexit 97\n",
+        )
+        .unwrap();
         assert!(
             Command::new("chmod")
                 .arg("+x")
@@ -1137,7 +1145,12 @@ fn host_package_tools_neither_move_a_key_nor_take_part_in_a_build() {
 
 /// `mimg build RECIPE --recipes DIR --json` into `store` and `out`: the
 /// image's sha256 and (label, built) of each step.
-fn build_json(recipe: &str, recipes: &Path, store: &Path, out: &Path) -> (String, Vec<(String, bool)>) {
+fn build_json(
+    recipe: &str,
+    recipes: &Path,
+    store: &Path,
+    out: &Path,
+) -> (String, Vec<(String, bool)>) {
     let mut c = mimg();
     c.args(["build", recipe, "--json", "--recipes"])
         .arg(recipes)
@@ -1162,11 +1175,7 @@ fn build_json(recipe: &str, recipes: &Path, store: &Path, out: &Path) -> (String
 }
 
 fn built_labels(steps: &[(String, bool)]) -> Vec<&str> {
-    steps
-        .iter()
-        .filter(|s| s.1)
-        .map(|s| s.0.as_str())
-        .collect()
+    steps.iter().filter(|s| s.1).map(|s| s.0.as_str()).collect()
 }
 
 #[test]
@@ -1207,7 +1216,10 @@ fn a_run_layer_between_files_layers_is_a_step_rebuilt_with_the_layer_before_it_a
     let cold = w.join("cold-store");
     store_copy(&a.store, &cold, &["tools", "rootfs", "layer", "image"]);
     let (cold_sha, cold_steps) = build_json("banner", &recipes, &cold, &w.join("out3"));
-    assert!(cold_steps.iter().all(|s| s.1), "the cold build built every step");
+    assert!(
+        cold_steps.iter().all(|s| s.1),
+        "the cold build built every step"
+    );
     assert_eq!(sha, cold_sha, "the rebuilt image equals a cold build");
 
     // What the run layer made: the unit enabled and the banner rendered.
@@ -1250,7 +1262,10 @@ fn a_run_layer_between_files_layers_is_a_step_rebuilt_with_the_layer_before_it_a
         "mimg-banner: hello, Changed for this test",
         Duration::from_secs(300),
     );
-    assert!(t.is_some(), "the enabled unit did not say the banner:\n{log}");
+    assert!(
+        t.is_some(),
+        "the enabled unit did not say the banner:\n{log}"
+    );
 }
 
 #[test]
@@ -1283,7 +1298,10 @@ fn a_run_layer_has_no_network_and_its_failure_says_so() {
     assert!(err.contains("layer `reach`"), "{err}");
     assert!(err.contains("no network"), "{err}");
     assert!(err.contains("its script failed (exit status 1)"), "{err}");
-    assert!(err.contains("/dev/tcp/127.0.0.1"), "the script's own output: {err}");
+    assert!(
+        err.contains("/dev/tcp/127.0.0.1"),
+        "the script's own output: {err}"
+    );
     assert!(
         listener.accept().is_err(),
         "nothing connected to the host's loopback"
@@ -1369,7 +1387,10 @@ fn step_dirs(store_steps: &Path) -> std::collections::BTreeMap<String, std::path
 
 #[test]
 fn minimal_built_inside_a_trixie_host_root_is_the_same_image() {
-    assert!(is_root(), "this test makes a second host root: run the suite as root");
+    assert!(
+        is_root(),
+        "this test makes a second host root: run the suite as root"
+    );
     let a = minimal();
     let w = work("second-host");
     let root = w.join("root");
@@ -1432,10 +1453,17 @@ done
 exit $status
 "#;
     let mut c = Command::new("unshare");
-    c.args(["--mount", "--pid", "--fork", "--propagation", "private", "--"])
-        .args(["/bin/sh", "-c", script, "sh"])
-        .arg(&root)
-        .arg(&staging);
+    c.args([
+        "--mount",
+        "--pid",
+        "--fork",
+        "--propagation",
+        "private",
+        "--",
+    ])
+    .args(["/bin/sh", "-c", script, "sh"])
+    .arg(&root)
+    .arg(&staging);
     let o = run(c);
     let image = root.join("out/minimal.qcow2");
     let other = if o.status.success() {
@@ -1449,11 +1477,18 @@ exit $status
         let there = step_dirs(&root.join("out/steps"));
         for (label, dir) in &there {
             let Some(mine) = here.get(label) else {
-                eprintln!("step {label}: {} there, no step of that label here", dir.display());
+                eprintln!(
+                    "step {label}: {} there, no step of that label here",
+                    dir.display()
+                );
                 continue;
             };
             if mine.file_name() != dir.file_name() {
-                eprintln!("step {label}: keys differ ({:?} here, {:?} there)", mine.file_name(), dir.file_name());
+                eprintln!(
+                    "step {label}: keys differ ({:?} here, {:?} there)",
+                    mine.file_name(),
+                    dir.file_name()
+                );
             }
             for f in ["rootfs.tar", "layer.tar"] {
                 if !dir.join(f).exists() {
@@ -1461,9 +1496,17 @@ exit $status
                 }
                 let (x, y) = (tar_listing(&mine.join(f)), tar_listing(&dir.join(f)));
                 let mut shown = 0;
-                for p in x.keys().chain(y.keys()).collect::<std::collections::BTreeSet<_>>() {
+                for p in x
+                    .keys()
+                    .chain(y.keys())
+                    .collect::<std::collections::BTreeSet<_>>()
+                {
                     if x.get(p) != y.get(p) && shown < 60 {
-                        eprintln!("{label}/{f}: {p}\n  here:  {:?}\n  there: {:?}", x.get(p), y.get(p));
+                        eprintln!(
+                            "{label}/{f}: {p}\n  here:  {:?}\n  there: {:?}",
+                            x.get(p),
+                            y.get(p)
+                        );
                         shown += 1;
                     }
                 }

@@ -10,6 +10,7 @@ mod run;
 mod seed;
 mod store;
 mod test;
+mod why;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +52,8 @@ enum Command {
     Run(run::Args),
     /// Build, seed and boot a recipe, then check it as a Matrix client would.
     Test(test::Args),
+    /// Say which input differs from the last build, for each step to build.
+    Why(why::Args),
     /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
     #[command(name = "__relay", hide = true)]
     Relay { target: String },
@@ -96,6 +99,7 @@ pub fn main() -> ExitCode {
         Command::Store(a) => store::run(&cli, a),
         Command::Run(a) => run::run(&cli, a),
         Command::Test(a) => test::run(&cli, a),
+        Command::Why(a) => why::run(&cli, a),
         Command::Relay { target } => crate::vm::relay_stdio(target),
     };
     match res {

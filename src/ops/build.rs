@@ -364,6 +364,22 @@ pub fn build(
             }
         })
         .collect();
+    let record = store::Build {
+        image: plan.image().key.clone(),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| store::BuiltStep {
+                label: s.label.clone(),
+                key: s.key.clone(),
+                built: ran.get(s.key.as_str()).copied().flatten().is_some(),
+            })
+            .collect(),
+    };
+    if let Err(e) = store.record_build(recipe.name.as_str(), record) {
+        // Only `mimg why` reads it: the build itself is done.
+        eprintln!("warning: the build history was not written: {e}");
+    }
     let published = publish(recipe, &plan, store, out_dir, fresh);
     if let Some(tmp) = fresh {
         // Gone when publish renamed it into place; else a leftover.

@@ -9,6 +9,7 @@ pub mod pins;
 pub mod publish;
 pub mod resolve;
 pub mod test;
+pub mod why;
 
 /// How a build may reach the network.
 #[derive(Debug, Clone, Copy, Default)]

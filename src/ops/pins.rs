@@ -80,12 +80,13 @@ pub fn make(recipe: &Recipe, facts: &Facts) -> Lock {
 }
 
 /// Facts for planning, from the lock and local files only.
-pub fn facts(lock: &Lock, contents: BTreeMap<String, String>) -> Facts {
+pub fn facts(lock: &Lock, contents: crate::plan::Contents) -> Facts {
     Facts {
         releases: lock.releases.clone(),
         epoch: lock.epoch,
         tools_epoch: lock.tools_epoch,
-        contents,
+        contents: contents.hashes,
+        details: contents.details,
         rootfs_debs: lock.debs.rootfs.clone(),
         tools_debs: lock.debs.tools.clone(),
     }

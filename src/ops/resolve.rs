@@ -19,12 +19,16 @@ use crate::store::{self, Store};
 
 pub use super::Options;
 
-/// Content hashes of the recipe's local inputs (`files` layers).
-pub fn contents(recipe: &Recipe) -> Result<BTreeMap<String, String>> {
-    let mut c = BTreeMap::new();
+/// The [`plan::Contents`] of a recipe's `files` layers, read from the host.
+pub fn contents(recipe: &Recipe) -> Result<plan::Contents> {
+    let mut c = plan::Contents {
+        hashes: BTreeMap::new(),
+        details: BTreeMap::new(),
+    };
     for l in &recipe.layers {
-        if let Some(h) = layer::content_hash(l)? {
-            c.insert(l.name.to_string(), h);
+        if let Some((h, listing)) = layer::content_hash(l)? {
+            c.hashes.insert(l.name.to_string(), h);
+            c.details.insert(l.name.to_string(), listing);
         }
     }
     Ok(c)
@@ -99,8 +103,10 @@ pub fn live_facts(recipe: &Recipe, holds: &Holds) -> Result<(Facts, Vec<String>)
     });
     let root = root.context("resolving the rootfs packages")?;
     let tools = tools.context("resolving the tools environment's packages")?;
+    let c = contents(recipe)?;
     let mut f = Facts {
-        contents: contents(recipe)?,
+        contents: c.hashes,
+        details: c.details,
         epoch: root.releases[recipe.base.suite.as_str()].epoch,
         tools_epoch: tools.releases[TOOLS_SUITE].epoch,
         rootfs_debs: root.debs,
@@ -251,7 +257,8 @@ fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Res
     }
     let mut c = contents(recipe)?;
     for (name, w) in &wheels {
-        c.insert(name.clone(), lock::wheels_hash(w));
+        c.hashes.insert(name.clone(), lock::wheels_hash(w));
+        c.details.insert(name.clone(), plan::wheel_detail(w));
     }
     match chosen {
         Some(l) if crate::ops::pins::pins_debs_of(&l, recipe) => {
@@ -279,7 +286,8 @@ fn facts_of_inputs(recipe: &Recipe, opts: Options, store: Option<&Store>) -> Res
         _ => {
             say_resolving(recipe, "no lock pins its .debs as the recipe is now");
             let (mut f, _) = live_facts(recipe, &Holds::default())?;
-            f.contents = c;
+            f.contents = c.hashes;
+            f.details = c.details;
             Ok(Resolved { facts: f, wheels })
         }
     }

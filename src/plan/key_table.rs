@@ -206,7 +206,13 @@ fn facts_of(lock: &Lock) -> Facts {
     for (name, w) in &lock.pip {
         c.insert(name.clone(), crate::lock::wheels_hash(w));
     }
-    crate::ops::pins::facts(lock, c)
+    crate::ops::pins::facts(
+        lock,
+        crate::plan::Contents {
+            hashes: c,
+            details: BTreeMap::new(),
+        },
+    )
 }
 
 /// Labels of the steps whose keys differ between two plans.

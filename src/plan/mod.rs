@@ -47,6 +47,8 @@ use sha2::{Digest, Sha256};
 
 use crate::recipe::{Layer, LayerKind, Recipe};
 
+pub mod explain;
+
 /// Bumped whenever what a step writes changes for the same inputs.
 pub const FORMAT: u32 = 1;
 
@@ -163,10 +165,24 @@ pub struct Facts {
     /// Content hash of each layer's own inputs beyond its spec, by layer
     /// name: a `files` layer's tree, a `pip` layer's locked wheels.
     pub contents: BTreeMap<String, String>,
+    /// What each of those content hashes covers, by layer name, for people
+    /// (`mimg why`): a `files` layer's paths (path -> sha256 or kind), a
+    /// `pip` layer's wheels (name -> version and sha256). In no key: the
+    /// hashes above are.
+    pub details: BTreeMap<String, BTreeMap<String, String>>,
     /// Every .deb the rootfs installs (pinned by sha256).
     pub rootfs_debs: Vec<crate::lock::model::Deb>,
     /// Every .deb of the tools environment.
     pub tools_debs: Vec<crate::lock::model::Deb>,
+}
+
+/// Content hashes of a recipe's own inputs (`files` layers' trees, `pip`
+/// layers' wheels), by layer name, and what each covers
+/// ([`Facts::details`]).
+#[derive(Debug, Clone, Default)]
+pub struct Contents {
+    pub hashes: BTreeMap<String, String>,
+    pub details: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// What a step does.
@@ -200,6 +216,12 @@ pub struct Step {
     pub inputs: BTreeMap<String, Value>,
     /// Names of the layers this step applies.
     pub layers: Vec<String>,
+    /// What the hashed inputs cover, by input name (`debs` of the tools and
+    /// rootfs steps, `content` of a layer), leaf -> value: kept beside the
+    /// step's output so `mimg why` can name the leaf that moved a key. In
+    /// no key (the hashes in `inputs` are).
+    #[serde(skip)]
+    pub detail: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Step {
@@ -216,6 +238,7 @@ impl Step {
             key,
             inputs,
             layers,
+            detail: BTreeMap::new(),
         }
     }
 }
@@ -259,6 +282,27 @@ fn layer_input(layer: &Layer, facts: &Facts) -> Value {
     v
 }
 
+/// What a pinned set of .debs holds, for people: name (and arch where
+/// one name has several) -> `VERSION SHA256`.
+fn deb_detail(debs: &[crate::lock::model::Deb]) -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    for d in debs {
+        let v = format!("{} {}", d.version, d.sha256);
+        if m.insert(d.name.clone(), v.clone()).is_some() {
+            m.insert(format!("{}:{}", d.name, d.arch), v);
+        }
+    }
+    m
+}
+
+/// What a pip layer's locked wheels are, for people: name -> `VERSION SHA256`.
+pub fn wheel_detail(wheels: &[crate::lock::model::Wheel]) -> BTreeMap<String, String> {
+    wheels
+        .iter()
+        .map(|w| (w.name.clone(), format!("{} {}", w.version, w.sha256)))
+        .collect()
+}
+
 /// The packages to install, those of a named source as `name/suite`.
 pub fn includes(recipe: &Recipe) -> Vec<String> {
     let mut v = Vec::new();
@@ -289,7 +333,10 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
         json!(crate::lock::model::set_hash(&facts.tools_debs)),
     );
     tools_in.insert("epoch".into(), json!(facts.tools_epoch));
-    let tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
+    let mut tools = Step::new(StepKind::Tools, "tools".into(), tools_in, vec![]);
+    tools
+        .detail
+        .insert("debs".into(), deb_detail(&facts.tools_debs));
 
     let mut apt: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for l in &recipe.layers {
@@ -314,7 +361,10 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     );
     root_in.insert("epoch".into(), json!(facts.epoch));
     root_in.insert("tools".into(), json!(tools.key));
-    let rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, vec![]);
+    let mut rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, vec![]);
+    rootfs
+        .detail
+        .insert("debs".into(), deb_detail(&facts.rootfs_debs));
 
     // Every other layer is a step. A `run` layer acts on the tree so far:
     // its key holds the keys of every step that made that tree.
@@ -331,12 +381,16 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
             over.extend(tail.iter().map(|s| s.key.clone()));
             inp.insert("over".into(), json!(over));
         }
-        tail.push(Step::new(
+        let mut step = Step::new(
             StepKind::Layer,
             format!("layer:{}", l.name),
             inp,
             vec![l.name.to_string()],
-        ));
+        );
+        if let Some(d) = facts.details.get(l.name.as_str()) {
+            step.detail.insert("content".into(), d.clone());
+        }
+        tail.push(step);
     }
 
     let mut img_in = BTreeMap::new();
@@ -432,7 +486,14 @@ mod tests {
         let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
         assert_eq!(
             labels,
-            ["tools", "rootfs", "layer:motd", "layer:en", "layer:after", "image"]
+            [
+                "tools",
+                "rootfs",
+                "layer:motd",
+                "layer:en",
+                "layer:after",
+                "image"
+            ]
         );
         assert_eq!(p.steps[1].layers, Vec::<String>::new());
         assert_eq!(

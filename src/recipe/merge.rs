@@ -255,10 +255,7 @@ impl Merged {
                     components,
                     keyring,
                     url,
-                    check_valid_until: raw
-                        .check_valid_until
-                        .as_ref()
-                        .is_none_or(|v| *v.get_ref()),
+                    check_valid_until: raw.check_valid_until.as_ref().is_none_or(|v| *v.get_ref()),
                 },
             );
         }

@@ -6,6 +6,7 @@
 //! modes beyond the execute bit, and times never reach the image. When
 //! `from` is a single file it lands at `to`, or at `/NAME` when `to` is `/`.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -144,16 +145,18 @@ pub fn layer_tree(layer: &Layer, mtime: u64, blobs: Blobs) -> Result<Tree> {
     }
 }
 
-/// Content hash of a layer's inputs on the host (for its step key).
-pub fn content_hash(layer: &Layer) -> Result<Option<String>> {
+/// Content hash of a layer's inputs on the host (for its step key), and
+/// the listing it hashes (path -> sha256 or kind, for `mimg why`).
+pub fn content_hash(layer: &Layer) -> Result<Option<(String, BTreeMap<String, String>)>> {
     use sha2::{Digest, Sha256};
     match &layer.kind {
         LayerKind::Files { .. } => {
             let no_blobs = |_: &str, _: &crate::recipe::Sha256Hex| -> Result<Vec<u8>> {
                 unreachable!("files layers fetch nothing")
             };
-            let bytes = layer_tree(layer, 0, &no_blobs)?.write(Vec::new())?;
-            Ok(Some(hex::encode(Sha256::digest(&bytes))))
+            let tree = layer_tree(layer, 0, &no_blobs)?;
+            let bytes = tree.write(Vec::new())?;
+            Ok(Some((hex::encode(Sha256::digest(&bytes)), tree.listing())))
         }
         _ => Ok(None),
     }

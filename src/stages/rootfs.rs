@@ -70,10 +70,11 @@ pub fn build(
     let child = sandbox
         .spawn(&argv, Stdio::piped(), "mmdebstrap")
         .map_err(explain)?;
-    let mut tree = read_tar_of(child, "mmdebstrap").map_err(|e| match e.downcast::<tools::ToolError>() {
-        Ok(t) => explain(t),
-        Err(e) => e,
-    })?;
+    let mut tree =
+        read_tar_of(child, "mmdebstrap").map_err(|e| match e.downcast::<tools::ToolError>() {
+            Ok(t) => explain(t),
+            Err(e) => e,
+        })?;
     phase("mmdebstrap done, tar read");
     scrub(&mut tree, recipe, epoch);
     tree.fix_hardlinks();

@@ -49,13 +49,7 @@ tar -C $r -c --numeric-owner --xattrs --xattrs-include='*' --format=pax --sort=n
 
 /// Run `script` over `base` (the tree so far); returns the difference.
 /// `dir` is the step's directory (scratch files are removed again).
-pub fn run(
-    tools: &ToolsEnv,
-    base: &Tree,
-    script: &str,
-    epoch: u64,
-    dir: &Path,
-) -> Result<Tree> {
+pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) -> Result<Tree> {
     let base_tar = dir.join("base.tar");
     let script_file = dir.join("run.sh");
     {
@@ -65,10 +59,7 @@ pub fn run(
         std::io::Write::flush(&mut w)?;
     }
     crate::paths::write(&script_file, script)?;
-    let sandbox = tools
-        .sandbox(epoch)
-        .tmpfs("/tmp")
-        .bind(dir, "/mnt", false);
+    let sandbox = tools.sandbox(epoch).tmpfs("/tmp").bind(dir, "/mnt", false);
     let after = sandbox
         .spawn(&["/bin/sh", "-c", DRIVER], Stdio::piped(), "run layer")
         .map_err(anyhow::Error::new)
@@ -85,18 +76,24 @@ pub fn run(
 /// The script's failure said plainly, with its output's last lines and
 /// what a run layer can and cannot do.
 fn explain(e: anyhow::Error) -> anyhow::Error {
-    let failed = e.chain().find_map(|c| match c.downcast_ref::<crate::tools::ToolError>() {
-        Some(crate::tools::ToolError::Failed { status, stderr, .. })
-            if stderr.contains(SCRIPT_FAILED) =>
-        {
-            Some((status.code(), stderr.replace(&format!("{SCRIPT_FAILED}\n"), "")))
-        }
-        _ => None,
-    });
+    let failed = e
+        .chain()
+        .find_map(|c| match c.downcast_ref::<crate::tools::ToolError>() {
+            Some(crate::tools::ToolError::Failed { status, stderr, .. })
+                if stderr.contains(SCRIPT_FAILED) =>
+            {
+                Some((
+                    status.code(),
+                    stderr.replace(&format!("{SCRIPT_FAILED}\n"), ""),
+                ))
+            }
+            _ => None,
+        });
     match failed {
         Some((code, out)) => anyhow::anyhow!(
             "its script failed (exit status {}); its last lines of output:\n{}\nhint: a run layer runs as root in the tree so far, with no network: what it needs must come from the layers before it (apt, files, fetch, pip)",
-            code.map(|c| c.to_string()).unwrap_or_else(|| "by a signal".into()),
+            code.map(|c| c.to_string())
+                .unwrap_or_else(|| "by a signal".into()),
             out.trim_end()
         ),
         None => e,

@@ -125,6 +125,34 @@ impl Tree {
         self.entries.keys().map(PathKey::path)
     }
 
+    /// Each path and what it is, for people comparing two trees (`mimg why`,
+    /// `mimg diff`): a file's sha256, `dir`, `symlink TARGET`, ...; with its
+    /// mode where that is not the usual one (0644 files, 0755 directories).
+    pub fn listing(&self) -> BTreeMap<String, String> {
+        use sha2::{Digest, Sha256};
+        self.entries
+            .iter()
+            .map(|(k, e)| {
+                let (what, usual) = match &e.kind {
+                    Kind::Dir => ("dir".to_string(), 0o755),
+                    Kind::File(b) => (hex::encode(Sha256::digest(b)), 0o644),
+                    Kind::Symlink(t) => (format!("symlink {t}"), 0o777),
+                    Kind::Hardlink(t) => (format!("hardlink {t}"), e.mode),
+                    Kind::Char(a, b) => (format!("char {a}:{b}"), e.mode),
+                    Kind::Block(a, b) => (format!("block {a}:{b}"), e.mode),
+                    Kind::Fifo => ("fifo".to_string(), e.mode),
+                };
+                let mode = e.mode & 0o7777;
+                let v = if mode == usual {
+                    what
+                } else {
+                    format!("{what} mode {mode:04o}")
+                };
+                (k.path(), v)
+            })
+            .collect()
+    }
+
     /// Read a tar stream into a tree.
     pub fn read<R: Read>(r: R) -> io::Result<Tree> {
         let mut ar = tar::Archive::new(r);

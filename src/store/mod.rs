@@ -16,6 +16,8 @@
 //!   locks/store.lock      held shared by every process that uses the store
 //!                         (build, lock, store fetch/add), exclusive by gc
 //!   blobs/<sha256>        fetched files by content (tarballs, binaries, wheels)
+//!   history/<recipe>.json the keys of the last builds of each recipe, and which
+//!                         steps each built (for `mimg why`; see `history`)
 //!   checked/<key>.<dir>   a cache: each file of that output directory as last
 //!                         checked clean, with its stat signature (device, inode,
 //!                         size, mtime, ctime) and sha256; a build's check re-hashes
@@ -40,6 +42,9 @@ use sha2::{Digest, Sha256};
 
 use crate::plan::{Step, StepKey};
 
+mod history;
+pub use history::{Build, BuiltStep};
+
 /// Store layout version, part of every path.
 pub const LAYOUT: &str = "v1";
 
@@ -62,6 +67,10 @@ pub struct Meta {
     #[serde(default)]
     pub trees: BTreeMap<String, String>,
     pub seconds: f64,
+    /// What the step's hashed inputs cover (`Step::detail`): the leaves
+    /// `mimg why` compares with a later build's.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub detail: BTreeMap<String, BTreeMap<String, String>>,
     /// Step-specific facts (installed packages, ...).
     #[serde(default)]
     pub extra: serde_json::Value,
@@ -339,8 +348,11 @@ impl Store {
         }
         if seen != known {
             // Clean: remember it (a cache; failing to write it costs speed only).
-            let _ = fs::create_dir_all(cache_file.parent().expect("under checked/"))
-                .and_then(|_| crate::paths::atomic_write(&cache_file, seen.text().as_bytes()).map_err(io::Error::other));
+            let _ =
+                fs::create_dir_all(cache_file.parent().expect("under checked/")).and_then(|_| {
+                    crate::paths::atomic_write(&cache_file, seen.text().as_bytes())
+                        .map_err(io::Error::other)
+                });
         }
         None
     }
@@ -361,7 +373,12 @@ impl Store {
 
     /// Take the build lock of `key`, waiting for another build that holds it.
     pub fn lock(&self, key: &StepKey) -> Result<KeyLock, StoreError> {
-        let p = self.base().join("locks").join(format!("{key}.lock"));
+        self.lock_named(key.as_str())
+    }
+
+    /// Take the lock `locks/NAME.lock`, waiting for whoever holds it.
+    fn lock_named(&self, name: &str) -> Result<KeyLock, StoreError> {
+        let p = self.base().join("locks").join(format!("{name}.lock"));
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -414,6 +431,7 @@ impl Store {
             files,
             trees,
             seconds,
+            detail: step.detail.clone(),
             extra,
         };
         let mp = pending.dir.join("meta.json");
@@ -896,6 +914,7 @@ mod tests {
             key: StepKey::compute("layer", &inputs),
             inputs,
             layers: vec![],
+            detail: BTreeMap::new(),
         }
     }
 
@@ -951,8 +970,17 @@ mod tests {
         let mtime = fs::metadata(&tool).unwrap().modified().unwrap();
         fs::set_permissions(&tool, fs::Permissions::from_mode(0o644)).unwrap();
         fs::write(&tool, b"tool-2").unwrap();
-        fs::File::options().write(true).open(&tool).unwrap().set_modified(mtime).unwrap();
-        let e = s.check_tree(&st.key, "root").wait().unwrap_err().to_string();
+        fs::File::options()
+            .write(true)
+            .open(&tool)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let e = s
+            .check_tree(&st.key, "root")
+            .wait()
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("root/bin/tool changed"), "{e}");
         // verify never trusts the cache; gc's removal drops it.
         assert!(!s.verify().unwrap().is_empty());

@@ -82,7 +82,14 @@ impl Sandbox {
     /// bwrap's arguments for `argv`.
     fn bwrap_args(&self, argv: &[&str]) -> Vec<std::ffi::OsString> {
         let mut a: Vec<std::ffi::OsString> = Vec::new();
-        a.push(if self.root_writable { "--bind" } else { "--ro-bind" }.into());
+        a.push(
+            if self.root_writable {
+                "--bind"
+            } else {
+                "--ro-bind"
+            }
+            .into(),
+        );
         a.push(self.root.clone().into_os_string());
         a.push("/".into());
         for s in [
