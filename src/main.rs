@@ -8,6 +8,7 @@ mod ops;
 mod overlay;
 mod paths;
 mod plan;
+mod provenance;
 mod recipe;
 mod report;
 mod seed;

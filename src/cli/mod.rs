@@ -2,6 +2,7 @@
 //! One file per subcommand; each parses options and calls one operation.
 
 mod build;
+mod diff;
 mod lock;
 mod overlay;
 mod plan;
@@ -54,6 +55,8 @@ enum Command {
     Test(test::Args),
     /// Say which input differs from the last build, for each step to build.
     Why(why::Args),
+    /// Show what differs between two images' manifests (or two recipes' locks).
+    Diff(diff::Args),
     /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
     #[command(name = "__relay", hide = true)]
     Relay { target: String },
@@ -100,6 +103,15 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(&cli, a),
         Command::Test(a) => test::run(&cli, a),
         Command::Why(a) => why::run(&cli, a),
+        Command::Diff(a) => {
+            return match diff::run(&cli, a) {
+                Ok(code) => code,
+                Err(e) => {
+                    print_error(&e);
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Relay { target } => crate::vm::relay_stdio(target),
     };
     match res {

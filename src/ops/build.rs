@@ -542,7 +542,13 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
                 layer::layer_tree(l, epoch, &blobs)?
             };
             tree.write(crate::paths::create(dir.join("layer.tar"))?)?;
-            Ok(json!(null))
+            // What the layer holds, path by path, for the manifest (`mimg
+            // diff`); a pip layer is told by its wheels instead.
+            if matches!(l.kind, LayerKind::Pip { .. }) {
+                Ok(json!(null))
+            } else {
+                Ok(json!({ "listing": tree.listing() }))
+            }
         }
         StepKind::Image => {
             let (tools, tools_check) = tools_of(cx);

@@ -3,6 +3,7 @@
 //! it returns; nothing here draws progress or parses arguments.
 
 pub mod build;
+pub mod diff;
 pub mod gc;
 pub mod lock;
 pub mod pins;

@@ -1,5 +1,5 @@
-//! Publish: put a built image and its manifest (format version 1) into the
-//! output directory, atomically, unless they are there already.
+//! Publish: put a built image, its manifest and its SBOM (`NAME.cdx.json`)
+//! into the output directory, atomically, unless they are there already.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,28 +10,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::paths::{atomic_copy, atomic_write};
 use crate::plan::{Plan, StepKind};
-use crate::recipe::Recipe;
+use crate::recipe::{LayerKind, Recipe};
 use crate::store::{self, Store};
 
-/// The manifest written beside an image (format version 1).
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Manifest {
-    pub version: u32,
-    pub recipe: String,
-    /// The image step's key: a pure function of every input.
-    pub recipe_key: String,
-    pub epoch: u64,
-    pub image: store::FileSum,
-    pub steps: Vec<ManifestStep>,
-    pub packages: Vec<crate::lock::model::Package>,
-    pub sizes: BTreeMap<String, u64>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ManifestStep {
-    pub label: String,
-    pub key: String,
-}
+pub use crate::provenance::manifest::Manifest;
 
 /// Local record of what was last copied to the output directory, so a
 /// no-op build does not copy the image again. Not part of any output.
@@ -84,38 +66,15 @@ pub fn publish(
                 mtime_ns,
             }
         })
-        && man.is_file();
+        && man.is_file()
+        && out_dir.join(format!("{name}.cdx.json")).is_file();
     if up_to_date {
         return Ok((img, man, sum.sha256));
     }
 
-    let rootfs_key = &plan.step(StepKind::Rootfs).expect("planned").key;
-    let rmeta = store.meta(rootfs_key)?;
-    let packages: Vec<crate::lock::model::Package> =
-        serde_json::from_value(rmeta.extra["packages"].clone()).unwrap_or_default();
-    let mut sizes = BTreeMap::new();
-    sizes.insert("disk".to_string(), recipe.disk.size);
-    sizes.insert("qcow2".to_string(), sum.size);
-    if let Some(r) = rmeta.files.get("rootfs.tar") {
-        sizes.insert("rootfs_tar".to_string(), r.size);
-    }
-    let manifest = Manifest {
-        version: 1,
-        recipe: name.to_string(),
-        recipe_key: key.to_string(),
-        epoch: plan.epoch,
-        image: sum.clone(),
-        steps: plan
-            .steps
-            .iter()
-            .map(|s| ManifestStep {
-                label: s.label.clone(),
-                key: s.key.to_string(),
-            })
-            .collect(),
-        packages,
-        sizes,
-    };
+    let manifest = manifest_of(recipe, plan, store, &sum)?;
+    let sbom = crate::provenance::sbom::render(&manifest, &format!("{name}.qcow2"))
+        .map_err(|e| anyhow::anyhow!("cannot make the SBOM of {name}: {e}"))?;
     match fresh {
         Some(tmp) => fs::rename(tmp, &img)
             .with_context(|| format!("cannot rename into {}", img.display()))?,
@@ -124,6 +83,9 @@ pub fn publish(
     let mut text = serde_json::to_vec_pretty(&manifest)?;
     text.push(b'\n');
     atomic_write(&man, &text)?;
+    let mut text = serde_json::to_vec_pretty(&sbom)?;
+    text.push(b'\n');
+    atomic_write(&out_dir.join(format!("{name}.cdx.json")), &text)?;
     if let Some((size, mtime_ns)) = file_stamp(&img) {
         let p = Published {
             key: key.to_string(),
@@ -133,4 +95,106 @@ pub fn publish(
         atomic_write(&stamp, &serde_json::to_vec(&p)?)?;
     }
     Ok((img, man, sum.sha256))
+}
+
+/// The manifest of the image `sum` that `plan` made, from the plan and the
+/// steps' records in the store.
+fn manifest_of(
+    recipe: &Recipe,
+    plan: &Plan,
+    store: &Store,
+    sum: &store::FileSum,
+) -> Result<Manifest> {
+    use crate::provenance::manifest::{Base, Fetched, ManifestLayer, ManifestStep, ManifestWheel};
+    let rootfs = plan.step(StepKind::Rootfs).expect("planned");
+    let rmeta = store.meta(&rootfs.key)?;
+    let packages: Vec<crate::lock::model::Package> =
+        serde_json::from_value(rmeta.extra["packages"].clone()).unwrap_or_default();
+    let mut sizes = BTreeMap::new();
+    sizes.insert("disk".to_string(), recipe.disk.size);
+    sizes.insert("qcow2".to_string(), sum.size);
+    if let Some(r) = rmeta.files.get("rootfs.tar") {
+        sizes.insert("rootfs_tar".to_string(), r.size);
+    }
+    // The pinned .debs: `VERSION SHA256` by name (`name:arch` where one
+    // name has several arches), as the plan's detail has them.
+    let pinned = rootfs.detail.get("debs").cloned().unwrap_or_default();
+    let mut deb_sha256 = BTreeMap::new();
+    for p in &packages {
+        let v = pinned
+            .get(&format!("{}:{}", p.name, p.arch))
+            .or_else(|| pinned.get(&p.name));
+        if let Some((version, sha)) = v.and_then(|v| v.split_once(' '))
+            && version == p.version
+        {
+            deb_sha256.insert(format!("{}:{}", p.name, p.arch), sha.to_string());
+        }
+    }
+    let mut wheels = Vec::new();
+    let mut fetched = Vec::new();
+    let mut layers = Vec::new();
+    for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
+        let name = &s.layers[0];
+        let l = recipe
+            .layers
+            .iter()
+            .find(|l| l.name.as_str() == name)
+            .expect("planned from the recipe");
+        let meta = store.meta(&s.key)?;
+        let kind = serde_json::to_value(&l.kind)?["kind"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        match &l.kind {
+            LayerKind::Pip { .. } => {
+                for (n, v) in s.detail.get("content").into_iter().flatten() {
+                    let (version, sha) = v.split_once(' ').unwrap_or((v, ""));
+                    wheels.push(ManifestWheel {
+                        layer: name.clone(),
+                        name: n.clone(),
+                        version: version.into(),
+                        sha256: sha.into(),
+                    });
+                }
+            }
+            LayerKind::Fetch { url, sha256, .. } => fetched.push(Fetched {
+                layer: name.clone(),
+                url: url.clone(),
+                sha256: sha256.to_string(),
+            }),
+            _ => {}
+        }
+        layers.push(ManifestLayer {
+            label: s.label.clone(),
+            key: s.key.to_string(),
+            kind,
+            size: meta.files.get("layer.tar").map(|f| f.size).unwrap_or(0),
+            files: serde_json::from_value(meta.extra["listing"].clone()).unwrap_or_default(),
+        });
+    }
+    Ok(Manifest {
+        version: crate::provenance::manifest::VERSION,
+        recipe: recipe.name.to_string(),
+        recipe_key: plan.image().key.to_string(),
+        epoch: plan.epoch,
+        image: sum.clone(),
+        base: Some(Base {
+            distribution: recipe.base.distribution.to_string(),
+            suite: recipe.base.suite.to_string(),
+        }),
+        steps: plan
+            .steps
+            .iter()
+            .map(|s| ManifestStep {
+                label: s.label.clone(),
+                key: s.key.to_string(),
+            })
+            .collect(),
+        packages,
+        deb_sha256,
+        wheels,
+        fetched,
+        layers,
+        sizes,
+    })
 }
