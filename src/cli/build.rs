@@ -26,6 +26,10 @@ pub struct Args {
     /// progress is shown.
     #[arg(long)]
     json: bool,
+    /// Sign the image, manifest, SBOM and provenance statement with this
+    /// minisign secret key (as `mimg sign` does).
+    #[arg(long, value_name = "KEYFILE")]
+    sign: Option<PathBuf>,
 }
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
@@ -45,6 +49,11 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     );
     rep.finish();
     let out = out?;
+    // A key that cannot sign fails the command; the image stays published.
+    let signatures = match &a.sign {
+        Some(key) => crate::ops::sign::sign_image(&out.image, key)?,
+        None => Vec::new(),
+    };
     if a.json {
         println!(
             "{}",
@@ -58,12 +67,16 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 "reused": out.reused,
                 "seconds": t0.elapsed().as_secs_f64(),
                 "steps": out.steps,
+                "signatures": signatures,
             }))?
         );
         return Ok(());
     }
     println!("{}  sha256 {}", out.image.display(), out.sha256);
     println!("{}", out.manifest.display());
+    for sig in &signatures {
+        println!("{}", sig.display());
+    }
     println!(
         "built {} steps, reused {} in {:.2}s",
         out.built,

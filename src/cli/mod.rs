@@ -9,6 +9,7 @@ mod plan;
 mod progress;
 mod run;
 mod seed;
+mod sign;
 mod store;
 mod test;
 mod why;
@@ -57,6 +58,12 @@ enum Command {
     Why(why::Args),
     /// Show what differs between two images' manifests (or two recipes' locks).
     Diff(diff::Args),
+    /// Sign an image and its manifest, SBOM and provenance (minisign format).
+    Sign(sign::SignArgs),
+    /// Check an image's signature and that its provenance files match it.
+    Verify(sign::VerifyArgs),
+    /// Make a minisign key pair for `mimg sign`.
+    Keygen(sign::KeygenArgs),
     /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
     #[command(name = "__relay", hide = true)]
     Relay { target: String },
@@ -103,6 +110,9 @@ pub fn main() -> ExitCode {
         Command::Run(a) => run::run(&cli, a),
         Command::Test(a) => test::run(&cli, a),
         Command::Why(a) => why::run(&cli, a),
+        Command::Sign(a) => sign::sign(&cli, a),
+        Command::Verify(a) => sign::verify(&cli, a),
+        Command::Keygen(a) => sign::keygen(&cli, a),
         Command::Diff(a) => {
             return match diff::run(&cli, a) {
                 Ok(code) => code,

@@ -9,6 +9,7 @@ pub mod lock;
 pub mod pins;
 pub mod publish;
 pub mod resolve;
+pub mod sign;
 pub mod test;
 pub mod why;
 

@@ -67,7 +67,8 @@ pub fn publish(
             }
         })
         && man.is_file()
-        && out_dir.join(format!("{name}.cdx.json")).is_file();
+        && out_dir.join(format!("{name}.cdx.json")).is_file()
+        && out_dir.join(format!("{name}.intoto.json")).is_file();
     if up_to_date {
         return Ok((img, man, sum.sha256));
     }
@@ -86,6 +87,10 @@ pub fn publish(
     let mut text = serde_json::to_vec_pretty(&sbom)?;
     text.push(b'\n');
     atomic_write(&out_dir.join(format!("{name}.cdx.json")), &text)?;
+    let statement = statement_of(recipe, plan, &manifest)?;
+    let mut text = serde_json::to_vec_pretty(&statement)?;
+    text.push(b'\n');
+    atomic_write(&out_dir.join(format!("{name}.intoto.json")), &text)?;
     if let Some((size, mtime_ns)) = file_stamp(&img) {
         let p = Published {
             key: key.to_string(),
@@ -197,4 +202,43 @@ fn manifest_of(
         layers,
         sizes,
     })
+}
+
+/// The provenance statement of the image `m` describes.
+fn statement_of(recipe: &Recipe, plan: &Plan, m: &Manifest) -> Result<serde_json::Value> {
+    let sha_of = |p: &Path| -> Result<String> {
+        Ok(crate::store::hash_file(p)
+            .with_context(|| format!("cannot read {}", p.display()))?
+            .sha256)
+    };
+    let recipe_sha = sha_of(&recipe.file)?;
+    let lock_path = recipe.lock_path();
+    let lock_sha = if lock_path.is_file() {
+        Some(sha_of(&lock_path)?)
+    } else {
+        None
+    };
+    // Paths as the recipe names them, relative to its directory: the same
+    // statement wherever the checkout lies.
+    let file_name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned()
+    };
+    let (rname, lname) = (file_name(&recipe.file), file_name(&lock_path));
+    let tools = plan
+        .step(StepKind::Tools)
+        .and_then(|s| s.detail.get("debs").cloned())
+        .unwrap_or_default();
+    let inputs = crate::provenance::statement::Inputs {
+        recipe: (&rname, &recipe_sha),
+        lock: lock_sha.as_deref().map(|s| (lname.as_str(), s)),
+        tools_debs: &tools,
+    };
+    Ok(crate::provenance::statement::render(
+        m,
+        &format!("{}.qcow2", recipe.name.as_str()),
+        &inputs,
+    ))
 }

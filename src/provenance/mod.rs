@@ -6,3 +6,5 @@
 pub mod diff;
 pub mod manifest;
 pub mod sbom;
+pub mod sign;
+pub mod statement;
