@@ -44,9 +44,16 @@ fn two_fresh_stores_give_identical_images_whatever_tz_umask_locale() {
         std::fs::read_dir(&scratch).unwrap().next().is_none(),
         "the scratch raw disk was left behind"
     );
-    let ma = std::fs::read(a.out.join("minimal.manifest.json")).unwrap();
-    let mb = std::fs::read(w.join("out/minimal.manifest.json")).unwrap();
-    assert!(ma == mb, "manifests differ");
+    // The manifest, SBOM and provenance statement too: byte for byte.
+    for f in [
+        "minimal.manifest.json",
+        "minimal.cdx.json",
+        "minimal.intoto.json",
+    ] {
+        let ma = std::fs::read(a.out.join(f)).unwrap();
+        let mb = std::fs::read(w.join("out").join(f)).unwrap();
+        assert!(ma == mb, "{f} differs between the two stores");
+    }
 }
 
 #[test]
