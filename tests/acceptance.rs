@@ -82,6 +82,57 @@ fn prove(base: &str) {
     }
 }
 
+/// ci/image-pipeline.sh as a CI job runs it, on maas-homeserver with the
+/// stand-in web client: build, `mimg test`, signatures checked, the diff
+/// against the image "in production" (here: the same build, so no change).
+#[test]
+fn the_image_pipeline_script_builds_tests_signs_and_diffs() {
+    let w = work("acceptance-pipeline");
+    let (srv, sha) = standin(&w);
+    let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
+    let prev = w.join("prev");
+    let mut c = mimg();
+    c.arg("build")
+        .arg(&recipe)
+        .arg("--out")
+        .arg(&prev)
+        .env("MIMG_STORE", store());
+    assert!(run(c).status.success(), "the build in production");
+    let mut c = mimg();
+    c.arg("keygen").arg(w.join("key"));
+    assert!(run(c).status.success());
+    let mut c = Command::new("bash");
+    c.arg(repo().join("ci/image-pipeline.sh"))
+        .arg(&recipe)
+        .arg("overlays/example.toml")
+        .current_dir(repo())
+        .env("MIMG", env!("CARGO_BIN_EXE_mimg"))
+        .env("MIMG_STORE", store())
+        .env("MIMG_OUT", w.join("out"))
+        // The stand-in recipe has no lock of its own: --locked would refuse it.
+        .env("MIMG_BUILD_FLAGS", "")
+        .env("MIMG_SIGN_KEY", w.join("key"))
+        .env(
+            "MIMG_PREVIOUS",
+            prev.join("maas-homeserver-test.manifest.json"),
+        );
+    let o = run(c);
+    assert!(o.status.success(), "the pipeline failed");
+    let said = stdout(&o);
+    for want in ["== test ", "verified, sha256", "no change", "== done: "] {
+        assert!(said.contains(want), "the pipeline did not say `{want}`");
+    }
+    let mut m = Command::new("minisign");
+    m.arg("-Vm")
+        .arg(w.join("out/maas-homeserver-test.qcow2"))
+        .arg("-p")
+        .arg(w.join("key.pub"));
+    assert!(
+        run(m).status.success(),
+        "minisign verifies the pipeline's image"
+    );
+}
+
 struct Vm(Child);
 
 impl Drop for Vm {

@@ -65,12 +65,8 @@ pub fn render(m: &Manifest, file_name: &str) -> Result<Value, String> {
         .base
         .as_ref()
         .ok_or("the manifest does not name its base suite (a manifest of version 1)")?;
-    let os_version = debian_version(&base.suite).ok_or_else(|| {
-        format!(
-            "no Debian release number is known for suite `{}`",
-            base.suite
-        )
-    })?;
+    // A suite whose number mimg does not know is named as it is.
+    let os_version = debian_version(&base.suite).unwrap_or(base.suite.as_str());
     let distro = format!("debian-{os_version}");
     let mut components = vec![json!({
         "type": "operating-system",
