@@ -377,6 +377,23 @@ fn the_sbom_validates_and_minisign_verifies_the_signatures() {
         stdout(&o)
     );
 
+    // A key made by minisign -G -W (no password; minisign 0.11 leaves its
+    // checksum zero) signs too.
+    let mut g = Command::new("minisign");
+    g.args(["-G", "-W", "-p"])
+        .arg(w.join("mw.pub"))
+        .arg("-s")
+        .arg(w.join("mw.key"));
+    assert!(run(g).status.success(), "minisign -G -W");
+    let mut c = mimg();
+    c.args(["sign", img.to_str().unwrap(), "--key"])
+        .arg(w.join("mw.key"));
+    assert!(
+        run(c).status.success(),
+        "mimg sign with minisign -G -W's key"
+    );
+    assert!(minisign_ok(&img, &w.join("mw.pub")));
+
     // A key made by mimg keygen, used by mimg build --sign; minisign verifies.
     let mut c = mimg();
     c.args(["keygen"]).arg(w.join("k"));

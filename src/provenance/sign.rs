@@ -64,10 +64,16 @@ pub fn secret_key(path: &Path) -> Result<SecretKey> {
         |e: minisign::PError| anyhow::anyhow!("cannot open the secret key {}: {e}", path.display());
     match sk_box.clone().into_unencrypted_secret_key() {
         Ok(sk) if !sk.is_encrypted() => Ok(sk),
-        Err(e) if matches!(e.kind(), minisign::ErrorKind::Verify) => bail!(
-            "the secret key {} has no valid checksum ({e}); minisign 0.11's `-G -W` writes such keys\nhint: make the key with a password (`minisign -G`, then MIMG_SIGN_PASSWORD_FILE) or with `mimg keygen`",
-            path.display()
-        ),
+        Err(e) if matches!(e.kind(), minisign::ErrorKind::Verify) => {
+            // minisign 0.11's `-G -W` leaves an unencrypted key's checksum
+            // zero; the key itself is whole: give it its checksum.
+            let fixed = with_checksum(&text).ok_or_else(|| {
+                anyhow::anyhow!("the secret key {} is damaged: {e}", path.display())
+            })?;
+            SecretKeyBox::from_string(&fixed)
+                .and_then(|b| b.into_unencrypted_secret_key())
+                .map_err(bad)
+        }
         _ => {
             let Some(pw_file) = std::env::var_os("MIMG_SIGN_PASSWORD_FILE") else {
                 bail!(
@@ -81,6 +87,28 @@ pub fn secret_key(path: &Path) -> Result<SecretKey> {
             sk_box.into_secret_key(Some(pw)).map_err(bad)
         }
     }
+}
+
+/// An unencrypted secret key box whose checksum field is zero, with the
+/// checksum minisign computes (BLAKE2b-256 over algorithm, key id and
+/// key); None for anything else.
+fn with_checksum(text: &str) -> Option<String> {
+    use base64::Engine;
+    use blake2::digest::{Update, VariableOutput};
+    let mut lines = text.lines();
+    let comment = lines.next()?;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut raw = b64.decode(lines.next()?.trim()).ok()?;
+    // sig_alg 2, kdf_alg 2, chk_alg 2, salt 32, opslimit 8, memlimit 8,
+    // key id 8, key 64, checksum 32.
+    if raw.len() != 158 || raw[2..4] != [0, 0] || raw[126..].iter().any(|b| *b != 0) {
+        return None;
+    }
+    let mut h = blake2::Blake2bVar::new(32).ok()?;
+    h.update(&raw[0..2]);
+    h.update(&raw[54..126]);
+    h.finalize_variable(&mut raw[126..]).ok()?;
+    Some(format!("{comment}\n{}\n", b64.encode(&raw)))
 }
 
 /// A public key: a file as `minisign -G` writes it, or the key itself
