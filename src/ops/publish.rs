@@ -231,8 +231,20 @@ fn statement_of(recipe: &Recipe, plan: &Plan, m: &Manifest) -> Result<serde_json
         .step(StepKind::Tools)
         .and_then(|s| s.detail.get("debs").cloned())
         .unwrap_or_default();
+    // Each file as the recipe's directory sees it (its name where it lies
+    // elsewhere): the same statement wherever the checkout lies.
+    let dir = recipe.file.parent().unwrap_or(Path::new(""));
+    let mut recipe_files = Vec::new();
+    for f in &recipe.files {
+        let shown = f
+            .strip_prefix(dir)
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|_| file_name(f).into());
+        recipe_files.push((shown.display().to_string(), sha_of(f)?));
+    }
     let inputs = crate::provenance::statement::Inputs {
         recipe: (&rname, &recipe_sha),
+        recipe_files: &recipe_files,
         lock: lock_sha.as_deref().map(|s| (lname.as_str(), s)),
         tools_debs: &tools,
     };

@@ -16,6 +16,9 @@ use super::sbom::{deb_purl, debian_version, pypi_purl};
 pub struct Inputs<'a> {
     /// The recipe file and its sha256.
     pub recipe: (&'a str, &'a str),
+    /// Every recipe file it was made from (its own, those it extends and
+    /// includes) and their sha256s.
+    pub recipe_files: &'a [(String, String)],
     /// The lock file and its sha256, if the recipe has one.
     pub lock: Option<(&'a str, &'a str)>,
     /// The tools environment's .debs: name -> `VERSION SHA256`.
@@ -57,7 +60,14 @@ pub fn render(m: &Manifest, file_name: &str, inputs: &Inputs) -> Value {
         deps.push(json!({ "uri": f.url, "name": f.layer, "digest": { "sha256": f.sha256 } }));
     }
     let mut external = json!({
-        "recipe": { "name": m.recipe, "path": inputs.recipe.0, "sha256": inputs.recipe.1 },
+        "recipe": {
+            "name": m.recipe,
+            "path": inputs.recipe.0,
+            "sha256": inputs.recipe.1,
+            "files": inputs.recipe_files.iter()
+                .map(|(p, sha)| json!({ "path": p, "sha256": sha }))
+                .collect::<Vec<_>>(),
+        },
     });
     if let Some((path, sha)) = inputs.lock {
         external["lock"] = json!({ "path": path, "sha256": sha });
