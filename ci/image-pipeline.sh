@@ -56,7 +56,7 @@ if [ -n "${MIMG_PREVIOUS:-}" ]; then
 	rc=0
 	"$mimg" diff "$MIMG_PREVIOUS" "$out/$name.manifest.json" || rc=$?
 	[ "$rc" -le 1 ] || exit "$rc"
-	[ "$rc" -eq 0 ] && echo "no change"
+	if [ "$rc" -eq 0 ]; then echo "no change"; fi
 fi
 
 if [ -n "${MIMG_CACHE:-}" ]; then
