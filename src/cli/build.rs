@@ -26,6 +26,10 @@ pub struct Args {
     /// progress is shown.
     #[arg(long)]
     json: bool,
+    /// Compress the qcow2's clusters with zstd for this build, as
+    /// `[disk] compress = "zstd"` does (another image key, other bytes).
+    #[arg(long)]
+    compress: bool,
     /// Sign the image, manifest, SBOM and provenance statement with this
     /// minisign secret key (as `mimg sign` does).
     #[arg(long, value_name = "KEYFILE")]
@@ -34,7 +38,10 @@ pub struct Args {
 
 pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let t0 = Instant::now();
-    let recipe = cli.recipe(&a.recipe)?;
+    let mut recipe = cli.recipe(&a.recipe)?;
+    if a.compress {
+        recipe.disk.compress = Some(crate::recipe::Compression::Zstd);
+    }
     let store = cli.store()?;
     let rep = super::progress::Progress::new(cli.quiet || a.json);
     let out = crate::ops::build::build(

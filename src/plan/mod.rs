@@ -24,7 +24,7 @@
 //! | `layer`  | `epoch`      | the build epoch                                                     |
 //! | `layer`  | `over`       | a `run` layer only: keys of the rootfs step and of every layer step before it (the tree it runs in) |
 //! | `image`  | `tools`, `rootfs`, `layers` | keys of the tools step, the rootfs step and every later layer step, in order |
-//! | `image`  | `disk`       | disk size and boot modes (recipe `[disk]`)                          |
+//! | `image`  | `disk`       | disk size, boot modes and compression (recipe `[disk]`; `compress` only when set) |
 //! | `image`  | `epoch`      | the build epoch                                                     |
 //!
 //! Fields in no key, because they do not shape bytes: a `fetch` layer's

@@ -19,6 +19,7 @@ pub(super) struct Merged {
     pub(super) sources: BTreeMap<String, At<RawSource>>,
     pub(super) size: Option<At<String>>,
     pub(super) boot: Option<At<Vec<String>>>,
+    pub(super) compress: Option<At<String>>,
     pub(super) layers: Vec<At<RawLayer>>,
 }
 
@@ -91,6 +92,7 @@ pub(super) fn load_merged(path: &Path, chain: &mut Vec<PathBuf>) -> Result<Merge
     if let Some(disk) = raw.disk {
         merged.size = from(disk.size, &src).or(merged.size);
         merged.boot = from(disk.boot, &src).or(merged.boot);
+        merged.compress = from(disk.compress, &src).or(merged.compress);
     }
     merged.add_sources(raw.sources, &src);
     merged.add_layers(raw.layers, &src)?;
@@ -291,6 +293,20 @@ impl Merged {
             None => vec![BootMode::Bios, BootMode::Uefi],
         };
 
+        let compress = match &self.compress {
+            None => None,
+            Some(c) => match c.get().as_str() {
+                "none" => None,
+                "zstd" => Some(Compression::Zstd),
+                other => {
+                    return Err(c.invalid(
+                        "disk.compress",
+                        format!("unknown compression `{other}`; use \"zstd\" or \"none\""),
+                    ));
+                }
+            },
+        };
+
         let mut layers = Vec::new();
         for l in &self.layers {
             layers.push(validate_layer(l, &sources)?);
@@ -301,7 +317,11 @@ impl Merged {
             files,
             base,
             sources,
-            disk: Disk { size, boot },
+            disk: Disk {
+                size,
+                boot,
+                compress,
+            },
             layers,
         })
     }

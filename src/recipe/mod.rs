@@ -102,11 +102,23 @@ pub enum BootMode {
     Uefi,
 }
 
-/// Disk size and boot modes.
+/// Disk size, boot modes and the qcow2's compression.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Disk {
     pub size: u64,
     pub boot: Vec<BootMode>,
+    /// Left out of the key when absent, so uncompressed images keep the
+    /// keys (and the bytes) they had before compression existed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub compress: Option<Compression>,
+}
+
+/// How the qcow2's clusters are compressed (`[disk] compress`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// qcow2 compression type zstd (QEMU >= 5.1 reads it).
+    Zstd,
 }
 
 /// What one layer contributes.

@@ -55,6 +55,7 @@ pub(super) struct RawSource {
 pub(super) struct RawDisk {
     pub(super) size: Option<Spanned<String>>,
     pub(super) boot: Option<Spanned<Vec<String>>>,
+    pub(super) compress: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Clone)]

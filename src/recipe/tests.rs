@@ -107,6 +107,12 @@ fn errors_name_file_line_and_key() {
     let e = err_of("[base]\nsuite = \"trixie\"\n[disk]\nsize = \"12X\"\n");
     assert!(e.contains("bad.toml:4:") && e.contains("disk.size"), "{e}");
 
+    let e = err_of("[base]\nsuite = \"trixie\"\n[disk]\ncompress = \"lz4\"\n");
+    assert!(
+        e.contains("bad.toml:4:") && e.contains("disk.compress") && e.contains("zstd"),
+        "{e}"
+    );
+
     let e = err_of(
         "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"apt\"\npackages = [\"a\"]\nsource = \"nope\"\n",
     );

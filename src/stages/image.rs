@@ -81,7 +81,7 @@ pub fn image(
     )?;
     phase("mkfs.ext4 done");
     drop(tree);
-    qcow2::convert(tools, scratch.path(), dir, epoch)?;
+    qcow2::convert(tools, scratch.path(), dir, epoch, recipe.disk.compress)?;
     phase("qcow2 written");
     drop(scratch);
     for check in checks {
