@@ -13,7 +13,11 @@ use super::Cli;
 /// 0 when equal (nothing printed), 1 when different, 2 on error.
 #[derive(clap::Args)]
 pub struct Args {
+    /// The old side: a manifest (NAME.manifest.json), an image (NAME.qcow2,
+    /// its manifest beside it), an output directory holding one manifest,
+    /// or a recipe (its lock and files layers). Exit 0 equal, 1 different.
     a: String,
+    /// The new side, of any of the same kinds.
     b: String,
     /// Print one JSON document.
     #[arg(long)]
