@@ -494,11 +494,7 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
         }
         StepKind::Layer => {
             let name = &step.layers[0];
-            let l = recipe
-                .layers
-                .iter()
-                .find(|l| l.name.as_str() == name)
-                .expect("planned from the recipe");
+            let l = recipe.layer(name).expect("planned from the recipe");
             let tree = if let LayerKind::Run { script } = &l.kind {
                 let at = plan
                     .steps

@@ -140,11 +140,7 @@ fn manifest_of(
     let mut layers = Vec::new();
     for s in plan.steps.iter().filter(|s| s.kind == StepKind::Layer) {
         let name = &s.layers[0];
-        let l = recipe
-            .layers
-            .iter()
-            .find(|l| l.name.as_str() == name)
-            .expect("planned from the recipe");
+        let l = recipe.layer(name).expect("planned from the recipe");
         let meta = store.meta(&s.key)?;
         let kind = serde_json::to_value(&l.kind)?["kind"]
             .as_str()

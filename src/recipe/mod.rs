@@ -182,6 +182,11 @@ pub struct Recipe {
 }
 
 impl Recipe {
+    /// The layer named `name`, if the recipe has one.
+    pub fn layer(&self, name: &str) -> Option<&Layer> {
+        self.layers.iter().find(|l| l.name.as_str() == name)
+    }
+
     /// The path of the lock file beside the recipe.
     pub fn lock_path(&self) -> PathBuf {
         self.file.with_extension("lock")
