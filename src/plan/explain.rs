@@ -141,6 +141,36 @@ fn step_refs(
     }
 }
 
+/// One entry that differs between two maps.
+pub enum Change<'a> {
+    Added(&'a str, &'a str),
+    Changed(&'a str, &'a str, &'a str),
+    Removed(&'a str, &'a str),
+}
+
+/// What differs between two maps: entries of `b` added or changed (in
+/// `b`'s order), then entries of `a` removed. The one map comparison behind
+/// `mimg why` and `mimg diff`.
+pub fn map_diff<'a>(
+    a: &'a BTreeMap<String, String>,
+    b: &'a BTreeMap<String, String>,
+) -> Vec<Change<'a>> {
+    let mut out = Vec::new();
+    for (n, v) in b {
+        match a.get(n) {
+            None => out.push(Change::Added(n, v)),
+            Some(o) if o != v => out.push(Change::Changed(n, o, v)),
+            Some(_) => {}
+        }
+    }
+    for (n, v) in a {
+        if !b.contains_key(n) {
+            out.push(Change::Removed(n, v));
+        }
+    }
+    out
+}
+
 /// Maps of `NAME -> "VERSION SHA256"` (debs, wheels): what came, went or
 /// moved, with both versions.
 fn versioned(
@@ -156,45 +186,30 @@ fn versioned(
             it.next().unwrap_or("").to_string(),
         )
     };
-    for (n, v) in b {
-        let (bv, bs) = split(v);
-        match a.get(n) {
-            None => out.push(format!("{what} {n} {bv} added")),
-            Some(o) if o != v => {
-                let (av, as_) = split(o);
+    for c in map_diff(a, b) {
+        out.push(match c {
+            Change::Added(n, v) => format!("{what} {n} {} added", split(v).0),
+            Change::Removed(n, v) => format!("{what} {n} {} removed", split(v).0),
+            Change::Changed(n, o, v) => {
+                let ((av, as_), (bv, bs)) = (split(o), split(v));
                 if av != bv {
-                    out.push(format!("{what} {n} {av} -> {bv}"));
+                    format!("{what} {n} {av} -> {bv}")
                 } else {
-                    out.push(format!(
-                        "{what} {n} {av}: sha256 {} -> {}",
-                        short(&as_),
-                        short(&bs)
-                    ));
+                    format!("{what} {n} {av}: sha256 {} -> {}", short(&as_), short(&bs))
                 }
             }
-            Some(_) => {}
-        }
-    }
-    for (n, v) in a {
-        if !b.contains_key(n) {
-            out.push(format!("{what} {n} {} removed", split(v).0));
-        }
+        });
     }
 }
 
 /// Path listings (a files layer's tree): which paths came, went or changed.
 fn listing(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>, out: &mut Vec<String>) {
-    for (p, v) in b {
-        match a.get(p) {
-            None => out.push(format!("file {p} added")),
-            Some(o) if o != v => out.push(format!("file {p} changed")),
-            Some(_) => {}
-        }
-    }
-    for p in a.keys() {
-        if !b.contains_key(p) {
-            out.push(format!("file {p} removed"));
-        }
+    for c in map_diff(a, b) {
+        out.push(match c {
+            Change::Added(p, _) => format!("file {p} added"),
+            Change::Changed(p, _, _) => format!("file {p} changed"),
+            Change::Removed(p, _) => format!("file {p} removed"),
+        });
     }
 }
 

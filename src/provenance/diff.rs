@@ -92,17 +92,13 @@ pub struct Diff {
 }
 
 fn versions(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> Versions {
+    use crate::plan::explain::{Change, map_diff};
     let mut v = Versions::default();
-    for (n, bv) in b {
-        match a.get(n) {
-            None => v.added.push((n.clone(), bv.clone())),
-            Some(av) if av != bv => v.changed.push((n.clone(), av.clone(), bv.clone())),
-            Some(_) => {}
-        }
-    }
-    for (n, av) in a {
-        if !b.contains_key(n) {
-            v.removed.push((n.clone(), av.clone()));
+    for c in map_diff(a, b) {
+        match c {
+            Change::Added(n, x) => v.added.push((n.into(), x.into())),
+            Change::Changed(n, x, y) => v.changed.push((n.into(), x.into(), y.into())),
+            Change::Removed(n, x) => v.removed.push((n.into(), x.into())),
         }
     }
     v
