@@ -17,7 +17,7 @@ build: deps
 	$(CARGO) build --release --locked
 
 test: build
-	$(CARGO) test --release --locked -- --test-threads=1
+	CARGO=$(CARGO) bash scripts/test
 
 test-unit:
 	$(CARGO) test --release --locked --bins

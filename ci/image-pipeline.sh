@@ -4,6 +4,7 @@
 #   1. build RECIPE (with --locked: the lock must match the recipe), signing
 #      the image, manifest, SBOM and provenance statement when a key is given
 #   2. boot it with OVERLAY's seed and check it as a Matrix client would
+#      (the report: $MIMG_OUT/NAME.test.json)
 #   3. check the signatures and that the SBOM and statement name the image
 #   4. say what changed against the image in production (its manifest)
 #   5. push the build to the shared cache, when one is configured
@@ -12,10 +13,16 @@
 #   MIMG                 the mimg binary (default: mimg on PATH)
 #   MIMG_OUT             output directory (default: images)
 #   MIMG_BUILD_FLAGS     flags for mimg build (default: --locked)
+#   MIMG_TEST_FLAGS      more flags for mimg test (e.g. --data-disk FILE to
+#                        keep the test's data for an upgrade check)
 #   MIMG_SIGN_KEY        minisign secret key file (its password, if any, in
 #                        the file MIMG_SIGN_PASSWORD_FILE names)
 #   MIMG_PREVIOUS        the manifest of the image now in production
-#   MIMG_CACHE           a cache URL to push to (needs `mimg cache`)
+#   MIMG_CACHE           a cache URL to push to (s3://BUCKET/PREFIX?endpoint=URL,
+#                        file:///DIR), with the key MIMG_CACHE_KEY names
+#                        (`mimg cache keygen`); S3 credentials as for any S3
+#                        tool (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY)
+#   MIMG_SUBSTITUTERS, MIMG_TRUSTED_KEYS   caches the build takes steps from
 # Exit status: that of the first step that failed; 0 when all passed.
 set -euo pipefail
 
@@ -28,6 +35,7 @@ overlay=$2
 mimg=${MIMG:-mimg}
 out=${MIMG_OUT:-images}
 read -r -a flags <<<"${MIMG_BUILD_FLAGS---locked}"
+read -r -a test_flags <<<"${MIMG_TEST_FLAGS:-}"
 name=$(basename "$recipe" .toml)
 image=$out/$name.qcow2
 
@@ -39,7 +47,8 @@ sign=()
 "$mimg" build "$recipe" --out "$out" "${flags[@]}" "${sign[@]}"
 
 step "test $recipe with $overlay"
-"$mimg" test "$recipe" --overlay "$overlay" --out "$out"
+# The checks' JSON report stays beside the image: $out/NAME.test.json.
+"$mimg" test "$recipe" --overlay "$overlay" --out "$out" --report "$out/$name.test.json" "${test_flags[@]}"
 
 step "provenance of $image"
 for f in "$out/$name.manifest.json" "$out/$name.cdx.json" "$out/$name.intoto.json"; do
@@ -61,10 +70,6 @@ fi
 
 if [ -n "${MIMG_CACHE:-}" ]; then
 	step "push to $MIMG_CACHE"
-	if "$mimg" cache --help >/dev/null 2>&1; then
-		"$mimg" cache push "$MIMG_CACHE" "$recipe" --key "$MIMG_SIGN_KEY"
-	else
-		echo "this mimg has no \`cache\` command yet: not pushed" >&2
-	fi
+	"$mimg" cache push "$MIMG_CACHE" "$recipe" --key "${MIMG_CACHE_KEY:?MIMG_CACHE needs MIMG_CACHE_KEY, the cache signing key}"
 fi
 step "done: $image"

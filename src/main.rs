@@ -1,5 +1,6 @@
 //! mimg: a Nix-style builder of immutable, bit-reproducible VM images.
 
+mod cache;
 mod cli;
 mod debs;
 mod fetch;

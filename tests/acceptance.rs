@@ -1,8 +1,9 @@
 //! The image pipeline's acceptance tests: `mimg test` on maas-homeserver
 //! and maas-homeserver-deb (stand-in web client) with an IPv6-only overlay,
-//! and the upgrade check:
-//! v1 and a rebuilt v2 boot from the same data disk and seed, and the user,
-//! the message and the Synapse signing key survive the swap.
+//! two customers federating over TLS on one test network
+//! (`mimg test --vm`), the image pipeline script, and the upgrade check:
+//! a rebuilt v2 boots from the data disk and seed the pipeline's test left,
+//! and the user, the message and the Synapse signing key survive the swap.
 
 mod common;
 
@@ -18,28 +19,45 @@ fn store() -> std::path::PathBuf {
     S.get_or_init(|| work("acceptance-store")).clone()
 }
 
-#[test]
-fn mimg_test_proves_maas_homeserver_with_an_ipv6_only_overlay() {
-    prove("maas-homeserver");
-}
+// maas-homeserver's one-VM `mimg test` runs in the image pipeline test
+// (tls = "external", registration closed) and, with TLS on the VM and the
+// token and open registration modes, on the test network below.
 
 /// Debian's own Synapse (from sid) over trixie, configured the same way,
 /// passes the same checks.
 #[test]
 fn mimg_test_proves_maas_homeserver_deb_with_an_ipv6_only_overlay() {
-    prove("maas-homeserver-deb");
+    prove("maas-homeserver-deb", "open");
 }
 
-/// `mimg test` of `base` (stand-in web client) with overlays/example.toml:
-/// every check passes, and the checks cover what the service promises.
-fn prove(base: &str) {
+/// `mimg test` of `base` (stand-in web client) with overlays/example.toml
+/// (its awkward admin password and TURN secret) and the registration mode
+/// `registration`: every check passes, and the checks cover what the
+/// service promises (a client registers as the mode allows).
+fn prove(base: &str, registration: &str) {
     let w = work(&format!("acceptance-test-{base}"));
     let (srv, sha) = standin(&w);
     let recipe = test_recipe(&w, base, srv.port, &sha);
+    let overlay = w.join("example.toml");
+    let text = std::fs::read_to_string(repo().join("overlays/example.toml"))
+        .unwrap()
+        .replace(
+            "registration = \"closed\"",
+            &format!("registration = \"{registration}\""),
+        )
+        .replace(
+            "example-secrets/",
+            &format!("{}/overlays/example-secrets/", repo().display()),
+        );
+    std::fs::write(&overlay, text).unwrap();
     let mut c = mimg();
     c.arg("test")
         .arg(&recipe)
-        .args(["--overlay", "overlays/example.toml", "--json", "--out"])
+        .arg("--overlay")
+        .arg(&overlay)
+        // make test runs another test binary beside this one: a first boot
+        // under TCG may take twice as long as on an idle machine.
+        .args(["--timeout", "1500", "--json", "--out"])
         .arg(w.join("out"))
         .env("MIMG_STORE", store());
     let o = run(c);
@@ -67,10 +85,15 @@ fn prove(base: &str) {
         .iter()
         .map(|c| c["name"].as_str().unwrap())
         .collect();
+    let registers = match registration {
+        "open" => "registration is open: a new user registers and logs in",
+        "token" => "registration needs a token: refused without one and with a wrong one",
+        _ => "registration is refused",
+    };
     for want in [
         "logs in",
         "TURN",
-        "registration is refused",
+        registers,
         "IPv6 address",
         "well-known/matrix/client",
         "config.json",
@@ -82,46 +105,138 @@ fn prove(base: &str) {
     }
 }
 
-/// ci/image-pipeline.sh as a CI job runs it, on maas-homeserver with the
-/// stand-in web client: build, `mimg test`, signatures checked, the diff
-/// against the image "in production" (here: the same build, so no change).
+/// One run of ci/image-pipeline.sh as a CI job runs it, on
+/// maas-homeserver with the stand-in web client: build, `mimg test` (with a
+/// data disk kept for the upgrade test), signatures checked, the diff
+/// against the image "in production" (here: the same build, so no change),
+/// the push to a file cache. Shared by the two tests below, so the image
+/// boots once for both.
+struct PipelineRun {
+    w: std::path::PathBuf,
+    recipe: std::path::PathBuf,
+    output: std::process::Output,
+    /// The data disk `mimg test` booted with.
+    data: std::path::PathBuf,
+    /// The report the script keeps beside the image.
+    report: Value,
+    _srv: Server,
+}
+
+fn pipeline_run() -> &'static PipelineRun {
+    static P: std::sync::OnceLock<PipelineRun> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        let w = work("acceptance-pipeline");
+        let (srv, sha) = standin(&w);
+        let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
+        let prev = w.join("prev");
+        let mut c = mimg();
+        c.arg("build")
+            .arg(&recipe)
+            .arg("--out")
+            .arg(&prev)
+            .env("MIMG_STORE", store());
+        assert!(run(c).status.success(), "the build in production");
+        let mut c = mimg();
+        c.arg("keygen").arg(w.join("key"));
+        assert!(run(c).status.success());
+        let mut c = mimg();
+        c.args(["cache", "keygen", "ci-1", "--out"])
+            .arg(w.join("cache.sec"));
+        assert!(run(c).status.success());
+        let data = w.join("data.qcow2");
+        assert!(
+            Command::new("qemu-img")
+                .args(["create", "-q", "-f", "qcow2"])
+                .arg(&data)
+                .arg("4G")
+                .status()
+                .unwrap()
+                .success()
+        );
+        let cache = format!("file://{}", w.join("cache").display());
+        let mut c = Command::new("bash");
+        c.arg(repo().join("ci/image-pipeline.sh"))
+            .arg(&recipe)
+            .arg("overlays/example.toml")
+            .current_dir(repo())
+            .env("MIMG", env!("CARGO_BIN_EXE_mimg"))
+            .env("MIMG_STORE", store())
+            .env("MIMG_OUT", w.join("out"))
+            // The stand-in recipe has no lock of its own: --locked would refuse it.
+            .env("MIMG_BUILD_FLAGS", "")
+            .env(
+                "MIMG_TEST_FLAGS",
+                format!("--timeout 1500 --data-disk {}", data.display()),
+            )
+            .env("MIMG_SIGN_KEY", w.join("key"))
+            .env("MIMG_CACHE", &cache)
+            .env("MIMG_CACHE_KEY", w.join("cache.sec"))
+            .env(
+                "MIMG_PREVIOUS",
+                prev.join("maas-homeserver-test.manifest.json"),
+            );
+        let output = run(c);
+        let report = std::fs::read(w.join("out/maas-homeserver-test.test.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
+        PipelineRun {
+            w,
+            recipe,
+            output,
+            data,
+            report,
+            _srv: srv,
+        }
+    })
+}
+
+impl PipelineRun {
+    /// The detail of the report's check whose name contains `name`.
+    fn detail(&self, name: &str) -> String {
+        self.report["checks"]
+            .as_array()
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| c["name"].as_str().is_some_and(|n| n.contains(name)))
+            })
+            .and_then(|c| c["detail"].as_str())
+            .unwrap_or_else(|| panic!("no check `{name}` in the report: {}", self.report))
+            .to_string()
+    }
+}
+
+/// ci/image-pipeline.sh builds, tests (its report kept beside the image),
+/// signs, diffs and pushes, and says so.
 #[test]
 fn the_image_pipeline_script_builds_tests_signs_and_diffs() {
-    let w = work("acceptance-pipeline");
-    let (srv, sha) = standin(&w);
-    let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
-    let prev = w.join("prev");
-    let mut c = mimg();
-    c.arg("build")
-        .arg(&recipe)
-        .arg("--out")
-        .arg(&prev)
-        .env("MIMG_STORE", store());
-    assert!(run(c).status.success(), "the build in production");
-    let mut c = mimg();
-    c.arg("keygen").arg(w.join("key"));
-    assert!(run(c).status.success());
-    let mut c = Command::new("bash");
-    c.arg(repo().join("ci/image-pipeline.sh"))
-        .arg(&recipe)
-        .arg("overlays/example.toml")
-        .current_dir(repo())
-        .env("MIMG", env!("CARGO_BIN_EXE_mimg"))
-        .env("MIMG_STORE", store())
-        .env("MIMG_OUT", w.join("out"))
-        // The stand-in recipe has no lock of its own: --locked would refuse it.
-        .env("MIMG_BUILD_FLAGS", "")
-        .env("MIMG_SIGN_KEY", w.join("key"))
-        .env(
-            "MIMG_PREVIOUS",
-            prev.join("maas-homeserver-test.manifest.json"),
-        );
-    let o = run(c);
-    assert!(o.status.success(), "the pipeline failed");
-    let said = stdout(&o);
-    for want in ["== test ", "verified, sha256", "no change", "== done: "] {
+    let p = pipeline_run();
+    let w = &p.w;
+    assert!(p.output.status.success(), "the pipeline failed");
+    assert_eq!(p.report["ok"], json!(true), "the kept report: {}", p.report);
+    let said = stdout(&p.output);
+    for want in [
+        "== test ",
+        "verified, sha256",
+        "no change",
+        "== push to file://",
+        "pushed 11 steps",
+        "== done: ",
+    ] {
         assert!(said.contains(want), "the pipeline did not say `{want}`");
     }
+    let cache = format!("file://{}", w.join("cache").display());
+    let mut c = mimg();
+    c.args(["cache", "verify", &cache, "--trusted-key"]).arg(
+        std::fs::read_to_string(w.join("cache.sec.pub"))
+            .unwrap()
+            .trim(),
+    );
+    let o = run(c);
+    assert!(
+        o.status.success() && stdout(&o).contains("11 entries"),
+        "the pushed cache verifies"
+    );
     let mut m = Command::new("minisign");
     m.arg("-Vm")
         .arg(w.join("out/maas-homeserver-test.qcow2"))
@@ -238,7 +353,9 @@ impl Http {
         }
         let pw = std::fs::read_to_string(repo().join("overlays/example-secrets/admin.password"))
             .unwrap();
-        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "admin" }, "password": pw.trim() });
+        // Byte for byte but the one trailing newline: it ends with a space.
+        let pw = pw.strip_suffix('\n').unwrap_or(&pw);
+        let body = json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "admin" }, "password": pw });
         let (st, v) = self
             .call("POST", "/_matrix/client/v3/login", None, Some(body))
             .expect("login answers");
@@ -259,43 +376,48 @@ impl Http {
     }
 }
 
+/// The upgrade: v1 is the pipeline's image, whose `mimg test` made the
+/// admin, a room and a message on its data disk; v2 (the same recipe with
+/// one layer changed) boots from that disk and the same seed, and the user,
+/// the message and the Synapse signing key are still there.
 #[test]
 fn an_image_swap_keeps_users_messages_and_the_signing_key() {
-    let w = work("upgrade");
-    let (srv, sha) = standin(&w);
-    let v1 = test_recipe(&w, "maas-homeserver", srv.port, &sha);
+    let p = pipeline_run();
     assert!(
-        build(v1.to_str().unwrap(), &store(), &w.join("out"))
-            .status
-            .success()
+        p.output.status.success(),
+        "v1's pipeline (build and test) failed"
     );
+    let w = work("upgrade");
+    let room = p
+        .detail("creates a room")
+        .strip_prefix("room ")
+        .expect("the check names its room")
+        .to_string();
+    let keys_v1: Vec<String> = p
+        .detail("signing key")
+        .split(", ")
+        .map(String::from)
+        .collect();
     // v2: the same recipe with one layer changed.
     std::fs::create_dir_all(w.join("motd/etc")).unwrap();
     std::fs::write(w.join("motd/etc/motd"), "v2 of the image\n").unwrap();
     let v2 = w.join("v2.toml");
-    std::fs::write(&v2, format!("extends = \"{}\"\n\n[[layer]]\nname = \"base-config\"\nkind = \"files\"\nfrom = \"{}\"\nto = \"/\"\n", v1.display(), w.join("motd").display())).unwrap();
+    std::fs::write(&v2, format!("extends = \"{}\"\n\n[[layer]]\nname = \"base-config\"\nkind = \"files\"\nfrom = \"{}\"\nto = \"/\"\n", p.recipe.display(), w.join("motd").display())).unwrap();
     let o = build(v2.to_str().unwrap(), &store(), &w.join("out"));
+    // The changed layer, the bytecode run layer (it runs in the tree made
+    // so far, base-config included) and the image; nothing else.
     assert!(
-        stdout(&o).contains("built 2 steps"),
-        "only the changed layer and the image: {}",
+        stdout(&o).contains("built 3 steps"),
+        "only the changed layer, the run layer after it and the image: {}",
         stdout(&o)
     );
-
+    // The seed mimg test made from the same overlay: seeds are
+    // reproducible, so this is byte for byte the same.
     let seed = w.join("seed.img");
     let mut c = mimg();
     c.args(["seed", "overlays/example.toml", "--out"])
         .arg(&seed);
     assert!(run(c).status.success());
-    let data = w.join("data.qcow2");
-    assert!(
-        Command::new("qemu-img")
-            .args(["create", "-q", "-f", "qcow2"])
-            .arg(&data)
-            .arg("4G")
-            .status()
-            .unwrap()
-            .success()
-    );
     let http = |port| Http {
         port,
         // No pooled connections: nginx may close an idle one just as a
@@ -306,66 +428,19 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
             .build()
             .unwrap(),
     };
-
-    // v1: a user (the admin), a room, a message.
-    let port = free_port();
-    let vm = boot(
-        &w.join("out/maas-homeserver-test.qcow2"),
-        &seed,
-        &data,
-        port,
-        &w.join("v1.log"),
-    );
-    let h = http(port);
-    let t0 = Instant::now();
-    let token = h.login(Duration::from_secs(900));
-    eprintln!("v1: logged in after {:.0}s", t0.elapsed().as_secs_f64());
-    let keys_v1 = h.key_ids();
-    let (st, v) = h
-        .call(
-            "POST",
-            "/_matrix/client/v3/createRoom",
-            Some(&token),
-            Some(json!({ "room_alias_name": "upgrade" })),
-        )
-        .unwrap();
-    assert_eq!(st, 200, "{v}");
-    let room = v["room_id"].as_str().unwrap().to_string();
-    let (st, _) = h
-        .call(
-            "PUT",
-            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/t1"),
-            Some(&token),
-            Some(json!({ "msgtype": "m.text", "body": "written by v1" })),
-        )
-        .unwrap();
-    assert_eq!(st, 200);
-    drop(vm);
-
-    // v2 on the same data disk and seed.
     let port = free_port();
     let vm = boot(
         &w.join("out/v2.qcow2"),
         &seed,
-        &data,
+        &p.data,
         port,
         &w.join("v2.log"),
     );
     let h = http(port);
     let t0 = Instant::now();
-    let token = h.login(Duration::from_secs(900));
+    let token = h.login(Duration::from_secs(1500));
     eprintln!("v2: logged in after {:.0}s", t0.elapsed().as_secs_f64());
     assert_eq!(h.key_ids(), keys_v1, "the signing key changed");
-    let (st, v) = h
-        .call(
-            "GET",
-            "/_matrix/client/v3/directory/room/%23upgrade:example.org",
-            Some(&token),
-            None,
-        )
-        .unwrap();
-    assert_eq!(st, 200, "the room of v1 is gone: {v}");
-    assert_eq!(v["room_id"], json!(room));
     let (st, v) = h
         .call(
             "GET",
@@ -374,10 +449,187 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
             None,
         )
         .unwrap();
-    assert_eq!(st, 200);
+    assert_eq!(st, 200, "the room of v1 is gone: {v}");
     assert!(
-        v.to_string().contains("written by v1"),
-        "the message of v1 is gone"
+        v.to_string().contains("hello from mimg test"),
+        "the message of v1 is gone: {v}"
     );
     drop(vm);
+}
+
+/// An overlay for `customer` on its own prefix, with the example's awkward
+/// secrets; `extra` lines go after `tls`.
+fn network_overlay(
+    dir: &Path,
+    customer: &str,
+    net: &str,
+    registration: &str,
+    tls_lines: &str,
+) -> std::path::PathBuf {
+    let secrets = repo().join("overlays/example-secrets");
+    let p = dir.join(format!("{customer}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "customer = \"{customer}\"\nserver_name = \"{customer}.example\"\nhomeserver = \"matrix.{customer}.example\"\nweb_client = \"chat.{customer}.example\"\n{tls_lines}\nregistration = \"{registration}\"\n\n[turn]\nuris = [\"turn:turn.example.net:3478?transport=udp\"]\nsecret_file = \"{s}/turn.secret\"\n\n[[admin]]\nuser = \"admin\"\npassword_file = \"{s}/admin.password\"\n\n[network]\naddress = \"2001:db8:{net}::20/64\"\ngateway = \"2001:db8:{net}::1\"\ndns = [\"2001:db8::53\"]\n",
+            s = secrets.display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+/// Two customers from one maas-homeserver image on one test network: one
+/// with `tls = "acme"` against the network's Pebble (its certificate issued
+/// at first boot over HTTP-01, https checks with Pebble's root) and
+/// registration by token, one with `tls = "files"` (a certificate from a
+/// CA made here, named as its federation CA) and open registration. Both
+/// pass the built-in checks over https, they federate (keys through the
+/// delegated name, a room, an invite, a message each way), and a command
+/// inside the network resolves the names and trusts the network's CAs
+/// through SSL_CERT_FILE. (Two `acme` customers federate the same way;
+/// three VMs side by side do not become healthy within the test's time
+/// on two TCG cores, so the suite boots two.)
+#[test]
+fn customers_federate_over_tls_acme_and_files_on_one_test_network() {
+    let w = work("federation");
+    let (srv, sha) = standin(&w);
+    let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
+    let a = network_overlay(
+        &w,
+        "alpha",
+        "a",
+        "token",
+        "tls = \"acme\"\nacme_email = \"ops@alpha.example\"",
+    );
+    // Charlie's own CA and certificate for its three names.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::default();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "charlie's CA");
+    let ca_cert = ca_params.clone().self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![
+        "charlie.example".to_string(),
+        "matrix.charlie.example".to_string(),
+        "chat.charlie.example".to_string(),
+    ])
+    .unwrap()
+    .signed_by(&key, &issuer)
+    .unwrap();
+    std::fs::write(w.join("charlie.crt"), leaf.pem()).unwrap();
+    std::fs::write(w.join("charlie.key"), key.serialize_pem()).unwrap();
+    std::fs::write(w.join("charlie-ca.pem"), ca_cert.pem()).unwrap();
+    let c = network_overlay(
+        &w,
+        "charlie",
+        "c",
+        "open",
+        "tls = \"files\"\ntls_cert_file = \"charlie.crt\"\ntls_key_file = \"charlie.key\"\nfederation_ca_file = \"charlie-ca.pem\"",
+    );
+    // Inside the network: every server's delegation over https, trusting
+    // only the network's CAs (SSL_CERT_FILE), found through MIMG_VMS.
+    let script = w.join("inside.py");
+    std::fs::write(
+        &script,
+        "import json, os, ssl, urllib.request\nctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])\nfor vm in json.loads(os.environ['MIMG_VMS']):\n    url = 'https://%s/.well-known/matrix/server' % vm['server_name']\n    body = json.load(urllib.request.urlopen(url, context=ctx, timeout=30))\n    assert body['m.server'] == vm['homeserver'] + ':443', body\n    print('inside: %s delegates to %s' % (vm['server_name'], body['m.server']))\n",
+    )
+    .unwrap();
+    let mut cmd = mimg();
+    cmd.arg("test");
+    for o in [&a, &c] {
+        cmd.arg("--vm")
+            .arg(format!("{}:{}", recipe.display(), o.display()));
+    }
+    cmd.arg("--exec")
+        .arg(format!("python3 {}", script.display()))
+        // Two VMs share the two TCG cores, and make test runs another test
+        // binary beside this one: a first boot takes much longer.
+        .args(["--timeout", "2400", "--json", "--out"])
+        .arg(w.join("out"))
+        .env("MIMG_STORE", store());
+    let o = run(cmd);
+    let report: Value = serde_json::from_slice(&o.stdout).expect("a JSON report");
+    let mut names = Vec::new();
+    for (who, ch) in report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|v| {
+            v["checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(move |c| (v["customer"].as_str().unwrap().to_string(), c))
+        })
+        .chain(
+            report["federation"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| ("federation".to_string(), c)),
+        )
+    {
+        eprintln!(
+            "{} {:>6.1}s {who}: {} ({})",
+            if ch["ok"] == json!(true) {
+                "ok  "
+            } else {
+                "FAIL"
+            },
+            ch["seconds"].as_f64().unwrap(),
+            ch["name"],
+            ch["detail"]
+        );
+        names.push(format!("{who}: {}", ch["name"].as_str().unwrap()));
+    }
+    assert!(
+        o.status.success() && report["ok"] == json!(true),
+        "mimg test --vm failed"
+    );
+    for who in ["alpha", "charlie"] {
+        assert!(
+            names
+                .iter()
+                .any(|n| n.starts_with(who) && n.contains("https")),
+            "{who} was checked over https"
+        );
+    }
+    for (who, mode) in [
+        ("alpha", "registration needs a token"),
+        ("charlie", "registration is open"),
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(who) && n.contains(mode)),
+            "{who}: no check that {mode}"
+        );
+    }
+    for pair in ["alpha.example and charlie.example federate"] {
+        assert!(names.iter().any(|n| n.contains(pair)), "no check: {pair}");
+    }
+    let exec = &report["exec"];
+    assert_eq!(exec["status"], json!(0), "{exec}");
+    for sn in ["alpha.example", "charlie.example"] {
+        assert!(
+            exec["output"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("inside: {sn} delegates to matrix.{sn}:443")),
+            "{exec}"
+        );
+    }
+    // Nothing of the test network is left behind.
+    let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&ns.stdout).contains("mimg-net-"),
+        "a test network's namespace is left"
+    );
+    let ps = Command::new("pgrep")
+        .args(["-x", "pebble"])
+        .output()
+        .unwrap();
+    assert!(!ps.status.success(), "Pebble is left running");
 }

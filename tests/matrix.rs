@@ -124,6 +124,20 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
         pg.iter().any(|v| v.path().join("bin/postgres").exists()),
         "PostgreSQL binaries"
     );
+    // Bytecode made at build time (recipes/layers/bytecode.toml), in PEP
+    // 552's checked-hash mode (flags 0b11), for the venv and the stdlib;
+    // the two stores above agree on its bytes.
+    let pycs = [
+        "opt/venvs/matrix-synapse/lib/python3.13/site-packages/synapse/__pycache__/__init__.cpython-313.pyc",
+        "usr/lib/python3.13/__pycache__/os.cpython-313.pyc",
+    ];
+    let before: Vec<Vec<u8>> = pycs
+        .iter()
+        .map(|p| std::fs::read(root.join(p)).unwrap_or_else(|_| panic!("no bytecode {p}")))
+        .collect();
+    for (p, b) in pycs.iter().zip(&before) {
+        assert_eq!(b[4] & 3, 3, "{p} is not checked-hash bytecode");
+    }
     let o = inside(
         &root,
         &[
@@ -136,6 +150,13 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
         o.status.success() && stdout(&o).starts_with("1."),
         "Synapse imports in its venv"
     );
+    for (p, b) in pycs.iter().zip(&before) {
+        assert_eq!(
+            &std::fs::read(root.join(p)).unwrap(),
+            b,
+            "importing compiled {p} again: its bytecode did not match its source"
+        );
+    }
     // What it must not hold: a cluster, host keys, generated keys.
     for d in ["var/lib/postgresql", "etc/postgresql"] {
         let mut found = Vec::new();
@@ -231,6 +252,23 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
         stdout(&o).contains("Config parses OK"),
         "Synapse refused the rendered config"
     );
+    // The example's TURN secret (it begins with a space and holds quotes,
+    // `$`, `/`, `&`, `+`, `=`, `#`) is the one Synapse reads, byte for byte.
+    let mut read = check.to_vec();
+    read[4] = "voip.turn_shared_secret";
+    let o = inside(&root, &read);
+    let secret =
+        std::fs::read_to_string(repo().join("overlays/example-secrets/turn.secret")).unwrap();
+    let said = stdout(&o);
+    let got = said
+        .lines()
+        .find_map(|l| l.strip_prefix("voip.turn_shared_secret: "))
+        .unwrap_or_else(|| panic!("Synapse did not say its TURN secret: {said}"));
+    assert_eq!(
+        got,
+        secret.strip_suffix('\n').unwrap(),
+        "Synapse's TURN secret is the overlay's"
+    );
     // The check can fail: a bad value is refused by Synapse.
     let conf = root.join("etc/matrix-synapse/conf.d/50-mimg.yaml");
     let good = std::fs::read_to_string(&conf).unwrap();
@@ -243,11 +281,117 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
     std::fs::write(&conf, good).unwrap();
     let o = inside(&root, &["nginx", "-t"]);
     assert!(o.status.success(), "nginx -t refused the rendered sites");
+
+    // The first-boot script with the seed's overlay: a data disk that never
+    // comes, or one holding anything but its ext4, stops it before anything
+    // is written or started, and the disk is left as it was.
+    let disk = repo().join("overlays/example.toml");
+    let disk = std::fs::read_to_string(disk).unwrap();
+    let disk = disk
+        .lines()
+        .find_map(|l| l.strip_prefix("device = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("the example names its data disk")
+        .to_string();
+    let o = firstboot(&root, &disk, None);
+    assert!(!o.status.success(), "a missing data disk is an error");
+    assert!(
+        stdout(&o).contains(&format!(
+            "the data disk {disk} did not appear within 2 s: services stay stopped"
+        )),
+        "{}",
+        stdout(&o)
+    );
+    for what in ["swap", "a GPT partition table"] {
+        let f = w.join("foreign.img");
+        std::fs::write(&f, vec![0u8; 64 << 20]).unwrap();
+        if what == "swap" {
+            assert!(
+                Command::new("mkswap")
+                    .arg("-q")
+                    .arg(&f)
+                    .status()
+                    .unwrap()
+                    .success()
+            );
+        } else {
+            let mut ch = Command::new("sfdisk")
+                .arg("-q")
+                .arg(&f)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write;
+            ch.stdin.take().unwrap().write_all(b"label: gpt\n").unwrap();
+            assert!(ch.wait().unwrap().success());
+        }
+        let before = sha256(&f);
+        let o = firstboot(&root, &disk, Some(&f));
+        assert!(!o.status.success(), "{what}: the script went on");
+        assert!(
+            stdout(&o).contains("left untouched and services stay stopped"),
+            "{what}: {}",
+            stdout(&o)
+        );
+        assert_eq!(sha256(&f), before, "{what}: the data disk was changed");
+        std::fs::remove_file(&f).unwrap();
+    }
+    let mut made = Vec::new();
+    files_matching(&root.join("var/lib/postgresql"), &|_| true, &mut made);
+    assert!(
+        made.is_empty(),
+        "a cluster on the root filesystem: {made:?}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 
-/// `write_files` of a user-data, parsed from what `mimg seed` writes.
+/// `mimg-firstboot` in the image root (as root, no network, waiting 2 s for
+/// its data disk), with `disk`, when given, attached as `device` through a
+/// loop device.
+fn firstboot(root: &Path, device: &str, disk: Option<&Path>) -> std::process::Output {
+    let lo = disk.map(|d| {
+        let o = Command::new("losetup")
+            .args(["--find", "--show"])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "losetup: {}", stderr(&o));
+        stdout(&o).trim().to_string()
+    });
+    let mut c = Command::new("bwrap");
+    c.arg("--bind").arg(root).arg("/").args([
+        "--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp", "--tmpfs", "/run",
+    ]);
+    if let Some(l) = &lo {
+        c.args(["--dev-bind", l, device]);
+    }
+    c.args([
+        "--unshare-pid",
+        "--unshare-net",
+        "--unshare-ipc",
+        "--unshare-uts",
+        "--setenv",
+        "MIMG_DATA_DISK_WAIT",
+        "2",
+        "--",
+        "/usr/local/sbin/mimg-firstboot",
+    ]);
+    let o = c.output().unwrap();
+    if let Some(l) = &lo {
+        let _ = Command::new("losetup").args(["-d", l]).status();
+    }
+    eprintln!(
+        "mimg-firstboot ({device}: {disk:?}): {}{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    o
+}
+
+/// `write_files` of a user-data, parsed from what `mimg seed` writes
+/// (block literals, and base64 for secret files).
 fn write_files(user_data: &str) -> Vec<(String, String)> {
+    use base64::Engine;
     let mut out = Vec::new();
     let mut path = None;
     let mut body = String::new();
@@ -261,6 +405,12 @@ fn write_files(user_data: &str) -> Vec<(String, String)> {
             in_content = false;
         } else if line.starts_with("    content: |") {
             in_content = true;
+        } else if let Some(b64) = line.strip_prefix("    content: ") {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            body = String::from_utf8(bytes).unwrap();
+            in_content = false;
         } else if in_content && (line.starts_with("      ") || line.is_empty()) {
             body.push_str(line.strip_prefix("      ").unwrap_or(""));
             body.push('\n');
@@ -296,6 +446,40 @@ fn the_turn_image_holds_coturn_and_its_config_template() {
     ] {
         assert!(t.contains(want), "{want}");
     }
+    // The first-boot helper writes coturn's config with any secret as it
+    // is: in quotes, which coturn strips (one leading, one trailing) and
+    // takes what is between literally; no sed, no shell word.
+    let secret = " a/b&c+d=e \"q\" $HOME #x\\y ";
+    std::fs::write(
+        root.join("etc/mimg/test-turn.secret"),
+        format!("{secret}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("etc/mimg/test-overlay.json"),
+        r#"{"server_name": "turn.example.net"}"#,
+    )
+    .unwrap();
+    let o = inside(
+        &root,
+        &[
+            "python3",
+            "/usr/local/lib/mimg/secrets.py",
+            "turnserver",
+            "/etc/mimg/turnserver.conf.in",
+            "/etc/mimg/test-turnserver.conf",
+            "/etc/mimg/test-overlay.json",
+            "/etc/mimg/test-turn.secret",
+        ],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let conf = std::fs::read_to_string(root.join("etc/mimg/test-turnserver.conf")).unwrap();
+    assert!(conf.contains("\nrealm=turn.example.net\n"), "{conf}");
+    assert!(
+        conf.lines()
+            .any(|l| l == format!("static-auth-secret=\"{secret}\"")),
+        "{conf}"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -221,7 +221,7 @@ fn why_and_diff_name_the_changed_file_wheel_and_deb() {
 
 /// A venv holding PyPI's cyclonedx-python-lib with its JSON validator.
 fn validator() -> PathBuf {
-    let venv = repo().join("target/test-work/cyclonedx-venv");
+    let venv = repo().join("target/test-tools/cyclonedx-venv");
     let py = venv.join("bin/python");
     if !py.is_file() {
         let ok = Command::new("python3")

@@ -18,9 +18,14 @@ pub struct Args {
     /// Fail if the recipe changed since its lock (or has no lock).
     #[arg(long)]
     locked: bool,
-    /// Never touch the network: use the lock and the store only.
+    /// Never touch the network: use the lock, the store and file://
+    /// substituters only.
     #[arg(long)]
     offline: bool,
+    /// Take no step from a substituter (MIMG_SUBSTITUTERS, mimg.toml):
+    /// build every step the store lacks.
+    #[arg(long)]
+    no_substitute: bool,
     /// Print the result as one JSON document on stdout (image, sha256,
     /// manifest, key, and each step: label, key, built, seconds); no
     /// progress is shown.
@@ -52,6 +57,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         crate::ops::build::Options {
             offline: a.offline,
             locked: a.locked,
+            no_substitute: a.no_substitute,
         },
     );
     rep.finish();
@@ -71,6 +77,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
                 "manifest": out.manifest,
                 "key": out.key,
                 "built": out.built,
+                "substituted": out.substituted,
                 "reused": out.reused,
                 "seconds": t0.elapsed().as_secs_f64(),
                 "steps": out.steps,
@@ -84,8 +91,13 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     for sig in &signatures {
         println!("{}", sig.display());
     }
+    let substituted = if out.substituters > 0 {
+        format!("substituted {}, ", out.substituted)
+    } else {
+        String::new()
+    };
     println!(
-        "built {} steps, reused {} in {:.2}s",
+        "built {} steps, {substituted}reused {} in {:.2}s",
         out.built,
         out.reused,
         t0.elapsed().as_secs_f64()

@@ -2,6 +2,7 @@
 //! One file per subcommand; each parses options and calls one operation.
 
 mod build;
+mod cache;
 mod diff;
 mod lock;
 mod overlay;
@@ -64,9 +65,21 @@ enum Command {
     Verify(sign::VerifyArgs),
     /// Make a minisign key pair for `mimg sign`.
     Keygen(sign::KeygenArgs),
+    /// Share built steps through signed binary caches (keygen, push, verify).
+    Cache(cache::Args),
     /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
     #[command(name = "__relay", hide = true)]
     Relay { target: String },
+    /// (internal) the test network's DNS server, for `test --vm`.
+    #[command(name = "__dns", hide = true)]
+    Dns {
+        /// ADDR:PORT to answer on (UDP and TCP); repeatable.
+        #[arg(long, required = true)]
+        listen: Vec<std::net::SocketAddr>,
+        /// NAME=IPV6 to answer with; repeatable.
+        #[arg(long)]
+        record: Vec<String>,
+    },
 }
 
 impl Cli {
@@ -113,6 +126,7 @@ pub fn main() -> ExitCode {
         Command::Sign(a) => sign::sign(&cli, a),
         Command::Verify(a) => sign::verify(&cli, a),
         Command::Keygen(a) => sign::keygen(&cli, a),
+        Command::Cache(a) => cache::run(&cli, a),
         Command::Diff(a) => {
             return match diff::run(&cli, a) {
                 Ok(code) => code,
@@ -123,6 +137,9 @@ pub fn main() -> ExitCode {
             };
         }
         Command::Relay { target } => crate::vm::relay_stdio(target),
+        Command::Dns { listen, record } => {
+            crate::vm::dns::zone_from_records(record).and_then(|z| crate::vm::dns::serve(listen, z))
+        }
     };
     match res {
         Ok(()) => ExitCode::SUCCESS,

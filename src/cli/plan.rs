@@ -26,7 +26,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         &recipe,
         crate::ops::build::Options {
             offline: a.offline,
-            locked: false,
+            ..Default::default()
         },
         None,
     )?;

@@ -78,6 +78,16 @@ impl crate::report::Reporter for Progress {
             )
         });
     }
+    fn step_substituted(&self, step: &Step, url: &str, bytes: u64, seconds: f64) {
+        if !self.quiet {
+            self.line(format!(
+                "  {:<20} {}  substituted from {url} in {seconds:.1}s ({:.1} MiB)",
+                step.label,
+                step.key.short(),
+                bytes as f64 / (1 << 20) as f64
+            ));
+        }
+    }
     fn note(&self, text: &str) {
         if !self.quiet {
             self.line(text.to_string());

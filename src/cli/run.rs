@@ -50,6 +50,7 @@ pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
         memory_mib: a.memory,
         cpus: a.cpus,
         uefi: a.uefi,
+        attach: None,
     };
     let mut vm = crate::vm::start(&spec)?;
     eprintln!(

@@ -29,7 +29,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         &store,
         crate::ops::Options {
             offline: a.offline,
-            locked: false,
+            ..Default::default()
         },
     )?;
     if a.json {

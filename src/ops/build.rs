@@ -4,7 +4,7 @@
 //! the stages'), and never draws progress (it reports through
 //! [`crate::report::Reporter`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -106,8 +106,25 @@ fn wheel_blob(store: &Store, w: &Wheel, python: &str, opts: Options) -> Result<V
         .with_context(|| format!("wheel {} left the store while building", w.file))
 }
 
+/// Take what the store lacks of these pinned blobs from the substituters
+/// (each checked by its sha256), before anything is downloaded.
+fn from_caches<'s>(cx: &Ctx, shas: impl IntoIterator<Item = &'s str>) {
+    let Some(sub) = cx.subst else {
+        return;
+    };
+    let missing: BTreeSet<&str> = shas
+        .into_iter()
+        .filter(|sha| !cx.store.blob(sha).exists())
+        .collect();
+    let got = missing.iter().filter(|sha| sub.blob(cx.store, sha)).count();
+    if got > 0 {
+        tracing::info!("{got} pinned files substituted");
+    }
+}
+
 /// Put the pinned .debs in the store, unless there.
 fn fetch_pins(cx: &Ctx, pins: &[crate::lock::model::Deb]) -> Result<()> {
+    from_caches(cx, pins.iter().map(|d| d.sha256.as_str()));
     let urls = || suite_urls(cx.recipe);
     let got = debs::fetch_all(cx.store, pins, &urls, fetch_jobs(), cx.opts.offline, cx.rep)?;
     if got.files > 0 {
@@ -129,6 +146,7 @@ struct Ctx<'a> {
     opts: Options,
     store: &'a Store,
     rep: &'a dyn Reporter,
+    subst: Option<&'a super::cache::Substituter>,
 }
 
 /// Put the pinned .debs in the store (unless there) and make a local
@@ -245,6 +263,10 @@ pub struct Outcome {
     pub image: PathBuf,
     pub manifest: PathBuf,
     pub built: usize,
+    pub substituted: usize,
+    /// How many substituters this build asked (0: none configured, or
+    /// nothing to build).
+    pub substituters: usize,
     pub reused: usize,
     pub sha256: String,
     /// The image step's key.
@@ -258,9 +280,33 @@ pub struct Outcome {
 pub struct StepRun {
     pub label: String,
     pub key: String,
-    /// Made by this build (else reused from the store).
+    /// Made by this build (else substituted or reused from the store).
     pub built: bool,
+    /// The cache it was taken from, when substituted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub substituted_from: Option<String>,
     pub seconds: f64,
+}
+
+/// What became of one step in a build.
+#[derive(Debug, Clone)]
+enum Made {
+    Reused,
+    Built(f64),
+    Substituted {
+        url: String,
+        bytes: u64,
+        seconds: f64,
+    },
+}
+
+impl Made {
+    fn seconds(&self) -> f64 {
+        match self {
+            Made::Reused => 0.0,
+            Made::Built(s) | Made::Substituted { seconds: s, .. } => *s,
+        }
+    }
 }
 
 /// Build `recipe` into `out_dir`.
@@ -276,16 +322,29 @@ pub fn build(
     let facts = &resolved.facts;
     let plan = plan::plan(recipe, facts);
     tracing::debug!("build: planned at {:.2}s", t0.elapsed().as_secs_f64());
-    // Whether each step was built (true) or reused, by key: a step made
-    // again after it was found damaged counts once, as built.
-    let mut ran: BTreeMap<String, Option<f64>> = BTreeMap::new();
+    let subst = if plan.steps.iter().all(|s| store.has(&s.key)) {
+        None
+    } else {
+        super::cache::Substituter::configured(opts)?
+    };
+    // What became of each step, by key: a step made again after it was
+    // found damaged counts once, as built.
+    let mut ran: BTreeMap<String, Made> = BTreeMap::new();
     fs::create_dir_all(out_dir).with_context(|| format!("cannot create {}", out_dir.display()))?;
     // Where a freshly made image is copied while the store commits it.
     let copied = tmp_beside(&out_dir.join(format!("{}.qcow2", recipe.name.as_str())));
     let mut fresh_copy = false;
-    let mut tally = |step: &Step, r: Option<f64>| {
+    let mut tally = |step: &Step, r: Made| {
+        match &r {
+            Made::Reused => rep.step_done(step, true, 0.0),
+            Made::Built(s) => rep.step_done(step, false, *s),
+            Made::Substituted {
+                url,
+                bytes,
+                seconds,
+            } => rep.step_substituted(step, url, *bytes, *seconds),
+        }
         ran.insert(step.key.to_string(), r);
-        rep.step_done(step, r.is_none(), r.unwrap_or(0.0));
     };
     let tools_step = &plan.steps[0];
     if store.has(&plan.image().key) && store.has(&tools_step.key) {
@@ -304,13 +363,18 @@ pub fn build(
         opts,
         store,
         rep,
+        subst: subst.as_ref(),
     };
     let cx = &cx;
     std::thread::scope(|sc| -> Result<()> {
         // The rootfs is installed by the tools: when both are missing, the
         // rootfs's pinned .debs are fetched while the tools are unpacked.
         let mut prefetch = None;
-        if !store.has(&tools_step.key) && plan.steps.get(1).is_some_and(|s| !store.has(&s.key)) {
+        if !store.has(&tools_step.key)
+            && plan.steps.get(1).is_some_and(|s| {
+                !store.has(&s.key) && !cx.subst.is_some_and(|c| c.may_have(s.key.as_str()))
+            })
+        {
             prefetch = Some(sc.spawn(|| fetch_pins(cx, &resolved.facts.rootfs_debs)));
         }
         for step in &plan.steps {
@@ -336,7 +400,7 @@ pub fn build(
                 }
                 r => r?,
             };
-            if r.is_some() && copy_out.is_some() {
+            if matches!(r, Made::Built(_)) && copy_out.is_some() {
                 fresh_copy = true;
             }
             tally(step, r);
@@ -349,18 +413,27 @@ pub fn build(
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
     let fresh = fresh_copy.then_some(copied.as_path());
-    let built = ran.values().filter(|b| b.is_some()).count();
-    let reused = ran.len() - built;
+    let built = ran.values().filter(|b| matches!(b, Made::Built(_))).count();
+    let substituted = ran
+        .values()
+        .filter(|b| matches!(b, Made::Substituted { .. }))
+        .count();
+    let reused = ran.len() - built - substituted;
+    let made = |s: &Step| ran.get(s.key.as_str()).cloned().unwrap_or(Made::Reused);
     let steps = plan
         .steps
         .iter()
         .map(|s| {
-            let r = ran.get(s.key.as_str()).copied().flatten();
+            let r = made(s);
             StepRun {
                 label: s.label.clone(),
                 key: s.key.to_string(),
-                built: r.is_some(),
-                seconds: r.unwrap_or(0.0),
+                built: matches!(r, Made::Built(_)),
+                substituted_from: match &r {
+                    Made::Substituted { url, .. } => Some(url.clone()),
+                    _ => None,
+                },
+                seconds: r.seconds(),
             }
         })
         .collect();
@@ -372,7 +445,7 @@ pub fn build(
             .map(|s| store::BuiltStep {
                 label: s.label.clone(),
                 key: s.key.clone(),
-                built: ran.get(s.key.as_str()).copied().flatten().is_some(),
+                built: matches!(made(s), Made::Built(_)),
             })
             .collect(),
     };
@@ -391,6 +464,8 @@ pub fn build(
         image,
         manifest,
         built,
+        substituted,
+        substituters: subst.as_ref().map_or(0, |s| s.len()),
         reused,
         sha256,
         key: plan.image().key.to_string(),
@@ -415,20 +490,28 @@ fn damaged(e: &anyhow::Error, key: &plan::StepKey) -> bool {
     })
 }
 
-/// Make `step` unless the store has it: `None` when reused, else the seconds it took.
+/// Make `step` unless the store has it (or take it from a substituter).
 /// With `copy_out` (an output's name, a destination), that output is also
 /// copied to the destination while the store hashes and syncs the step: the
 /// image is published without a second pass over it after the commit.
-fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Option<f64>> {
+fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Made> {
     let t0 = Instant::now();
     let store = cx.store;
     if store.has(&step.key) {
-        return Ok(None);
+        return Ok(Made::Reused);
     }
     let _lock = store.lock(&step.key)?;
     if store.has(&step.key) {
         // Another build made it while we waited.
-        return Ok(None);
+        return Ok(Made::Reused);
+    }
+    if let Some((pending, got)) = cx.subst.and_then(|c| c.step(store, step)) {
+        store.commit_checked(pending, got.meta)?;
+        return Ok(Made::Substituted {
+            url: got.url,
+            bytes: got.bytes,
+            seconds: t0.elapsed().as_secs_f64(),
+        });
     }
     let pending = store.begin(&step.key)?;
     let extra = run_step(cx, step, pending.dir())
@@ -436,7 +519,7 @@ fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Opti
     let secs = t0.elapsed().as_secs_f64();
     let Some((name, dest)) = copy_out else {
         store.commit(pending, step, secs, extra)?;
-        return Ok(Some(secs));
+        return Ok(Made::Built(secs));
     };
     // Opened before the commit renames the directory it is in.
     let from = pending.dir().join(name);
@@ -454,7 +537,7 @@ fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Opti
     .inspect_err(|_| {
         let _ = fs::remove_file(dest);
     })?;
-    Ok(Some(secs))
+    Ok(Made::Built(secs))
 }
 
 fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
@@ -526,6 +609,7 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
                     .wheels
                     .get(name)
                     .context("pip layer without resolved wheels")?;
+                from_caches(cx, wheels.iter().map(|w| w.sha256.as_str()));
                 prefetch_wheels(store, wheels, &py, opts)?;
                 let mut files = Vec::new();
                 for w in wheels {
@@ -534,6 +618,9 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
                 wheels::venv_tree(venv.as_str(), &py, &files, epoch)
                     .with_context(|| format!("layer `{name}`"))?
             } else {
+                if let LayerKind::Fetch { sha256, .. } = &l.kind {
+                    from_caches(cx, [sha256.as_str()]);
+                }
                 let blobs = |url: &str, sha: &crate::recipe::Sha256Hex| blob(store, url, sha, opts);
                 layer::layer_tree(l, epoch, &blobs)?
             };

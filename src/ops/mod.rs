@@ -3,6 +3,7 @@
 //! it returns; nothing here draws progress or parses arguments.
 
 pub mod build;
+pub mod cache;
 pub mod diff;
 pub mod gc;
 pub mod lock;
@@ -11,6 +12,7 @@ pub mod publish;
 pub mod resolve;
 pub mod sign;
 pub mod test;
+pub mod testnet;
 pub mod why;
 
 /// How a build may reach the network.
@@ -20,4 +22,6 @@ pub struct Options {
     pub offline: bool,
     /// Fail when the recipe changed since its lock (or has none).
     pub locked: bool,
+    /// Build every missing step here: take none from a substituter.
+    pub no_substitute: bool,
 }

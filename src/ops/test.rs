@@ -79,6 +79,7 @@ pub fn test(
         memory_mib: 2048,
         cpus: 2,
         uefi: false,
+        attach: None,
     };
     let mut vm = crate::vm::start(&spec)?;
     rep.note(&format!(
@@ -111,12 +112,33 @@ pub fn test(
     let accel = vm.accel;
     let serial_text = vm.serial();
     drop(vm);
-    let lines: Vec<&str> = serial_text.lines().collect();
     Ok(Tested {
         image: built.image,
         accel,
         checks,
         seconds: t0.elapsed().as_secs_f64(),
-        serial_tail: lines[lines.len().saturating_sub(30)..].join("\n"),
+        serial_tail: serial_tail(&serial_text),
     })
+}
+
+/// The last 30 lines of the serial console, after what the first-boot
+/// script said (its lines may lie further up, under cloud-init's output).
+pub(crate) fn serial_tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    let tail = &lines[lines.len().saturating_sub(30)..];
+    let firstboot: Vec<&str> = lines[..lines.len() - tail.len()]
+        .iter()
+        .copied()
+        .filter(|l| {
+            l.contains("mimg-firstboot") || l.contains("Traceback") || l.contains("registering ")
+        })
+        .collect();
+    let mut out = Vec::new();
+    if !firstboot.is_empty() {
+        out.push("(the first-boot script, from further up:)");
+        out.extend(firstboot.iter().rev().take(20).rev());
+        out.push("(the last lines:)");
+    }
+    out.extend(tail);
+    out.join("\n")
 }

@@ -5,6 +5,7 @@
 //! names; renders nothing (that is [`crate::seed`]). Secrets are held as
 //! [`Secret`] values that never print.
 
+pub mod pem;
 pub mod values;
 
 use std::collections::BTreeSet;
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use pem::{CertChain, PrivateKey};
 pub use values::*;
 
 use crate::recipe::{Loc, span_loc};
@@ -38,8 +40,42 @@ pub enum OverlayError {
 pub enum Tls {
     /// In front of the VM (a proxy or load balancer); the VM speaks HTTP.
     External,
-    /// On the VM, certificates from Let's Encrypt by certbot at first boot.
+    /// On the VM, certificates from an ACME server (Let's Encrypt unless
+    /// the overlay names another) by certbot at first boot.
     Acme,
+    /// On the VM, a certificate chain and key from files the overlay names.
+    Files,
+}
+
+/// Let's Encrypt's production directory: the default ACME server.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// How certbot gets the certificate (`tls = "acme"`).
+#[derive(Debug, Clone)]
+pub struct Acme {
+    pub directory: HttpsUrl,
+    pub email: Option<Email>,
+    /// The CA that signs the ACME server's own TLS certificate, where it is
+    /// a private one (a test or in-house ACME server).
+    pub ca: Option<CertChain>,
+}
+
+/// A certificate and its key from files (`tls = "files"`).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub chain: CertChain,
+    pub key: PrivateKey,
+}
+
+/// Whom Synapse federates with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Federation {
+    /// With every server (Synapse's default).
+    Open,
+    /// With none.
+    Closed,
+    /// Only with these server names (Synapse's `federation_domain_whitelist`).
+    Allow(Vec<DomainName>),
 }
 
 /// Who may register accounts.
@@ -89,6 +125,20 @@ pub struct Overlay {
     pub homeserver: DomainName,
     pub web_client: DomainName,
     pub tls: Tls,
+    /// Set when `tls` is `acme`.
+    pub acme: Option<Acme>,
+    /// Set when `tls` is `files`.
+    pub tls_files: Option<TlsFiles>,
+    pub federation: Federation,
+    /// CAs Synapse trusts for federation instead of the system's
+    /// (`federation_custom_ca_list`).
+    pub federation_ca: Option<CertChain>,
+    /// Key servers Synapse asks for other servers' keys; `None` is
+    /// Synapse's default (matrix.org), an empty list asks none.
+    pub trusted_key_servers: Option<Vec<DomainName>>,
+    /// Ranges Synapse may reach although they are private or reserved
+    /// (`ip_range_whitelist`: a private federation, a test network).
+    pub federation_ip_allow: Vec<Ipv6Net>,
     pub registration: Registration,
     pub max_upload: Size,
     pub turn: Option<Turn>,
@@ -107,6 +157,16 @@ struct Raw {
     homeserver: Spanned<String>,
     web_client: Spanned<String>,
     tls: Option<Spanned<String>>,
+    acme_directory: Option<Spanned<String>>,
+    acme_email: Option<Spanned<String>>,
+    acme_ca_file: Option<Spanned<String>>,
+    tls_cert_file: Option<Spanned<String>>,
+    tls_key_file: Option<Spanned<String>>,
+    federation: Option<Spanned<toml::Value>>,
+    federation_ca_file: Option<Spanned<String>>,
+    trusted_key_servers: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    federation_ip_allow: Vec<Spanned<String>>,
     registration: Option<Spanned<String>>,
     max_upload: Option<Spanned<String>>,
     turn: Option<RawTurn>,
@@ -204,6 +264,24 @@ impl Ctx<'_> {
         Secret::parse(&text).map_err(|e| self.err(v, key, format!("{}: {}", p.display(), e.0)))
     }
 
+    /// A file named relative to the overlay, read as text.
+    fn file(&self, v: &Spanned<String>, key: &str) -> Result<(PathBuf, String), OverlayError> {
+        let name = v.get_ref();
+        if name.is_empty() || name.contains('\0') {
+            return Err(self.err(v, key, "must name a file"));
+        }
+        let p = self.path.parent().unwrap_or(Path::new(".")).join(name);
+        let text = std::fs::read_to_string(&p)
+            .map_err(|e| self.err(v, key, format!("cannot read {}: {e}", p.display())))?;
+        Ok((p, text))
+    }
+
+    /// PEM certificates from a file named relative to the overlay.
+    fn certs(&self, v: &Spanned<String>, key: &str) -> Result<CertChain, OverlayError> {
+        let (p, text) = self.file(v, key)?;
+        CertChain::parse(&text).map_err(|e| self.err(v, key, format!("{}: {}", p.display(), e.0)))
+    }
+
     fn choice<T: Copy>(
         &self,
         v: &Option<Spanned<String>>,
@@ -263,8 +341,134 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         &raw.tls,
         "tls",
         Tls::External,
-        &[("external", Tls::External), ("acme", Tls::Acme)],
+        &[
+            ("external", Tls::External),
+            ("acme", Tls::Acme),
+            ("files", Tls::Files),
+        ],
     )?;
+    // Keys of one TLS mode given with another are a mistake, not noise.
+    let only_with = |v: &Option<Spanned<String>>, key: &str, mode: Tls, name: &str| match v {
+        Some(v) if tls != mode => Err(c.err(
+            v,
+            key,
+            format!("goes with tls = \"{name}\" (this overlay's tls is not)"),
+        )),
+        _ => Ok(()),
+    };
+    only_with(&raw.acme_directory, "acme_directory", Tls::Acme, "acme")?;
+    only_with(&raw.acme_email, "acme_email", Tls::Acme, "acme")?;
+    only_with(&raw.acme_ca_file, "acme_ca_file", Tls::Acme, "acme")?;
+    only_with(&raw.tls_cert_file, "tls_cert_file", Tls::Files, "files")?;
+    only_with(&raw.tls_key_file, "tls_key_file", Tls::Files, "files")?;
+    let acme = match tls {
+        Tls::Acme => Some(Acme {
+            directory: match &raw.acme_directory {
+                Some(v) => c.parse(v, "acme_directory")?,
+                None => LETS_ENCRYPT.parse().expect("valid"),
+            },
+            email: match &raw.acme_email {
+                Some(v) => Some(c.parse(v, "acme_email")?),
+                None => None,
+            },
+            ca: match &raw.acme_ca_file {
+                Some(v) => Some(c.certs(v, "acme_ca_file")?),
+                None => None,
+            },
+        }),
+        _ => None,
+    };
+    let tls_files = match tls {
+        Tls::Files => {
+            let missing = |key: &str| {
+                c.err(
+                    raw.tls.as_ref().expect("tls was given"),
+                    "tls",
+                    format!("tls = \"files\" needs `{key}`"),
+                )
+            };
+            let cv = raw
+                .tls_cert_file
+                .as_ref()
+                .ok_or_else(|| missing("tls_cert_file"))?;
+            let kv = raw
+                .tls_key_file
+                .as_ref()
+                .ok_or_else(|| missing("tls_key_file"))?;
+            let chain = c.certs(cv, "tls_cert_file")?;
+            let (kp, ktext) = c.file(kv, "tls_key_file")?;
+            let key = PrivateKey::parse(&ktext)
+                .map_err(|e| c.err(kv, "tls_key_file", format!("{}: {}", kp.display(), e.0)))?;
+            let cp = c.path.parent().unwrap_or(Path::new(".")).join(cv.get_ref());
+            if !key.matches(&chain) {
+                return Err(c.err(
+                    kv,
+                    "tls_key_file",
+                    format!(
+                        "the key in {} is not the key of the certificate in {}",
+                        kp.display(),
+                        cp.display()
+                    ),
+                ));
+            }
+            for name in [&server_name, &homeserver, &web_client] {
+                if !chain.covers(name.as_str()) {
+                    return Err(c.err(
+                        cv,
+                        "tls_cert_file",
+                        format!(
+                            "the certificate in {} does not cover {name} (it names {})",
+                            cp.display(),
+                            chain.leaf_names().join(", ")
+                        ),
+                    ));
+                }
+            }
+            Some(TlsFiles { chain, key })
+        }
+        _ => None,
+    };
+    let federation = match &raw.federation {
+        None => Federation::Open,
+        Some(f) => match f.get_ref() {
+            toml::Value::String(m) if m == "open" => Federation::Open,
+            toml::Value::String(m) if m == "closed" => Federation::Closed,
+            toml::Value::Array(list) => Federation::Allow(
+                list.iter()
+                    .map(|d| match d {
+                        toml::Value::String(d) => d
+                            .parse::<DomainName>()
+                            .map_err(|e| c.err(f, "federation", e.0)),
+                        _ => Err(c.err(f, "federation", "a list of server names (strings)")),
+                    })
+                    .collect::<Result<Vec<DomainName>, _>>()?,
+            ),
+            other => {
+                return Err(c.err(
+                    f,
+                    "federation",
+                    format!("{other} is not \"open\", \"closed\" or a list of server names"),
+                ));
+            }
+        },
+    };
+    let federation_ca = match &raw.federation_ca_file {
+        Some(v) => Some(c.certs(v, "federation_ca_file")?),
+        None => None,
+    };
+    let trusted_key_servers = match &raw.trusted_key_servers {
+        Some(list) => Some(
+            list.iter()
+                .map(|d| c.parse(d, "trusted_key_servers"))
+                .collect::<Result<Vec<DomainName>, _>>()?,
+        ),
+        None => None,
+    };
+    let federation_ip_allow = raw
+        .federation_ip_allow
+        .iter()
+        .map(|n| c.parse(n, "federation_ip_allow"))
+        .collect::<Result<Vec<Ipv6Net>, _>>()?;
     let registration = c.choice(
         &raw.registration,
         "registration",
@@ -395,6 +599,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         homeserver,
         web_client,
         tls,
+        acme,
+        tls_files,
+        federation,
+        federation_ca,
+        trusted_key_servers,
+        federation_ip_allow,
         registration,
         max_upload,
         turn,

@@ -9,7 +9,7 @@ fn dir_with_secrets() -> tempfile::TempDir {
     std::fs::write(d.path().join("s/turn"), "turn-secret-0123456789\n").unwrap();
     std::fs::write(d.path().join("s/admin"), "admin-password-0123\n").unwrap();
     std::fs::write(d.path().join("s/token"), "mm-token-0123456789").unwrap();
-    std::fs::write(d.path().join("s/bad"), "has a space\n").unwrap();
+    std::fs::write(d.path().join("s/bad"), "two\nlines of secret\n").unwrap();
     std::fs::write(d.path().join("s/short"), "abc\n").unwrap();
     d
 }
@@ -273,7 +273,7 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "turn.secret_file",
     ),
     (
-        "secret with a space",
+        "secret with a line break inside",
         "secret_file =",
         "secret_file = \"s/bad\"",
         "turn.secret_file",
@@ -394,4 +394,211 @@ fn unknown_keys_and_missing_keys_are_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("server_name"), "{e}");
+}
+
+#[test]
+fn any_printable_one_line_secret_is_taken_as_it_is() {
+    use super::Secret;
+    for s in [
+        " lead and trail ",
+        "q\"uo'te $HOME `x` /&+=#;{}\\",
+        "ünï côdé päss",
+        "tab\tinside",
+    ] {
+        assert_eq!(Secret::parse(&format!("{s}\n")).unwrap().expose(), s);
+        assert_eq!(Secret::parse(&format!("{s}\r\n")).unwrap().expose(), s);
+        assert_eq!(Secret::parse(s).unwrap().expose(), s);
+    }
+    // Only what cannot be carried as one line is refused.
+    for (bad, why) in [
+        ("two\nlines ok", "one line"),
+        ("carriage\rreturn", "one line"),
+        ("nul\0inside-it", "NUL"),
+        ("short", "8 to 512"),
+    ] {
+        let e = Secret::parse(bad).unwrap_err().0;
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+    // Two trailing newlines: the second is a line break inside.
+    assert!(Secret::parse("password-1\n\n").is_err());
+}
+
+/// A self-signed certificate for `names` and its key, written to `dir`.
+fn cert_files(dir: &Path, stem: &str, names: &[&str]) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap();
+    let c = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join(format!("{stem}.crt")), c.pem()).unwrap();
+    std::fs::write(dir.join(format!("{stem}.key")), key.serialize_pem()).unwrap();
+}
+
+fn with_tls(lines: &str) -> String {
+    GOOD.replace("tls = \"external\"\n", lines)
+}
+
+#[test]
+fn tls_files_takes_a_matching_key_and_a_certificate_for_the_three_names() {
+    let d = dir_with_secrets();
+    let names = ["example.org", "matrix.example.org", "chat.example.org"];
+    cert_files(d.path(), "good", &names);
+    cert_files(d.path(), "other", &names);
+    cert_files(d.path(), "narrow", &["matrix.example.org"]);
+    let p = d.path().join("o.toml");
+    let o = parse(
+        &p,
+        &with_tls("tls = \"files\"\ntls_cert_file = \"good.crt\"\ntls_key_file = \"good.key\"\n"),
+    )
+    .unwrap();
+    assert_eq!(o.tls, Tls::Files);
+    assert!(
+        !format!("{o:?}").contains("PRIVATE KEY"),
+        "keys never print"
+    );
+
+    let e = parse(
+        &p,
+        &with_tls("tls = \"files\"\ntls_cert_file = \"good.crt\"\ntls_key_file = \"other.key\"\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("o.toml:7:") && e.contains("`tls_key_file`"),
+        "{e}"
+    );
+    assert!(
+        e.contains("other.key") && e.contains("good.crt"),
+        "names both files: {e}"
+    );
+
+    let e = parse(
+        &p,
+        &with_tls(
+            "tls = \"files\"\ntls_cert_file = \"narrow.crt\"\ntls_key_file = \"narrow.key\"\n",
+        ),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`tls_cert_file`") && e.contains("does not cover"),
+        "{e}"
+    );
+
+    let e = parse(
+        &p,
+        &with_tls("tls = \"files\"\ntls_cert_file = \"good.crt\"\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tls_key_file"), "{e}");
+
+    std::fs::write(d.path().join("junk.crt"), "not a certificate\n").unwrap();
+    let e = parse(
+        &p,
+        &with_tls("tls = \"files\"\ntls_cert_file = \"junk.crt\"\ntls_key_file = \"good.key\"\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`tls_cert_file`") && e.contains("junk.crt"),
+        "{e}"
+    );
+
+    let e = parse(
+        &p,
+        &with_tls("tls = \"external\"\ntls_cert_file = \"good.crt\"\n"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("`tls_cert_file`") && e.contains("goes with"),
+        "{e}"
+    );
+}
+
+#[test]
+fn acme_defaults_to_lets_encrypt_and_takes_a_private_server() {
+    let d = dir_with_secrets();
+    cert_files(d.path(), "ca", &["acme.test.example"]);
+    let p = d.path().join("o.toml");
+    let o = parse(&p, &with_tls("tls = \"acme\"\n")).unwrap();
+    let a = o.acme.unwrap();
+    assert_eq!(a.directory.as_str(), LETS_ENCRYPT);
+    assert!(a.email.is_none() && a.ca.is_none());
+    let o = parse(
+        &p,
+        &with_tls("tls = \"acme\"\nacme_directory = \"https://acme.test.example:14000/dir\"\nacme_email = \"ops+matrix@example.org\"\nacme_ca_file = \"ca.crt\"\n"),
+    )
+    .unwrap();
+    let a = o.acme.unwrap();
+    assert_eq!(a.directory.as_str(), "https://acme.test.example:14000/dir");
+    assert!(a.ca.is_some());
+    for (bad, key) in [
+        (
+            "acme_directory = \"http://acme.test.example/dir\"",
+            "acme_directory",
+        ),
+        (
+            "acme_directory = \"https://acme.test.example:0/dir\"",
+            "acme_directory",
+        ),
+        ("acme_email = \"ops@example.org; rm\"", "acme_email"),
+        ("acme_email = \"not-an-address\"", "acme_email"),
+        ("acme_ca_file = \"s/turn\"", "acme_ca_file"),
+    ] {
+        let e = parse(&p, &with_tls(&format!("tls = \"acme\"\n{bad}\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("o.toml:6:") && e.contains(&format!("`{key}`")),
+            "{bad}: {e}"
+        );
+    }
+}
+
+#[test]
+fn federation_is_open_closed_or_a_list_and_key_servers_are_explicit() {
+    let d = dir_with_secrets();
+    let p = d.path().join("o.toml");
+    let o = parse(&p, GOOD).unwrap();
+    assert_eq!(o.federation, Federation::Open);
+    assert!(o.trusted_key_servers.is_none() && o.federation_ip_allow.is_empty());
+    let o = parse(
+        &p,
+        &with_tls("federation = [\"example.net\", \"matrix.example.com\"]\ntrusted_key_servers = []\nfederation_ip_allow = [\"2001:db8:20::/64\"]\n"),
+    )
+    .unwrap();
+    assert_eq!(
+        o.federation,
+        Federation::Allow(vec![
+            "example.net".parse().unwrap(),
+            "matrix.example.com".parse().unwrap()
+        ])
+    );
+    assert_eq!(o.trusted_key_servers, Some(vec![]));
+    assert_eq!(o.federation_ip_allow[0].to_string(), "2001:db8:20::/64");
+    let o = parse(&p, &with_tls("federation = \"closed\"\n")).unwrap();
+    assert_eq!(o.federation, Federation::Closed);
+    for (bad, key) in [
+        ("federation = \"sometimes\"", "federation"),
+        ("federation = [\"example.net; evil\"]", "federation"),
+        (
+            "trusted_key_servers = [\"matrix.org:8448\"]",
+            "trusted_key_servers",
+        ),
+        (
+            "federation_ip_allow = [\"10.0.0.0/8\"]",
+            "federation_ip_allow",
+        ),
+        ("federation_ca_file = \"s/turn\"", "federation_ca_file"),
+    ] {
+        let e = parse(&p, &with_tls(&format!("{bad}\n")))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("o.toml:5:") && e.contains(&format!("`{key}`")),
+            "{bad}: {e}"
+        );
+    }
 }

@@ -55,8 +55,12 @@ text_type!(
     SshKey
 );
 text_type!(
-    /// An https URL made of a domain name and an optional plain path.
+    /// An https URL made of a domain name, an optional port and an optional plain path.
     HttpsUrl
+);
+text_type!(
+    /// An e-mail address for an ACME account: `[a-z0-9._+-]@DOMAIN`.
+    Email
 );
 text_type!(
     /// A short identifier such as a Mattermost team: `[a-z0-9_-]`, 1-64.
@@ -233,14 +237,26 @@ impl FromStr for HttpsUrl {
     fn from_str(s: &str) -> Result<Self, Refused> {
         let bad = || {
             Refused(format!(
-                "`{}` is not an https URL of a domain name with a plain path",
+                "`{}` is not an https URL of a domain name (optional :port) with a plain path",
                 s.escape_debug()
             ))
         };
         let rest = s.strip_prefix("https://").ok_or_else(bad)?;
-        let (host, path) = match rest.find('/') {
+        let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, ""),
+        };
+        let host = match hostport.split_once(':') {
+            Some((h, port)) => {
+                let ok = port
+                    .parse::<u16>()
+                    .is_ok_and(|p| p > 0 && p.to_string() == port);
+                if !ok {
+                    return Err(bad());
+                }
+                h
+            }
+            None => hostport,
         };
         host.parse::<DomainName>().map_err(|_| bad())?;
         if !path
@@ -251,6 +267,29 @@ impl FromStr for HttpsUrl {
             return Err(bad());
         }
         Ok(HttpsUrl(s.into()))
+    }
+}
+
+impl FromStr for Email {
+    type Err = Refused;
+    fn from_str(s: &str) -> Result<Self, Refused> {
+        let ok = s.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && local
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._+-".contains(&b))
+                && !local.starts_with(['.', '-'])
+                && domain.parse::<DomainName>().is_ok()
+        });
+        if ok {
+            Ok(Email(s.into()))
+        } else {
+            Err(Refused(format!(
+                "`{}` is not an e-mail address like \"ops@example.org\" (lowercase a-z, 0-9, `.`, `_`, `+`, `-` before the @)",
+                s.escape_debug()
+            )))
+        }
     }
 }
 
@@ -364,9 +403,13 @@ impl FromStr for Size {
     }
 }
 
-/// A secret's text, read from a file: one line of printable ASCII without
-/// spaces or quotes (so it can sit in any config file), 8 to 512 characters;
-/// one trailing newline is ignored. Never printed.
+/// A secret's text, read from a file: one line of 8 to 512 bytes of UTF-8,
+/// any printable character included (spaces, quotes, `$`, `/`, `&`, `+`,
+/// `=`, `#`, `\\`); one trailing newline (`\n` or `\r\n`) is ignored. Only
+/// what no config file or API can carry as one line is refused: NUL and a
+/// line break inside it. It is carried byte for byte (the seed writes it
+/// base64-encoded; the VM reads it from its file, never through a shell
+/// word, `sed` or a command line). Never printed.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
@@ -375,13 +418,15 @@ impl Secret {
         let t = text.strip_suffix('\n').unwrap_or(text);
         let t = t.strip_suffix('\r').unwrap_or(t);
         if t.len() < 8 || t.len() > 512 {
-            return Err(Refused("a secret must be 8 to 512 characters".into()));
+            return Err(Refused("a secret must be 8 to 512 bytes".into()));
         }
-        if !t
-            .bytes()
-            .all(|b| b.is_ascii_graphic() && !b"\"'\\`$;{}#".contains(&b))
-        {
-            return Err(Refused("a secret must be one line of printable ASCII without spaces, quotes, `\\`, `$`, `;`, `{`, `}` or `#`".into()));
+        if t.contains(['\n', '\r']) {
+            return Err(Refused(
+                "a secret must be one line (a line break inside it cannot be carried)".into(),
+            ));
+        }
+        if t.contains('\0') {
+            return Err(Refused("a secret cannot hold a NUL byte".into()));
         }
         Ok(Secret(t.into()))
     }

@@ -9,6 +9,11 @@ use crate::plan::Step;
 pub trait Reporter: Sync {
     fn step_started(&self, step: &Step);
     fn step_done(&self, step: &Step, cached: bool, seconds: f64);
+    /// `step` was taken from the cache at `url` (`bytes` read) instead of built.
+    fn step_substituted(&self, step: &Step, url: &str, bytes: u64, seconds: f64) {
+        let _ = (url, bytes);
+        self.step_done(step, false, seconds);
+    }
     /// A line for people about longer work (booting, waiting).
     fn note(&self, _text: &str) {}
     /// Downloads begin: `what` (for people), `bytes` in all.

@@ -5,7 +5,9 @@
 //! Every customer value reaching a file here has passed the grammars of
 //! [`crate::overlay::values`]; on top of that, YAML scalars are written as
 //! JSON strings (valid YAML, fully escaped) and file bodies as YAML block
-//! literals, so no value can end a scalar or start a new key.
+//! literals, so no value can end a scalar or start a new key. Secret files
+//! are written base64-encoded (`encoding: b64`): byte for byte, whatever
+//! printable characters the secret holds.
 //!
 //! What the seed writes into the VM (paths the image's first-boot script
 //! and packages read):
@@ -15,7 +17,13 @@
 //! | `/etc/mimg/overlay.json` | 0644 | the overlay's non-secret values, for the first-boot script |
 //! | `/etc/mimg/secrets/*` | 0600 | TURN secret, admin passwords, bridge token |
 //! | `/etc/matrix-synapse/conf.d/50-mimg.yaml` | 0644 | server name, base URL, registration, uploads, TURN |
-//! | `/etc/nginx/conf.d/mimg-matrix.conf` | 0644 | homeserver proxy, `.well-known`, web client |
+//! | `/etc/matrix-synapse/conf.d/60-mimg-secrets.yaml` | 0600 (0640 group matrix-synapse after first boot) | the TURN shared secret |
+//! | `/etc/nginx/conf.d/mimg-matrix.conf` | 0644 | homeserver proxy, `.well-known`, web client (`tls = "acme"`: until the certificate exists, the ACME challenge and a "not configured yet" page on 80) |
+//! | `/etc/mimg/nginx/mimg-matrix-tls.conf` | 0644 | `tls = "acme"`: the sites on 443, installed by `mimg-acme` once certbot has the certificate |
+//! | `/etc/mimg/tls/fullchain.pem`, `/etc/mimg/secrets/tls.key` | 0644, 0600 | `tls = "files"`: the overlay's certificate chain and key |
+//! | `/etc/mimg/acme-ca.pem` | 0644 | the CA of a private ACME server's TLS certificate (`acme_ca_file`) |
+//! | `/etc/systemd/system/certbot.service.d/mimg.conf` | 0644 | renewals trust that CA too |
+//! | `/etc/mimg/federation-ca/N.pem` | 0644 | CAs Synapse trusts for federation (`federation_ca_file`), one per file |
 //! | `/etc/element-web/config.json` | 0644 | the web client's homeserver |
 //! | `/etc/matterbridge/matterbridge.toml` | 0600 | where a bridge is configured |
 //! | `/etc/resolv.conf` | 0644 | the overlay's DNS servers |
@@ -23,10 +31,21 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::overlay::{Overlay, Registration, Tls};
+use crate::overlay::{Federation, Overlay, Registration, Tls};
 
 /// Where the image keeps the seed's secrets.
 pub const SECRETS_DIR: &str = "/etc/mimg/secrets";
+/// certbot's certificate name (`--cert-name`): one certificate for the
+/// three names.
+pub const ACME_CERT_NAME: &str = "mimg";
+const ACME_CA: &str = "/etc/mimg/acme-ca.pem";
+const ACME_WEBROOT: &str = "/var/www/acme";
+/// One file per CA: Synapse reads only the first certificate of each
+/// file in `federation_custom_ca_list`.
+fn federation_ca_path(i: usize) -> String {
+    format!("/etc/mimg/federation-ca/{i}.pem")
+}
+const TLS_CHAIN: &str = "/etc/mimg/tls/fullchain.pem";
 /// The image's first-boot script, called from the seed's runcmd.
 pub const FIRSTBOOT: &str = "/usr/local/sbin/mimg-firstboot";
 
@@ -71,6 +90,17 @@ pub fn render(o: &Overlay) -> Rendered {
     files.push(plain("/etc/mimg/overlay.json", overlay_json(o)));
     if let Some(t) = &o.turn {
         files.push(secret("turn.secret", t.secret.expose()));
+        // A YAML double-quoted string is a JSON string: any printable
+        // character, escaped. The first-boot script lets Synapse read it.
+        files.push(VmFile {
+            path: "/etc/matrix-synapse/conf.d/60-mimg-secrets.yaml".into(),
+            mode: 0o600,
+            content: format!(
+                "# Written by mimg seed: secrets Synapse reads.\nturn_shared_secret: {}\n",
+                q(t.secret.expose())
+            ),
+            secret: true,
+        });
     }
     for a in &o.admins {
         files.push(secret(
@@ -82,7 +112,40 @@ pub fn render(o: &Overlay) -> Rendered {
         "/etc/matrix-synapse/conf.d/50-mimg.yaml",
         synapse_yaml(o),
     ));
-    files.push(plain("/etc/nginx/conf.d/mimg-matrix.conf", nginx_conf(o)));
+    match o.tls {
+        Tls::External => files.push(plain("/etc/nginx/conf.d/mimg-matrix.conf", nginx_conf(o))),
+        Tls::Files => {
+            let f = o.tls_files.as_ref().expect("tls = files has files");
+            files.push(plain(TLS_CHAIN, f.chain.text().to_string()));
+            files.push(VmFile {
+                path: format!("{SECRETS_DIR}/tls.key"),
+                mode: 0o600,
+                content: f.key.expose().to_string(),
+                secret: true,
+            });
+            files.push(plain("/etc/nginx/conf.d/mimg-matrix.conf", nginx_conf(o)));
+        }
+        Tls::Acme => {
+            files.push(plain(
+                "/etc/nginx/conf.d/mimg-matrix.conf",
+                nginx_acme_pending(o),
+            ));
+            files.push(plain("/etc/mimg/nginx/mimg-matrix-tls.conf", nginx_conf(o)));
+            let a = o.acme.as_ref().expect("tls = acme has acme");
+            if let Some(ca) = &a.ca {
+                files.push(plain(ACME_CA, ca.text().to_string()));
+                files.push(plain(
+                    "/etc/systemd/system/certbot.service.d/mimg.conf",
+                    format!("# Written by mimg seed: renewals trust the ACME server's CA.\n[Service]\nEnvironment=REQUESTS_CA_BUNDLE={ACME_CA}\n"),
+                ));
+            }
+        }
+    }
+    if let Some(ca) = &o.federation_ca {
+        for (i, pem) in ca.pems().into_iter().enumerate() {
+            files.push(plain(&federation_ca_path(i), pem));
+        }
+    }
     files.push(plain("/etc/element-web/config.json", element_config(o)));
     if let Some(m) = &o.mattermost {
         files.push(secret("mattermost.token", m.token.expose()));
@@ -129,6 +192,14 @@ fn overlay_json(o: &Overlay) -> String {
         "homeserver": o.homeserver,
         "web_client": o.web_client,
         "tls": o.tls,
+        "acme": o.acme.as_ref().map(|a| json!({
+            "directory": a.directory,
+            "email": a.email,
+            "ca_file": a.ca.as_ref().map(|_| ACME_CA),
+            "cert_name": ACME_CERT_NAME,
+            "webroot": ACME_WEBROOT,
+            "names": [o.homeserver, o.server_name, o.web_client],
+        })),
         "registration": o.registration,
         "admins": admins,
         "data_disk": o.data_disk,
@@ -162,24 +233,82 @@ fn synapse_yaml(o: &Overlay) -> String {
         for u in &t.uris {
             s.push_str(&format!("  - {}\n", q(u.as_str())));
         }
-        s.push_str(&format!(
-            "turn_shared_secret_path: {}\n",
-            q(&format!("{SECRETS_DIR}/turn.secret"))
-        ));
+        // The shared secret itself is in 60-mimg-secrets.yaml (secret):
+        // Synapse strips what it reads from a turn_shared_secret_path file,
+        // and a secret may begin or end with a space.
         s.push_str("turn_user_lifetime: \"1h\"\nturn_allow_guests: false\n");
+    }
+    match &o.federation {
+        Federation::Open => {}
+        Federation::Closed => s.push_str("federation_domain_whitelist: []\n"),
+        Federation::Allow(list) => {
+            s.push_str("federation_domain_whitelist:\n");
+            for d in list {
+                s.push_str(&format!("  - {}\n", q(d.as_str())));
+            }
+        }
+    }
+    if let Some(ca) = &o.federation_ca {
+        s.push_str("federation_custom_ca_list:\n");
+        for i in 0..ca.pems().len() {
+            s.push_str(&format!("  - {}\n", q(&federation_ca_path(i))));
+        }
+    }
+    match &o.trusted_key_servers {
+        None => s.push_str("trusted_key_servers:\n  - server_name: \"matrix.org\"\n"),
+        Some(l) if l.is_empty() => s.push_str("trusted_key_servers: []\n"),
+        Some(l) => {
+            s.push_str("trusted_key_servers:\n");
+            for d in l {
+                s.push_str(&format!("  - server_name: {}\n", q(d.as_str())));
+            }
+        }
+    }
+    if !o.federation_ip_allow.is_empty() {
+        s.push_str("ip_range_whitelist:\n");
+        for n in &o.federation_ip_allow {
+            s.push_str(&format!("  - {}\n", q(&n.to_string())));
+        }
     }
     s
 }
 
 const SECURITY_HEADERS: &str = "        add_header X-Frame-Options SAMEORIGIN always;\n        add_header X-Content-Type-Options nosniff always;\n        add_header Content-Security-Policy \"frame-ancestors 'self'\" always;\n";
 
-fn listen(o: &Overlay, name: &str) -> String {
-    match o.tls {
-        Tls::External => "    listen 80;\n    listen [::]:80;\n".to_string(),
-        Tls::Acme => format!(
-            "    listen 443 ssl;\n    listen [::]:443 ssl;\n    ssl_certificate /etc/letsencrypt/live/{name}/fullchain.pem;\n    ssl_certificate_key /etc/letsencrypt/live/{name}/privkey.pem;\n"
+fn listen(o: &Overlay) -> String {
+    let (chain, key) = match o.tls {
+        Tls::External => return "    listen 80;\n    listen [::]:80;\n".to_string(),
+        Tls::Acme => (
+            format!("/etc/letsencrypt/live/{ACME_CERT_NAME}/fullchain.pem"),
+            format!("/etc/letsencrypt/live/{ACME_CERT_NAME}/privkey.pem"),
         ),
-    }
+        Tls::Files => (TLS_CHAIN.to_string(), format!("{SECRETS_DIR}/tls.key")),
+    };
+    format!(
+        "    listen 443 ssl;\n    listen [::]:443 ssl;\n    ssl_certificate {chain};\n    ssl_certificate_key {key};\n"
+    )
+}
+
+/// Port 80 of the three names while TLS is on the VM: ACME challenges
+/// from the webroot, everything else `last` (a redirect to https, or the
+/// "not configured yet" answer while certbot has no certificate).
+fn port80(o: &Overlay, last: &str) -> String {
+    format!(
+        "server {{\n    listen 80;\n    listen [::]:80;\n    server_name {} {} {};\n    location /.well-known/acme-challenge/ {{\n        root {ACME_WEBROOT};\n    }}\n    location / {{\n{last}    }}\n}}\n",
+        o.homeserver, o.server_name, o.web_client
+    )
+}
+
+/// `tls = "acme"` before certbot has the certificate: port 80 only.
+fn nginx_acme_pending(o: &Overlay) -> String {
+    format!(
+        "# Written by mimg seed for customer {}: until certbot has the\n# certificate (mimg-acme installs the TLS sites then).\n{}",
+        o.customer,
+        port80(
+            o,
+            "        default_type text/plain;\n        return 503 \"mimg: this server is not configured yet (waiting for its certificate)\\n\";\n"
+        )
+    )
 }
 
 fn nginx_conf(o: &Overlay) -> String {
@@ -192,25 +321,27 @@ fn nginx_conf(o: &Overlay) -> String {
         serde_json::to_string(&json!({ "m.homeserver": { "base_url": format!("https://{hs}") } }))
             .expect("json");
     let mut s = format!("# Written by mimg seed for customer {}.\n", o.customer);
-    if o.tls == Tls::Acme {
-        s.push_str(&format!(
-            "\n# ACME challenges and a redirect to https for all three names.\nserver {{\n    listen 80;\n    listen [::]:80;\n    server_name {hs} {sn} {wc};\n    location /.well-known/acme-challenge/ {{\n        root /var/www/acme;\n    }}\n    location / {{\n        return 301 https://$host$request_uri;\n    }}\n}}\n"
+    if o.tls != Tls::External {
+        s.push_str("\n# ACME challenges and a redirect to https for all three names.\n");
+        s.push_str(&port80(
+            o,
+            "        return 301 https://$host$request_uri;\n",
         ));
     }
     s.push_str(&format!(
-        "\n# The homeserver: Synapse behind nginx.\nserver {{\n{}    server_name {hs};\n    location ~ ^(/_matrix|/_synapse/client) {{\n        proxy_pass http://127.0.0.1:8008;\n        proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_set_header X-Forwarded-Proto https;\n        proxy_set_header Host $host;\n        proxy_http_version 1.1;\n        client_max_body_size {};\n    }}\n    location = /health {{\n        proxy_pass http://127.0.0.1:8008;\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
-        listen(o, hs),
+        "\n# The homeserver: Synapse behind nginx.\nserver {{\n{}    server_name {hs};\n    location ~ ^(/_matrix|/_synapse/client) {{\n        proxy_pass http://127.0.0.1:8008;\n        proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_set_header X-Forwarded-Proto https;\n        proxy_set_header Host $host;\n        proxy_http_version 1.1;\n        # A join or a room creation can take minutes on a slow host\n        # (nginx gives up after 60 s by default: HTTP 504).\n        proxy_read_timeout 300s;\n        client_max_body_size {};\n    }}\n    location = /health {{\n        proxy_pass http://127.0.0.1:8008;\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
+        listen(o),
         o.max_upload.text()
     ));
     // JSON bodies go inside single quotes: they hold no `'` (values are
     // domain names) and nginx needs no further escaping there.
     s.push_str(&format!(
         "\n# The Matrix domain: delegation through /.well-known.\nserver {{\n{}    server_name {sn};\n    location = /.well-known/matrix/server {{\n        default_type application/json;\n        add_header Access-Control-Allow-Origin * always;\n        return 200 '{server_json}';\n    }}\n    location = /.well-known/matrix/client {{\n        default_type application/json;\n        add_header Access-Control-Allow-Origin * always;\n        return 200 '{client_json}';\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
-        listen(o, sn)
+        listen(o)
     ));
     s.push_str(&format!(
         "\n# The web client on its own domain.\nserver {{\n{}    server_name {wc};\n    root /var/www/element;\n    index index.html;\n    location / {{\n{SECURITY_HEADERS}    }}\n    location = /config.json {{\n        alias /etc/element-web/config.json;\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location = /index.html {{\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location /i18n/ {{\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n}}\n",
-        listen(o, wc)
+        listen(o)
     ));
     s
 }
@@ -266,10 +397,12 @@ fn network_config(o: &Overlay) -> String {
         "    addresses:\n      - {}\n",
         q(&n.address.to_string())
     ));
-    s.push_str(&format!(
-        "    routes:\n      - to: \"::/0\"\n        via: {}\n",
-        q(&n.gateway.to_string())
-    ));
+    // `gateway6`, not a `routes` entry: the image's ifupdown gets it as the
+    // interface's `gateway` (set with `ip`), while cloud-init renders a
+    // route as `post-up route add ... || true`, and the image has no
+    // net-tools `route`: the default route silently never came, and only
+    // the on-link network was reachable.
+    s.push_str(&format!("    gateway6: {}\n", q(&n.gateway.to_string())));
     if !n.dns.is_empty() {
         s.push_str("    nameservers:\n      addresses:\n");
         for d in &n.dns {
@@ -295,10 +428,21 @@ fn user_data(o: &Overlay, files: &[VmFile]) -> String {
     s.push_str("write_files:\n");
     for f in files {
         s.push_str(&format!(
-            "  - path: {}\n    owner: \"root:root\"\n    permissions: {}\n    content: |\n",
+            "  - path: {}\n    owner: \"root:root\"\n    permissions: {}\n",
             q(&f.path),
             q(&format!("0{:o}", f.mode))
         ));
+        if f.secret {
+            // Byte for byte: a YAML block would eat a leading space, and a
+            // secret may hold any printable character.
+            use base64::Engine;
+            s.push_str(&format!(
+                "    encoding: b64\n    content: {}\n",
+                base64::engine::general_purpose::STANDARD.encode(f.content.as_bytes())
+            ));
+            continue;
+        }
+        s.push_str("    content: |\n");
         for line in f.content.lines() {
             if line.is_empty() {
                 s.push('\n');

@@ -83,3 +83,169 @@ fn the_seed_is_a_cidata_fat_volume() {
             && fs.root_dir().open_file("network-config").is_ok()
     );
 }
+
+#[test]
+fn awkward_secrets_are_carried_byte_for_byte() {
+    use base64::Engine;
+    let awkward = [
+        " lead and trail ",
+        "q\"uo'te $HOME `x` \\n/&+=#;{}",
+        "ünï côdé päss wörd",
+    ];
+    for s in awkward {
+        let mut o = example();
+        let secret = crate::overlay::Secret::parse(&format!("{s}\n")).unwrap();
+        o.turn.as_mut().unwrap().secret = secret.clone();
+        o.admins[0].password = secret;
+        let r = render(&o);
+        // In the user-data, each secret file is base64 of its exact bytes.
+        let mut blocks = r.user_data.split("  - path: ").skip(1);
+        let mut seen = 0;
+        for f in r.files.iter().filter(|f| f.secret) {
+            let block = blocks
+                .find(|b| b.starts_with(&q(&f.path)))
+                .expect("every file is written");
+            let b64 = block
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("content: "))
+                .unwrap();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap();
+            assert_eq!(bytes, f.content.as_bytes(), "{}", f.path);
+            seen += 1;
+        }
+        assert!(
+            seen >= 3,
+            "turn secret, Synapse's secrets file, admin password"
+        );
+        let file = |p: &str| {
+            r.files
+                .iter()
+                .find(|f| f.path == p)
+                .unwrap()
+                .content
+                .clone()
+        };
+        assert_eq!(file("/etc/mimg/secrets/turn.secret"), format!("{s}\n"));
+        assert_eq!(
+            file("/etc/mimg/secrets/admin-admin.password"),
+            format!("{s}\n")
+        );
+        // Synapse's YAML: a double-quoted (JSON) string holding the secret.
+        let yaml = file("/etc/matrix-synapse/conf.d/60-mimg-secrets.yaml");
+        let line = yaml
+            .lines()
+            .find_map(|l| l.strip_prefix("turn_shared_secret: "))
+            .unwrap();
+        assert_eq!(serde_json::from_str::<String>(line).unwrap(), s);
+    }
+}
+
+/// The example overlay with other TLS and federation values.
+fn example_with(extra: &str, files: &[(&str, String)]) -> Overlay {
+    let d = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays");
+    let text = std::fs::read_to_string(dir.join("example.toml"))
+        .unwrap()
+        .replace("tls = \"external\"", extra)
+        .replace(
+            "example-secrets/",
+            &format!("{}/example-secrets/", dir.display()),
+        );
+    for (name, body) in files {
+        std::fs::write(d.path().join(name), body).unwrap();
+    }
+    crate::overlay::parse(&d.path().join("o.toml"), &text).unwrap()
+}
+
+fn file<'a>(r: &'a Rendered, path: &str) -> &'a VmFile {
+    r.files
+        .iter()
+        .find(|f| f.path == path)
+        .unwrap_or_else(|| panic!("no {path} in the seed"))
+}
+
+#[test]
+fn acme_waits_on_port_80_until_the_certificate_and_then_serves_443() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let ca = rcgen::CertificateParams::new(vec!["acme.test.example".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap()
+        .pem();
+    let o = example_with(
+        "tls = \"acme\"\nacme_directory = \"https://acme.test.example:14000/dir\"\nacme_ca_file = \"ca.pem\"\nfederation_ca_file = \"ca.pem\"\ntrusted_key_servers = []\nfederation = [\"example.net\"]\nfederation_ip_allow = [\"2001:db8::/32\"]",
+        &[("ca.pem", ca.clone())],
+    );
+    let r = render(&o);
+    let pending = &file(&r, "/etc/nginx/conf.d/mimg-matrix.conf").content;
+    assert!(pending.contains("acme-challenge") && pending.contains("return 503"));
+    assert!(
+        !pending.contains("443") && !pending.contains("return 301"),
+        "no redirect to nothing: {pending}"
+    );
+    let tls = &file(&r, "/etc/mimg/nginx/mimg-matrix-tls.conf").content;
+    assert!(
+        tls.contains("listen [::]:443 ssl;")
+            && tls.contains("/etc/letsencrypt/live/mimg/fullchain.pem")
+    );
+    assert!(tls.contains("return 301 https://$host$request_uri;"));
+    assert_eq!(file(&r, "/etc/mimg/acme-ca.pem").content, ca);
+    assert!(
+        file(&r, "/etc/systemd/system/certbot.service.d/mimg.conf")
+            .content
+            .contains("REQUESTS_CA_BUNDLE=/etc/mimg/acme-ca.pem")
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&file(&r, "/etc/mimg/overlay.json").content).unwrap();
+    assert_eq!(
+        j["acme"]["directory"],
+        "https://acme.test.example:14000/dir"
+    );
+    assert_eq!(
+        j["acme"]["names"],
+        json!(["matrix.example.org", "example.org", "chat.example.org"])
+    );
+    let syn = &file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml").content;
+    for want in [
+        "federation_domain_whitelist:\n  - \"example.net\"\n",
+        "federation_custom_ca_list:\n  - \"/etc/mimg/federation-ca/0.pem\"\n",
+        "trusted_key_servers: []\n",
+        "ip_range_whitelist:\n  - \"2001:db8::/32\"\n",
+    ] {
+        assert!(syn.contains(want), "{want} in {syn}");
+    }
+}
+
+#[test]
+fn tls_files_carries_the_chain_and_the_key_0600() {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names = ["example.org", "matrix.example.org", "chat.example.org"];
+    let crt =
+        rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap()
+            .pem();
+    let o = example_with(
+        "tls = \"files\"\ntls_cert_file = \"c.pem\"\ntls_key_file = \"k.pem\"\nfederation = \"closed\"",
+        &[("c.pem", crt.clone()), ("k.pem", key.serialize_pem())],
+    );
+    let r = render(&o);
+    assert_eq!(file(&r, "/etc/mimg/tls/fullchain.pem").content, crt);
+    let k = file(&r, "/etc/mimg/secrets/tls.key");
+    assert!(k.secret && k.mode == 0o600 && k.content == key.serialize_pem());
+    assert!(
+        !r.user_data.contains("PRIVATE KEY"),
+        "the key travels base64, as a secret"
+    );
+    let nginx = &file(&r, "/etc/nginx/conf.d/mimg-matrix.conf").content;
+    assert!(nginx.contains("ssl_certificate_key /etc/mimg/secrets/tls.key;"));
+    assert!(nginx.contains("return 301 https://"));
+    assert!(
+        file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml")
+            .content
+            .contains("federation_domain_whitelist: []\n")
+    );
+}

@@ -154,13 +154,18 @@ const DROP_EXACT: &[&str] = &[
 
 /// Remove what must not be in an image, replace what names the host.
 pub fn scrub(tree: &mut Tree, recipe: &Recipe, mtime: u64) {
-    drop_volatile(tree);
+    // Every .pyc of the packages goes, hash-based ones too: dpkg's
+    // py3compile makes checked-hash ones when SOURCE_DATE_EPOCH is set,
+    // in parallel, so their bytes are not the same in every build.
+    drop_volatile(tree, false);
     fixed_files(tree, recipe, mtime);
 }
 
 /// Remove what must not be in an image: host facts, secrets, clocks,
-/// caches (also from what a `run` layer adds).
-pub fn drop_volatile(tree: &mut Tree) {
+/// caches (also from what a `run` layer adds). With `keep_hash_pyc`,
+/// PEP 552 hash-based bytecode stays (a run layer made it on purpose:
+/// recipes/layers/bytecode.toml); timestamp-based bytecode always goes.
+pub fn drop_volatile(tree: &mut Tree, keep_hash_pyc: bool) {
     let paths: Vec<String> = tree.paths().collect();
     for p in paths {
         let e = tree.get(&p).expect("listed");
@@ -175,7 +180,9 @@ pub fn drop_volatile(tree: &mut Tree) {
             && p.split('/').count() >= 4;
         let cache_file = (p.starts_with("var/cache/")
             && (p.ends_with(".bin") || p.ends_with("-old")))
-            || p.ends_with(".pyc") && p.contains("__pycache__/");
+            || p.ends_with(".pyc")
+                && p.contains("__pycache__/")
+                && !(keep_hash_pyc && hash_based_pyc(&e.kind));
         if dropped_prefix
             || pg_cluster
             || ssh_key
@@ -185,6 +192,17 @@ pub fn drop_volatile(tree: &mut Tree) {
         {
             tree.remove(&p);
         }
+    }
+}
+
+/// Whether a `.pyc` is PEP 552 hash-based (its flags word, after the magic
+/// number, has bit 0): its bytes follow from its source, not from an mtime,
+/// so it may stay (recipes/layers/bytecode.toml makes them). Timestamp-based
+/// ones (dpkg's postinst, an import at build time) record the build's clock.
+fn hash_based_pyc(kind: &Kind) -> bool {
+    match kind {
+        Kind::File(b) => b.len() >= 16 && b[4] & 1 == 1,
+        _ => false,
     }
 }
 
@@ -274,5 +292,37 @@ mod tests {
             ["a0", "b"]
         );
         assert_eq!(p[0].version, "1:0.1-2");
+    }
+
+    #[test]
+    fn hash_based_bytecode_stays_and_timestamped_bytecode_goes() {
+        let pyc = |flags: u8| {
+            let mut b = vec![0xf3, 0x0d, 0x0d, 0x0a, flags, 0, 0, 0];
+            b.extend_from_slice(&[7; 16]);
+            Entry::file(b, 0o644, 0)
+        };
+        let mut t = Tree::default();
+        t.insert("usr/lib/python3.13/__pycache__/os.cpython-313.pyc", pyc(3));
+        t.insert("usr/lib/python3.13/__pycache__/re.cpython-313.pyc", pyc(1));
+        t.insert(
+            "usr/lib/python3/dist-packages/__pycache__/x.cpython-313.pyc",
+            pyc(0),
+        );
+        t.insert(
+            "usr/lib/python3/dist-packages/__pycache__/short.cpython-313.pyc",
+            Entry::file(vec![1, 2, 3], 0o644, 0),
+        );
+        let mut rootfs = t.clone();
+        drop_volatile(&mut rootfs, false);
+        assert_eq!(rootfs.paths().filter(|p| p.ends_with(".pyc")).count(), 0);
+        drop_volatile(&mut t, true);
+        let kept: Vec<String> = t.paths().filter(|p| p.ends_with(".pyc")).collect();
+        assert_eq!(
+            kept,
+            [
+                "usr/lib/python3.13/__pycache__/os.cpython-313.pyc",
+                "usr/lib/python3.13/__pycache__/re.cpython-313.pyc"
+            ]
+        );
     }
 }

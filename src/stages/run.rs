@@ -67,7 +67,7 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
     let _ = std::fs::remove_file(&base_tar);
     let _ = std::fs::remove_file(&script_file);
     let mut after = after.map_err(explain)?;
-    super::rootfs::drop_volatile(&mut after);
+    super::rootfs::drop_volatile(&mut after, true);
     after.fix_hardlinks();
     after.clamp(epoch);
     Ok(diff(base, &after, epoch))

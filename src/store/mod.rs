@@ -434,16 +434,19 @@ impl Store {
             detail: step.detail.clone(),
             extra,
         };
+        tracing::debug!("commit {}: outputs hashed in {hashed:.2}s", step.label);
+        self.commit_checked(pending, meta)
+    }
+
+    /// Finish a step whose outputs were already checked against `meta`
+    /// (substituted from a cache, each file hashed as it arrived): write
+    /// `meta.json`, sync, rename into place.
+    pub fn commit_checked(&self, pending: Pending, meta: Meta) -> Result<Meta, StoreError> {
         let mp = pending.dir.join("meta.json");
         let mut text = serde_json::to_vec_pretty(&meta).expect("meta serialises");
         text.push(b'\n');
         fs::write(&mp, &text).map_err(|e| self.io("write meta.json", e))?;
         sync_tree(&pending.dir).map_err(|e| self.io("sync outputs", e))?;
-        tracing::debug!(
-            "commit {}: outputs hashed in {hashed:.2}s, synced in {:.2}s",
-            step.label,
-            t0.elapsed().as_secs_f64() - hashed
-        );
         if pending.final_dir.exists() {
             // A concurrent build without our lock cannot happen; a damaged
             // entry (no meta.json) is replaced.

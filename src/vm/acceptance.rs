@@ -22,13 +22,71 @@ pub struct Check {
     pub detail: String,
 }
 
-/// HTTP to the VM through 127.0.0.1:`port`, naming the virtual host.
+/// How long one request may take: a first createRoom on a VM that shares
+/// two TCG cores with other VMs took over 30 s.
+const REQUEST_SECONDS: u64 = 120;
+
+/// HTTP to the VM through 127.0.0.1:`port`, naming the virtual host; or,
+/// where TLS ends on the VM, HTTPS through 127.0.0.1:`tls.port` with each
+/// name resolved there (so SNI and the certificate are the name's) and
+/// only the test network's CAs trusted.
 pub struct Client {
     port: u16,
     http: reqwest::blocking::Client,
+    tls: Option<(u16, reqwest::blocking::Client)>,
+}
+
+/// What a [`Client`] needs to speak HTTPS to a VM.
+pub struct TlsTarget<'a> {
+    /// The forwarded host port of the VM's 443.
+    pub port: u16,
+    /// The names to resolve to it.
+    pub names: Vec<String>,
+    /// The CAs to trust (PEM bundle), and no others.
+    pub ca_pem: &'a str,
 }
 
 impl Client {
+    /// HTTPS where `tls` is given, else plain HTTP on `port`.
+    pub fn with_tls(port: u16, tls: Option<TlsTarget>) -> Result<Client> {
+        let mut c = Client::new(port);
+        if let Some(t) = tls {
+            let certs = reqwest::Certificate::from_pem_bundle(t.ca_pem.as_bytes())
+                .context("the test CA bundle does not parse")?;
+            let mut b = reqwest::blocking::Client::builder()
+                .pool_max_idle_per_host(0)
+                .timeout(Duration::from_secs(REQUEST_SECONDS))
+                .redirect(reqwest::redirect::Policy::none())
+                .tls_certs_only(certs);
+            for n in &t.names {
+                b = b.resolve(n, std::net::SocketAddr::from(([127, 0, 0, 1], t.port)));
+            }
+            c.tls = Some((t.port, b.build()?));
+        }
+        Ok(c)
+    }
+
+    /// Plain HTTP on the VM's port 80, whatever the TLS mode.
+    pub fn get_plain(
+        &self,
+        host: &str,
+        path: &str,
+    ) -> Result<(u16, reqwest::header::HeaderMap, String)> {
+        let resp = self
+            .http
+            .get(format!("http://127.0.0.1:{}{path}", self.port))
+            .header(reqwest::header::HOST, host)
+            .send()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        Ok((status, headers, resp.text()?))
+    }
+
+    /// Whether requests go over HTTPS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
     pub fn new(port: u16) -> Client {
         // A new connection for every request: nginx closes idle kept-alive
         // connections (on reload, at its limits) whenever it likes, and a
@@ -38,11 +96,15 @@ impl Client {
         // nothing here.
         let http = reqwest::blocking::Client::builder()
             .pool_max_idle_per_host(0)
-            .timeout(Duration::from_secs(30))
+            .timeout(Duration::from_secs(REQUEST_SECONDS))
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("client");
-        Client { port, http }
+        Client {
+            port,
+            http,
+            tls: None,
+        }
     }
 
     fn req(
@@ -51,9 +113,13 @@ impl Client {
         host: &str,
         path: &str,
     ) -> reqwest::blocking::RequestBuilder {
-        self.http
-            .request(method, format!("http://127.0.0.1:{}{path}", self.port))
-            .header(reqwest::header::HOST, host)
+        match &self.tls {
+            Some((port, c)) => c.request(method, format!("https://{host}:{port}{path}")),
+            None => self
+                .http
+                .request(method, format!("http://127.0.0.1:{}{path}", self.port))
+                .header(reqwest::header::HOST, host),
+        }
     }
 
     /// GET, returning status, headers and body.
@@ -121,7 +187,7 @@ pub fn wait_healthy(
     )
 }
 
-fn timed(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
+pub fn timed(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
     let t0 = Instant::now();
     let r = f();
     let seconds = t0.elapsed().as_secs_f64();
@@ -190,6 +256,99 @@ pub fn login(c: &Client, o: &Overlay, user: &str, password: &str) -> Result<Stri
     bail!("login as {user}: rate limited twice")
 }
 
+/// A user name and an awkward password (spaces, quotes, `$`, `/`, `&`,
+/// `+`, `=`) for a registration check.
+fn newcomer() -> (String, String) {
+    let n = std::process::id();
+    (
+        format!("mimg-newcomer-{n}"),
+        format!("new \"comer\" $pw/&+= {n}"),
+    )
+}
+
+/// Register `user` as a client would: the user-interactive flow Synapse
+/// offers, stage by stage (`m.login.registration_token` with `reg_token`,
+/// `m.login.dummy`); waits out rate limits. Returns the final status: 200
+/// when registered, 401/403 when a stage could not be completed.
+fn register(
+    c: &Client,
+    o: &Overlay,
+    user: &str,
+    password: &str,
+    reg_token: Option<&str>,
+) -> Result<u16> {
+    let mut auth: Option<Value> = None;
+    let mut session: Option<String> = None;
+    for _ in 0..8 {
+        let mut body = json!({ "username": user, "password": password, "inhibit_login": true });
+        if let Some(a) = &auth {
+            body["auth"] = a.clone();
+        }
+        let (st, v) = c.send(
+            reqwest::Method::POST,
+            o.homeserver.as_str(),
+            "/_matrix/client/v3/register",
+            None,
+            &body,
+        )?;
+        match st {
+            200 => return Ok(200),
+            429 => {
+                let ms = v["retry_after_ms"].as_u64().unwrap_or(5000).min(120_000);
+                std::thread::sleep(Duration::from_millis(ms + 500));
+                continue;
+            }
+            401 => {}
+            _ => return Ok(st),
+        }
+        if let Some(s) = v["session"].as_str() {
+            session = Some(s.to_string());
+        }
+        let done: Vec<&str> = v["completed"]
+            .as_array()
+            .map(|a| a.iter().filter_map(Value::as_str).collect())
+            .unwrap_or_default();
+        // The first flow this client can complete, and its next stage.
+        let can = |stage: &str| {
+            stage == "m.login.dummy"
+                || (stage == "m.login.registration_token" && reg_token.is_some())
+        };
+        let next = v["flows"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["stages"].as_array())
+            .find(|stages| stages.iter().filter_map(Value::as_str).all(can))
+            .and_then(|stages| {
+                stages
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .find(|s| !done.contains(s))
+            });
+        let Some(stage) = next.or_else(|| {
+            // No flow this client can complete (a token is asked and it has
+            // none): it tries the dummy stage once all the same, which
+            // the server must refuse.
+            (reg_token.is_none() && auth.is_none()).then_some("m.login.dummy")
+        }) else {
+            return Ok(st);
+        };
+        if auth.is_some() && done.is_empty() && v["errcode"].is_string() {
+            // The stage just sent was refused.
+            return Ok(st);
+        }
+        let mut a = json!({ "type": stage });
+        if let Some(s) = &session {
+            a["session"] = json!(s);
+        }
+        if stage == "m.login.registration_token" {
+            a["token"] = json!(reg_token);
+        }
+        auth = Some(a);
+    }
+    bail!("registration of @{user} did not finish in 8 requests")
+}
+
 /// Every check of `mimg test`, in order.
 pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) -> Vec<Check> {
     let hs = o.homeserver.as_str();
@@ -210,12 +369,40 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
             ))
         },
     ));
+    if c.is_tls() {
+        out.push(timed(
+            "https with a certificate the test network trusts; http redirects to it",
+            || {
+                let (st, h, _) = c.get_plain(hs, "/_matrix/client/versions")?;
+                let loc = h
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                if st != 301 || !loc.starts_with(&format!("https://{hs}/")) {
+                    bail!("http://{hs}/: HTTP {st}, Location {loc:?}");
+                }
+                Ok(format!("{hs}, {sn}, {wc} over https; http: 301 to {loc}"))
+            },
+        ));
+    }
     out.push(timed("synapse /health", || {
         let (st, _, body) = c.get(hs, "/health", None)?;
         if st != 200 || body.trim() != "OK" {
             bail!("HTTP {st}: {body}");
         }
         Ok("OK".into())
+    }));
+    out.push(timed("the server publishes its signing key", || {
+        let (st, _, body) = c.get(hs, "/_matrix/key/v2/server", None)?;
+        let v: Value = serde_json::from_str(&body)?;
+        let ids: Vec<String> = v["verify_keys"]
+            .as_object()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        if st != 200 || v["server_name"] != json!(sn) || ids.is_empty() {
+            bail!("HTTP {st}: {body}");
+        }
+        Ok(ids.join(", "))
     }));
     out.push(timed(
         ".well-known/matrix/server on the server name",
@@ -342,6 +529,59 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
             Ok(format!("username {user}"))
         },
     ));
+    match o.registration {
+        Registration::Open => out.push(timed(
+            "registration is open: a new user registers and logs in",
+            || {
+                let (user, password) = newcomer();
+                let st = register(c, o, &user, &password, None)?;
+                if st != 200 {
+                    bail!("registration: HTTP {st}");
+                }
+                login(c, o, &user, &password)?;
+                Ok(format!("@{user} registered and logged in"))
+            },
+        )),
+        Registration::Token => out.push(timed(
+            "registration needs a token: refused without one and with a wrong one",
+            || {
+                let (user, password) = newcomer();
+                // Synapse offers a flow with the token stage, and only such.
+                let (st, v) = c.send(
+                    reqwest::Method::POST,
+                    hs,
+                    "/_matrix/client/v3/register",
+                    None,
+                    &json!({ "username": user, "password": password }),
+                )?;
+                let flows = v["flows"].as_array().cloned().unwrap_or_default();
+                let token_in_every_flow = !flows.is_empty()
+                    && flows.iter().all(|f| {
+                        f["stages"]
+                            .as_array()
+                            .is_some_and(|s| s.contains(&json!("m.login.registration_token")))
+                    });
+                if st != 401 || !token_in_every_flow {
+                    bail!("registration flows: HTTP {st}: {v}");
+                }
+                let st = register(c, o, &user, &password, None)?;
+                if st == 200 {
+                    bail!("registered without a token");
+                }
+                let wrong = register(c, o, &user, &password, Some("mimg-not-a-token"))?;
+                if wrong == 200 {
+                    bail!("registered with a token nobody made");
+                }
+                // A token an admin makes (Synapse's admin API) is not
+                // reachable here: /_synapse/admin is not served on the
+                // homeserver's public name.
+                Ok(format!(
+                    "HTTP {st} without a token, HTTP {wrong} with a wrong one"
+                ))
+            },
+        )),
+        Registration::Closed => {}
+    }
     if o.registration == Registration::Closed {
         out.push(timed("registration is refused (closed)", || {
             let (st, v) = c.send(
@@ -368,7 +608,7 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
     out
 }
 
-fn urlenc(s: &str) -> String {
+pub fn urlenc(s: &str) -> String {
     s.bytes()
         .map(|b| {
             if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {

@@ -17,6 +17,10 @@ use std::process::Child;
 use anyhow::{Context, Result};
 
 pub mod acceptance;
+pub mod ca;
+pub mod dns;
+pub mod federation;
+pub mod net;
 
 /// A forward `HOSTPORT:GUESTPORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,7 +79,11 @@ pub fn seed_network(seed: &Path) -> Result<Option<(Ipv6Addr, u8, Ipv6Addr)>> {
                     addr = a.parse::<Ipv6Addr>().ok().zip(p.parse::<u8>().ok());
                 }
             }
-        } else if let Some(v) = l.trim().strip_prefix("via:") {
+        } else if let Some(v) = l
+            .trim()
+            .strip_prefix("gateway6:")
+            .or_else(|| l.trim().strip_prefix("via:"))
+        {
             gw = unq(v).parse::<Ipv6Addr>().ok();
         }
     }
@@ -92,12 +100,26 @@ pub struct RunSpec {
     pub memory_mib: u32,
     pub cpus: u32,
     pub uefi: bool,
+    /// Join a test network's namespace on this tap (made by
+    /// [`net::TestNet`]) instead of a private namespace of its own.
+    pub attach: Option<Attach>,
+}
+
+/// A tap in a test network for one VM.
+#[derive(Debug, Clone)]
+pub struct Attach {
+    pub netns: String,
+    pub tap: String,
+    /// The NIC's MAC address: VMs on one bridge need their own.
+    pub mac: String,
 }
 
 /// A running VM; stopped (QEMU killed, namespace removed) on drop.
 pub struct Vm {
     child: Child,
     netns: Option<String>,
+    /// Whether the namespace is this VM's own (removed on drop).
+    owns_netns: bool,
     _work: tempfile::TempDir,
     pub serial_log: PathBuf,
     pub guest: Option<Ipv6Addr>,
@@ -110,7 +132,9 @@ impl Drop for Vm {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        if let Some(ns) = &self.netns {
+        if let Some(ns) = &self.netns
+            && self.owns_netns
+        {
             crate::tools::netns::delete(ns);
         }
     }
@@ -120,6 +144,10 @@ impl Vm {
     /// Wait for QEMU to exit; returns its exit status.
     pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
         Ok(self.child.wait()?)
+    }
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
     /// Whether QEMU still runs.
     pub fn running(&mut self) -> bool {
@@ -226,8 +254,21 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
         None => None,
     };
     let root = crate::tools::is_root();
-    let (netns, guest, mode) = match net {
-        Some((addr, prefix, gw)) if root => {
+    let (netns, guest, mode) = match (net, &spec.attach) {
+        (Some((addr, _, _)), Some(at)) => {
+            args.extend([
+                "-netdev".into(),
+                format!("tap,id=n0,ifname={},script=no,downscript=no", at.tap),
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,mac={}", at.mac),
+            ]);
+            (
+                Some(at.netns.clone()),
+                Some(addr),
+                "IPv6 on the test network (tap)",
+            )
+        }
+        (Some((addr, prefix, gw)), None) if root => {
             let ns = format!("mimg-{}", std::process::id());
             let ip = |a: &[&str]| -> Result<()> { Ok(crate::tools::netns::ip(a)?) };
             ip(&["netns", "add", &ns])?;
@@ -283,6 +324,7 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
     let vm = Vm {
         child,
         netns: netns.clone(),
+        owns_netns: spec.attach.is_none(),
         _work: work,
         serial_log: spec.serial_log.clone(),
         guest,
@@ -299,7 +341,7 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
 
 /// Listen on 127.0.0.1:`host`; relay each connection to [`guest`]:`port`
 /// inside the namespace through `mimg __relay` run there.
-fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
+pub(crate) fn relay(host: u16, ns: String, guest: Ipv6Addr, port: u16) -> Result<()> {
     let l = TcpListener::bind(("127.0.0.1", host))
         .with_context(|| format!("cannot listen on 127.0.0.1:{host}"))?;
     // Not current_exe(): that path may be gone if the binary was replaced.

@@ -13,9 +13,24 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A scratch directory under target/, emptied first.
+/// A scratch directory under target/test-work/BINARY (the test binary's
+/// name), emptied first.
+///
+/// The first call in a test binary empties its own directory as a whole:
+/// what an earlier run of it left there (stores, images, a bucket:
+/// gigabytes each) is no longer used, and keeping it filled the disk of a
+/// CI run. `make test` runs two binaries side by side, so a binary never
+/// touches another's directory. Tools the tests install live in
+/// target/test-tools and are kept.
 pub fn work(name: &str) -> PathBuf {
-    let p = repo().join("target/test-work").join(name);
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    let root = repo()
+        .join("target/test-work")
+        .join(env!("CARGO_CRATE_NAME"));
+    SWEPT.get_or_init(|| {
+        let _ = Command::new("rm").arg("-rf").arg(&root).status();
+    });
+    let p = root.join(name);
     let _ = Command::new("rm").arg("-rf").arg(&p).status();
     std::fs::create_dir_all(&p).unwrap();
     p
@@ -200,6 +215,7 @@ pub fn boot(
         let _ = e.read_to_string(&mut err);
     }
     let log = String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).into_owned();
+    let _ = std::fs::remove_dir_all(&w);
     (found, format!("{log}\n--- qemu stderr:\n{err}"))
 }
 
@@ -276,4 +292,30 @@ pub fn serve_dir(dir: &Path) -> Server {
         child,
         dir: dir.to_path_buf(),
     }
+}
+
+pub fn is_root() -> bool {
+    String::from_utf8_lossy(&Command::new("id").arg("-u").output().unwrap().stdout).trim() == "0"
+}
+
+/// An ordinary user for rootless builds (made once, with /etc/subuid and
+/// /etc/subgid ranges as useradd gives them); run as root only.
+pub fn rootless_user() -> &'static str {
+    let user = "mimg-rootless";
+    if !Command::new("id")
+        .arg(user)
+        .output()
+        .unwrap()
+        .status
+        .success()
+    {
+        assert!(
+            Command::new("useradd")
+                .args(["-m", user])
+                .status()
+                .unwrap()
+                .success()
+        );
+    }
+    user
 }
