@@ -76,7 +76,7 @@ def standin():
     os.makedirs(www, exist_ok=True)
     tarball = os.path.join(www, "element-v0.0.0-standin.tar.gz")
     sh(["tar", "--sort=name", "--mtime=@1600000000", "--owner=0", "--group=0", "-czf", tarball, "-C", os.path.dirname(src), "element-v0.0.0-standin"])
-    srv = subprocess.Popen([sys.executable, os.path.join(REPO, "tests/fixtures/serve.py"), www], stdout=subprocess.PIPE, text=True)
+    srv = subprocess.Popen([sys.executable, os.path.join(REPO, "tests/fixtures/serve.py"), www], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     port = int(srv.stdout.readline())
     sha = subprocess.run(["sha256sum", tarball], capture_output=True, text=True).stdout.split()[0]
     recipe = standin_recipe("bench-homeserver.toml", REPO, port, sha)

@@ -33,7 +33,26 @@ fn spawn_error(tool: &str) -> impl FnOnce(std::io::Error) -> ToolError + '_ {
 }
 
 /// Remove the namespace `ns`, if it is there (cleanup: errors ignored).
+///
+/// Every process still in it is killed first: `ip netns del` only unlinks
+/// the name, and a process left inside (a server's worker, a child of a
+/// killed wrapper) would keep the namespace, and what it holds open, alive.
 pub fn delete(ns: &str) {
+    if let Ok(o) = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+    {
+        for pid in String::from_utf8_lossy(&o.stdout).split_whitespace() {
+            if let Ok(pid) = pid.parse::<i32>() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
     let _ = Command::new("ip")
         .args(["netns", "del", ns])
         .stdin(Stdio::null())

@@ -280,6 +280,9 @@ pub fn serve_dir(dir: &Path) -> Server {
     let mut child = Command::new("python3")
         .arg(repo().join("tests/fixtures/serve.py"))
         .arg(dir)
+        // The server exits when this pipe closes, when the test binary
+        // exits: a server kept in a static is never dropped.
+        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
