@@ -487,11 +487,15 @@ fn network_overlay(
 /// pass the built-in checks over https, they federate (keys through the
 /// delegated name, a room, an invite, a message each way), and a command
 /// inside the network resolves the names and trusts the network's CAs
-/// through SSL_CERT_FILE. (Two `acme` customers federate the same way;
-/// three VMs side by side do not become healthy within the test's time
-/// on two TCG cores, so the suite boots two.)
+/// through SSL_CERT_FILE. Beside them the provider's shared TURN server
+/// (`kind = "turn"`, a light VM): alpha's TURN credentials make real
+/// allocations on it with coturn's client, over UDP and TCP; a wrong
+/// password and relays to denied ranges are refused. (Two `acme`
+/// customers federate the same way; three homeservers side by side do not
+/// become healthy within the test's time on two TCG cores, so the suite
+/// boots two.)
 #[test]
-fn customers_federate_over_tls_acme_and_files_on_one_test_network() {
+fn customers_federate_over_tls_acme_and_files_and_share_a_turn_server_on_one_test_network() {
     let w = work("federation");
     let (srv, sha) = standin(&w);
     let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
@@ -530,12 +534,72 @@ fn customers_federate_over_tls_acme_and_files_on_one_test_network() {
         "open",
         "tls = \"files\"\ntls_cert_file = \"charlie.crt\"\ntls_key_file = \"charlie.key\"\nfederation_ca_file = \"charlie-ca.pem\"",
     );
+    // The provider's shared TURN server: alpha's [turn] names its realm
+    // and shares its first secret; a second one is still accepted.
+    let secrets = repo().join("overlays/example-secrets");
+    let t = w.join("turn.toml");
+    std::fs::write(
+        &t,
+        format!(
+            "kind = \"turn\"\ncustomer = \"provider-turn\"\nrealm = \"turn.example.net\"\n\n[turn_server]\nsecret_files = [\"{s}/turn.secret\", \"{s}/turn-previous.secret\"]\n\n[network]\naddress = \"2001:db8:e::10/64\"\ngateway = \"2001:db8:e::1\"\n",
+            s = secrets.display()
+        ),
+    )
+    .unwrap();
     // Inside the network: every server's delegation over https, trusting
-    // only the network's CAs (SSL_CERT_FILE), found through MIMG_VMS.
+    // only the network's CAs (SSL_CERT_FILE), found through MIMG_VMS; then
+    // the TURN credentials alpha's Synapse hands its logged-in admin make
+    // real allocations on the TURN server with coturn's own client, over
+    // UDP and TCP, and what must be refused is.
     let script = w.join("inside.py");
     std::fs::write(
         &script,
-        "import json, os, ssl, urllib.request\nctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])\nfor vm in json.loads(os.environ['MIMG_VMS']):\n    url = 'https://%s/.well-known/matrix/server' % vm['server_name']\n    body = json.load(urllib.request.urlopen(url, context=ctx, timeout=30))\n    assert body['m.server'] == vm['homeserver'] + ':443', body\n    print('inside: %s delegates to %s' % (vm['server_name'], body['m.server']))\n",
+        format!(
+            r#"import json, os, ssl, subprocess, urllib.request
+ctx = ssl.create_default_context(cafile=os.environ['SSL_CERT_FILE'])
+vms = json.loads(os.environ['MIMG_VMS'])
+for vm in vms:
+    if vm['kind'] != 'homeserver':
+        continue
+    url = 'https://%s/.well-known/matrix/server' % vm['server_name']
+    body = json.load(urllib.request.urlopen(url, context=ctx, timeout=30))
+    assert body['m.server'] == vm['homeserver'] + ':443', body
+    print('inside: %s delegates to %s' % (vm['server_name'], body['m.server']), flush=True)
+
+def call(url, body=None, token=None):
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode())
+    req.add_header('Content-Type', 'application/json')
+    if token:
+        req.add_header('Authorization', 'Bearer ' + token)
+    return json.load(urllib.request.urlopen(req, context=ctx, timeout=120))
+
+turn = [vm for vm in vms if vm['kind'] == 'turn'][0]
+alpha = [vm for vm in vms if vm['customer'] == 'alpha'][0]
+password = open({pw:?}, 'rb').read().rstrip(b'
+').decode()
+base = 'https://%s/_matrix/client/v3' % alpha['homeserver']
+token = call(base + '/login', {{'type': 'm.login.password', 'identifier': {{'type': 'm.id.user', 'user': 'admin'}}, 'password': password}})['access_token']
+creds = call(base + '/voip/turnServer', token=token)
+assert any(turn['realm'] in u for u in creds['uris']), creds['uris']
+
+def uclient(user, pw, *extra):
+    p = subprocess.run(['timeout', '90', 'turnutils_uclient', '-x', '-n', '1', '-m', '1', *extra, '-u', user, '-w', pw, turn['address']], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return p.returncode, p.stdout
+
+for how, extra in [('UDP', ['-y']), ('TCP', ['-y', '-t'])]:
+    rc, out = uclient(creds['username'], creds['password'], *extra)
+    assert rc == 0, out
+    print('inside: turn allocation over %s with alpha's credentials: relayed' % how, flush=True)
+rc, out = uclient(creds['username'], 'AAAA' + creds['password'][4:], '-y')
+assert rc != 0 and 'Cannot complete Allocation' in out, out
+print('inside: turn: a wrong password is refused', flush=True)
+for peer in ['::1', 'fd00::1']:
+    rc, out = uclient(creds['username'], creds['password'], '-e', peer)
+    assert rc != 0 and '403' in out, out
+    print('inside: turn: a relay to %s is refused' % peer, flush=True)
+"#,
+            pw = secrets.join("admin.password").display().to_string()
+        ),
     )
     .unwrap();
     let mut cmd = mimg();
@@ -544,6 +608,11 @@ fn customers_federate_over_tls_acme_and_files_on_one_test_network() {
         cmd.arg("--vm")
             .arg(format!("{}:{}", recipe.display(), o.display()));
     }
+    cmd.arg("--vm").arg(format!(
+        "{}:{}",
+        repo().join("recipes/turn.toml").display(),
+        t.display()
+    ));
     cmd.arg("--exec")
         .arg(format!("python3 {}", script.display()))
         // Two VMs share the two TCG cores, and make test runs another test
@@ -620,6 +689,23 @@ fn customers_federate_over_tls_acme_and_files_on_one_test_network() {
                 .contains(&format!("inside: {sn} delegates to matrix.{sn}:443")),
             "{exec}"
         );
+    }
+    for line in [
+        "turn allocation over UDP with alpha's credentials: relayed",
+        "turn allocation over TCP with alpha's credentials: relayed",
+        "turn: a wrong password is refused",
+        "turn: a relay to ::1 is refused",
+        "turn: a relay to fd00::1 is refused",
+    ] {
+        assert!(exec["output"].as_str().unwrap().contains(line), "{line}: {exec}");
+    }
+    // The TURN server's own checks: both secrets, refusals.
+    for check in [
+        "provider-turn: boot until coturn allocates a relay",
+        "provider-turn: secret 2 of 2 is accepted too (rotation)",
+        "provider-turn: a credential of another secret is refused",
+    ] {
+        assert!(names.iter().any(|n| n.starts_with(check)), "no check: {check}");
     }
     // Nothing of the test network is left behind.
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();

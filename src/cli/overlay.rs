@@ -15,7 +15,9 @@ pub struct Args {
 
 #[derive(clap::Subcommand)]
 enum Command {
-    /// Validate an overlay (and the secret files it names); writes nothing.
+    /// Validate an overlay, a homeserver's or a TURN server's (`kind =
+    /// "turn"`), and the secret and certificate files it names; writes
+    /// nothing.
     Check {
         /// The overlay file, e.g. overlays/example.toml.
         overlay: PathBuf,
@@ -25,17 +27,29 @@ enum Command {
 pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
     match &a.command {
         Command::Check { overlay } => {
-            let o = crate::overlay::load(overlay)?;
-            println!(
-                "{}: ok: customer {}, server name {}, homeserver {}, web client {}, {} admin(s), address {}",
-                overlay.display(),
-                o.customer,
-                o.server_name,
-                o.homeserver,
-                o.web_client,
-                o.admins.len(),
-                o.network.address
-            );
+            match crate::overlay::load_any(overlay)? {
+                crate::overlay::AnyOverlay::Homeserver(o) => println!(
+                    "{}: ok: customer {}, server name {}, homeserver {}, web client {}, {} admin(s), address {}",
+                    overlay.display(),
+                    o.customer,
+                    o.server_name,
+                    o.homeserver,
+                    o.web_client,
+                    o.admins.len(),
+                    o.network.address
+                ),
+                crate::overlay::AnyOverlay::Turn(t) => println!(
+                    "{}: ok: TURN server for customer {}, realm {}, {} secret(s), relay ports {}-{}, tls {}, address {}",
+                    overlay.display(),
+                    t.customer,
+                    t.realm,
+                    t.secrets.len(),
+                    t.min_port,
+                    t.max_port,
+                    if t.tls_files.is_some() { "files" } else { "none" },
+                    t.network.address
+                ),
+            }
             Ok(())
         }
     }

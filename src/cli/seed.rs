@@ -11,7 +11,8 @@ use super::Cli;
 /// Render an overlay into a NoCloud seed volume (FAT, label CIDATA, mode 0600).
 #[derive(clap::Args)]
 pub struct Args {
-    /// The overlay file, e.g. overlays/example.toml.
+    /// The overlay file, e.g. overlays/example.toml (a homeserver's, or a
+    /// TURN server's: `kind = "turn"`).
     overlay: PathBuf,
     /// Output file (default: images/CUSTOMER-seed.img).
     #[arg(long)]
@@ -20,13 +21,13 @@ pub struct Args {
 
 pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
     let t0 = Instant::now();
-    let o = crate::overlay::load(&a.overlay)?;
-    let r = crate::seed::render(&o);
+    let o = crate::overlay::load_any(&a.overlay)?;
+    let r = crate::seed::render_any(&o);
     let img = crate::seed::image(&r, crate::seed::volume_id(&r))?;
     let out = a
         .out
         .clone()
-        .unwrap_or_else(|| PathBuf::from("images").join(format!("{}-seed.img", o.customer)));
+        .unwrap_or_else(|| PathBuf::from("images").join(format!("{}-seed.img", o.customer())));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -62,7 +63,7 @@ pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
     println!(
         "{}  customer {}  {instance}  in {:.3}s",
         out.display(),
-        o.customer,
+        o.customer(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())

@@ -106,9 +106,13 @@ fn run_network(cli: &Cli, a: &Args) -> Result<()> {
         })?;
         specs.push(crate::ops::testnet::VmSpec {
             recipe: cli.recipe(r)?,
-            overlay: crate::overlay::load(std::path::Path::new(o))?,
+            overlay: crate::overlay::load_any(std::path::Path::new(o))?,
         });
     }
+    test_network(cli, a, specs)
+}
+
+fn test_network(cli: &Cli, a: &Args, specs: Vec<crate::ops::testnet::VmSpec>) -> Result<()> {
     let store = cli.store()?;
     let r = crate::ops::testnet::test_network(
         specs,
@@ -182,8 +186,22 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
         bail!("give RECIPE --overlay FILE, or --vm RECIPE:OVERLAY");
     };
     let recipe = cli.recipe(recipe)?;
+    let overlay = match crate::overlay::load_any(overlay)? {
+        crate::overlay::AnyOverlay::Homeserver(o) => *o,
+        // A TURN server is checked from a test network of its own (its
+        // checks are allocations from inside that network).
+        turn @ crate::overlay::AnyOverlay::Turn(_) => {
+            return test_network(
+                cli,
+                a,
+                vec![crate::ops::testnet::VmSpec {
+                    recipe,
+                    overlay: turn,
+                }],
+            );
+        }
+    };
     let store = cli.store()?;
-    let overlay = crate::overlay::load(overlay)?;
     let t = crate::ops::test::test(
         &recipe,
         store,

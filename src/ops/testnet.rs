@@ -21,17 +21,39 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
-use crate::overlay::{CertChain, Ipv6Net, Overlay, Tls};
+use crate::overlay::{AnyOverlay, CertChain, Ipv6Net, Overlay, Tls, TurnServer};
 use crate::recipe::Recipe;
 use crate::report::Reporter;
 use crate::store::Store;
 use crate::vm::acceptance::{self, Check, Client, TlsTarget};
 use crate::vm::net::{self, ACME_NAME, Member, SERVICES, TestNet};
 
-/// One VM to boot.
+/// One VM to boot: a homeserver, or a TURN server (`kind = "turn"`).
 pub struct VmSpec {
     pub recipe: Recipe,
-    pub overlay: Overlay,
+    pub overlay: AnyOverlay,
+}
+
+/// A booted VM's part on the network, as the driver set it up.
+enum Role {
+    Homeserver(Overlay, Client),
+    Turn(TurnServer),
+}
+
+impl Role {
+    fn customer(&self) -> String {
+        match self {
+            Role::Homeserver(o, _) => o.customer.to_string(),
+            Role::Turn(t) => t.customer.to_string(),
+        }
+    }
+
+    fn address(&self) -> std::net::Ipv6Addr {
+        match self {
+            Role::Homeserver(o, _) => o.network.address.addr,
+            Role::Turn(t) => t.network.address.addr,
+        }
+    }
 }
 
 pub struct NetOptions {
@@ -195,11 +217,9 @@ pub fn test_network(
     }
     let mut seen = std::collections::BTreeSet::new();
     for s in &specs {
-        if !seen.insert(s.overlay.network.address.addr) {
-            bail!(
-                "two overlays have the address {}: every VM of a test network needs its own",
-                s.overlay.network.address.addr
-            );
+        let a = s.overlay.network().address.addr;
+        if !seen.insert(a) {
+            bail!("two overlays have the address {a}: every VM of a test network needs its own");
         }
     }
     let mut images = Vec::new();
@@ -218,18 +238,21 @@ pub fn test_network(
     let members: Vec<Member> = specs
         .iter()
         .map(|s| {
-            let o = &s.overlay;
+            let n = s.overlay.network();
             Member {
-                address: o.network.address.addr,
-                prefix: o.network.address.prefix,
-                gateway: o.network.gateway,
-                dns: o.network.dns.clone(),
-                names: vec![
-                    o.server_name.to_string(),
-                    o.homeserver.to_string(),
-                    o.web_client.to_string(),
-                ],
-                mac: o.network.mac.clone(),
+                address: n.address.addr,
+                prefix: n.address.prefix,
+                gateway: n.gateway,
+                dns: n.dns.clone(),
+                names: match &s.overlay {
+                    AnyOverlay::Homeserver(o) => vec![
+                        o.server_name.to_string(),
+                        o.homeserver.to_string(),
+                        o.web_client.to_string(),
+                    ],
+                    AnyOverlay::Turn(t) => vec![t.realm.to_string()],
+                },
+                mac: n.mac.clone(),
             }
         })
         .collect();
@@ -247,7 +270,13 @@ pub fn test_network(
 
     // The CAs of the network.
     let ca = crate::vm::ca::TestCa::new("mimg test network CA")?;
-    let acme = specs.iter().any(|s| s.overlay.tls == Tls::Acme);
+    let homeservers = || {
+        specs.iter().filter_map(|s| match &s.overlay {
+            AnyOverlay::Homeserver(o) => Some(&**o),
+            AnyOverlay::Turn(_) => None,
+        })
+    };
+    let acme = homeservers().any(|o| o.tls == Tls::Acme);
     let pebble_root = if acme {
         Some(start_acme(&mut tn, &ca, work.path(), rep)?)
     } else {
@@ -255,11 +284,11 @@ pub fn test_network(
     };
     let mut bundle_parts: Vec<String> = vec![ca.pem().to_string()];
     bundle_parts.extend(pebble_root.clone());
-    for s in &specs {
-        if let Some(c) = &s.overlay.federation_ca {
+    for o in homeservers() {
+        if let Some(c) = &o.federation_ca {
             bundle_parts.push(c.text().to_string());
         }
-        if let Some(c) = s.overlay.acme.as_ref().and_then(|a| a.ca.as_ref()) {
+        if let Some(c) = o.acme.as_ref().and_then(|a| a.ca.as_ref()) {
             bundle_parts.push(c.text().to_string());
         }
     }
@@ -285,26 +314,37 @@ pub fn test_network(
     let cpus = (cores / specs.len()).clamp(1, 2) as u32;
     // Each VM: the overlay as the network needs it, its seed, a data disk.
     let mut vms = Vec::new();
-    let mut overlays = Vec::new();
     for (i, s) in specs.iter().enumerate() {
-        let mut o = s.overlay.clone();
-        if let Some(a) = o.acme.as_mut() {
-            a.directory = format!("https://{ACME_NAME}:14000/dir")
-                .parse()
-                .expect("valid");
-            a.ca = Some(test_ca.clone());
-        }
-        o.federation_ca = Some(bundle_chain.clone());
-        o.trusted_key_servers = Some(Vec::new());
-        for n in &allow {
-            if !o.federation_ip_allow.contains(n) {
-                o.federation_ip_allow.push(*n);
+        let o = match &s.overlay {
+            AnyOverlay::Homeserver(o) => {
+                let mut o = (**o).clone();
+                if let Some(a) = o.acme.as_mut() {
+                    a.directory = format!("https://{ACME_NAME}:14000/dir")
+                        .parse()
+                        .expect("valid");
+                    a.ca = Some(test_ca.clone());
+                }
+                o.federation_ca = Some(bundle_chain.clone());
+                o.trusted_key_servers = Some(Vec::new());
+                for n in &allow {
+                    if !o.federation_ip_allow.contains(n) {
+                        o.federation_ip_allow.push(*n);
+                    }
+                }
+                if o.network.dns.is_empty() {
+                    o.network.dns = vec![SERVICES];
+                }
+                AnyOverlay::Homeserver(Box::new(o))
             }
-        }
-        if o.network.dns.is_empty() {
-            o.network.dns = vec![SERVICES];
-        }
-        let rendered = crate::seed::render(&o);
+            AnyOverlay::Turn(t) => {
+                let mut t = (**t).clone();
+                if t.network.dns.is_empty() {
+                    t.network.dns = vec![SERVICES];
+                }
+                AnyOverlay::Turn(Box::new(t))
+            }
+        };
+        let rendered = crate::seed::render_any(&o);
         let seed = work.path().join(format!("seed-{i}.img"));
         std::fs::write(
             &seed,
@@ -314,22 +354,28 @@ pub fn test_network(
         crate::tools::qemu::create_qcow2(&data, None, Some("8G"))
             .context("qemu-img could not make a data disk")?;
         let (p80, p443) = (free_port()?, free_port()?);
+        let hs = matches!(o, AnyOverlay::Homeserver(_));
         let spec = crate::vm::RunSpec {
             image: images[i].clone(),
             seed: Some(seed),
             data_disk: Some(data),
-            forwards: vec![
-                crate::vm::Forward {
-                    host: p80,
-                    guest: 80,
-                },
-                crate::vm::Forward {
-                    host: p443,
-                    guest: 443,
-                },
-            ],
-            serial_log: work.path().join(format!("serial-{}.log", o.customer)),
-            memory_mib: 2048,
+            forwards: if hs {
+                vec![
+                    crate::vm::Forward {
+                        host: p80,
+                        guest: 80,
+                    },
+                    crate::vm::Forward {
+                        host: p443,
+                        guest: 443,
+                    },
+                ]
+            } else {
+                Vec::new()
+            },
+            serial_log: work.path().join(format!("serial-{}.log", o.customer())),
+            // coturn alone needs far less than Synapse and PostgreSQL.
+            memory_mib: if hs { 2048 } else { 1024 },
             cpus,
             uefi: false,
             attach: Some(tn.attach[i].clone()),
@@ -337,52 +383,63 @@ pub fn test_network(
         let vm = crate::vm::start(&spec)?;
         tn.track(vm.pid());
         rep.note(&format!(
-            "booting {} for {} at {} ({})",
+            "booting {} for {} ({}) at {} ({})",
             images[i].display(),
-            o.customer,
-            o.network.address.addr,
+            o.customer(),
+            o.kind(),
+            o.network().address.addr,
             vm.accel.to_uppercase()
         ));
-        let tls = (o.tls != Tls::External).then(|| TlsTarget {
-            port: p443,
-            names: vec![
-                o.server_name.to_string(),
-                o.homeserver.to_string(),
-                o.web_client.to_string(),
-            ],
-            ca_pem: &bundle,
-        });
-        let client = Client::with_tls(p80, tls)?;
-        vms.push((vm, client));
-        overlays.push(o);
+        let role = match o {
+            AnyOverlay::Homeserver(o) => {
+                let tls = (o.tls != Tls::External).then(|| TlsTarget {
+                    port: p443,
+                    names: vec![
+                        o.server_name.to_string(),
+                        o.homeserver.to_string(),
+                        o.web_client.to_string(),
+                    ],
+                    ca_pem: &bundle,
+                });
+                let client = Client::with_tls(p80, tls)?;
+                Role::Homeserver(*o, client)
+            }
+            AnyOverlay::Turn(t) => Role::Turn(*t),
+        };
+        vms.push((vm, role));
     }
 
     // Every VM's checks, side by side.
     let limit = Duration::from_secs(opts.timeout);
+    let ns = tn.ns.as_str();
     let reports: Vec<Vec<Check>> = std::thread::scope(|sc| {
         let handles: Vec<_> = vms
             .iter_mut()
-            .zip(&overlays)
-            .map(|((vm, client), o)| {
+            .map(|(vm, role)| {
                 let guest = vm.guest;
                 let accel = vm.accel;
                 let mode = vm.mode;
-                sc.spawn(move || {
-                    let boot = Instant::now();
-                    let healthy = acceptance::wait_healthy(client, o, limit, &mut || vm.running());
-                    let mut checks = vec![Check {
-                        name: "boot until Synapse answers through nginx".into(),
-                        ok: healthy.is_ok(),
-                        seconds: boot.elapsed().as_secs_f64(),
-                        detail: match &healthy {
-                            Ok(_) => format!("{}, {mode}", accel.to_uppercase()),
-                            Err(e) => e.to_string(),
-                        },
-                    }];
-                    if healthy.is_ok() {
-                        checks.extend(acceptance::run_checks(client, o, guest));
+                let role = &*role;
+                sc.spawn(move || match role {
+                    Role::Homeserver(o, client) => {
+                        let boot = Instant::now();
+                        let healthy =
+                            acceptance::wait_healthy(client, o, limit, &mut || vm.running());
+                        let mut checks = vec![Check {
+                            name: "boot until Synapse answers through nginx".into(),
+                            ok: healthy.is_ok(),
+                            seconds: boot.elapsed().as_secs_f64(),
+                            detail: match &healthy {
+                                Ok(_) => format!("{}, {mode}", accel.to_uppercase()),
+                                Err(e) => e.to_string(),
+                            },
+                        }];
+                        if healthy.is_ok() {
+                            checks.extend(acceptance::run_checks(client, o, guest));
+                        }
+                        checks
                     }
-                    checks
+                    Role::Turn(t) => crate::vm::turn::checks(ns, t, limit, &mut || vm.running()),
                 })
             })
             .collect();
@@ -393,35 +450,39 @@ pub fn test_network(
     });
     let all_up = reports.iter().all(|c| c.first().is_some_and(|c| c.ok));
 
-    let federation = if vms.len() >= 2 && all_up {
+    let servers: Vec<crate::vm::federation::Server> = vms
+        .iter()
+        .filter_map(|(_, role)| match role {
+            Role::Homeserver(o, client) => Some(crate::vm::federation::Server { overlay: o, client }),
+            Role::Turn(_) => None,
+        })
+        .collect();
+    let federation = if servers.len() >= 2 && all_up {
         rep.note("checking federation between the homeservers");
-        let servers: Vec<crate::vm::federation::Server> = vms
-            .iter()
-            .zip(&overlays)
-            .map(|((_, client), o)| crate::vm::federation::Server { overlay: o, client })
-            .collect();
         crate::vm::federation::checks(&servers)
     } else {
         Vec::new()
     };
+    drop(servers);
 
     let checks_ok = reports.iter().flatten().chain(&federation).all(|c| c.ok);
+    let roles: Vec<&Role> = vms.iter().map(|(_, r)| r).collect();
     let exec = match &opts.exec {
-        Some(cmd) if checks_ok => Some(run_exec(&tn, cmd, &specs, &overlays, &bundle_file)?),
+        Some(cmd) if checks_ok => Some(run_exec(&tn, cmd, &specs, &roles, &bundle_file)?),
         _ => None,
     };
 
     let mut out = Vec::new();
-    for (((vm, _), o), (checks, s)) in vms
+    for (((vm, role), checks), (s, image)) in vms
         .iter()
-        .zip(&overlays)
-        .zip(reports.into_iter().zip(&specs))
+        .zip(reports)
+        .zip(specs.iter().zip(&images))
     {
         out.push(VmReport {
-            customer: o.customer.to_string(),
+            customer: role.customer(),
             recipe: s.recipe.name.to_string(),
-            image: images[out.len()].clone(),
-            address: o.network.address.addr.to_string(),
+            image: image.clone(),
+            address: role.address().to_string(),
             accel: vm.accel,
             checks,
             serial_tail: super::test::serial_tail(&vm.serial()),
@@ -446,22 +507,30 @@ fn run_exec(
     tn: &TestNet,
     cmd: &str,
     specs: &[VmSpec],
-    overlays: &[Overlay],
+    roles: &[&Role],
     ca_file: &Path,
 ) -> Result<ExecReport> {
     let vms: Vec<serde_json::Value> = specs
         .iter()
-        .zip(overlays)
-        .map(|(s, o)| {
-            serde_json::json!({
+        .zip(roles)
+        .map(|(s, r)| match r {
+            Role::Homeserver(o, _) => serde_json::json!({
                 "customer": o.customer,
+                "kind": "homeserver",
                 "recipe": s.recipe.name.to_string(),
                 "address": o.network.address.addr.to_string(),
                 "server_name": o.server_name,
                 "homeserver": o.homeserver,
                 "web_client": o.web_client,
                 "tls": o.tls,
-            })
+            }),
+            Role::Turn(t) => serde_json::json!({
+                "customer": t.customer,
+                "kind": "turn",
+                "recipe": s.recipe.name.to_string(),
+                "address": t.network.address.addr.to_string(),
+                "realm": t.realm,
+            }),
         })
         .collect();
     let env = vec![

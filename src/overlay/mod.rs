@@ -6,6 +6,7 @@
 //! [`Secret`] values that never print.
 
 pub mod pem;
+pub mod turn;
 pub mod values;
 
 use std::collections::BTreeSet;
@@ -16,6 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 pub use pem::{CertChain, PrivateKey};
+pub use turn::TurnServer;
 pub use values::*;
 
 use crate::recipe::{Loc, span_loc};
@@ -152,6 +154,8 @@ pub struct Overlay {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Raw {
+    #[allow(dead_code)]
+    kind: Option<Spanned<String>>,
     customer: Spanned<String>,
     server_name: Spanned<String>,
     homeserver: Spanned<String>,
@@ -282,6 +286,15 @@ impl Ctx<'_> {
         CertChain::parse(&text).map_err(|e| self.err(v, key, format!("{}: {}", p.display(), e.0)))
     }
 
+    /// Every value of a list, each checked.
+    fn list<T: std::str::FromStr<Err = Refused>>(
+        &self,
+        v: &[Spanned<String>],
+        key: &str,
+    ) -> Result<Vec<T>, OverlayError> {
+        v.iter().map(|x| self.parse(x, key)).collect()
+    }
+
     fn choice<T: Copy>(
         &self,
         v: &Option<Spanned<String>>,
@@ -309,7 +322,86 @@ impl Ctx<'_> {
     }
 }
 
-/// Load and validate the overlay at `path`.
+/// An overlay of either kind: `kind = "homeserver"` (the default) or
+/// `kind = "turn"`.
+#[derive(Debug, Clone)]
+pub enum AnyOverlay {
+    Homeserver(Box<Overlay>),
+    Turn(Box<TurnServer>),
+}
+
+impl AnyOverlay {
+    pub fn customer(&self) -> &Customer {
+        match self {
+            AnyOverlay::Homeserver(o) => &o.customer,
+            AnyOverlay::Turn(t) => &t.customer,
+        }
+    }
+
+    pub fn network(&self) -> &Network {
+        match self {
+            AnyOverlay::Homeserver(o) => &o.network,
+            AnyOverlay::Turn(t) => &t.network,
+        }
+    }
+
+    /// `homeserver` or `turn`, as the overlay's `kind` says.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            AnyOverlay::Homeserver(_) => "homeserver",
+            AnyOverlay::Turn(_) => "turn",
+        }
+    }
+}
+
+/// Load and validate the overlay at `path`, of whichever kind it is.
+pub fn load_any(path: &Path) -> Result<AnyOverlay, OverlayError> {
+    let text = std::fs::read_to_string(path).map_err(|source| OverlayError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_any(path, &text)
+}
+
+/// Validate overlay `text` read from `path`, of the kind its `kind` says.
+pub fn parse_any(path: &Path, text: &str) -> Result<AnyOverlay, OverlayError> {
+    match &kind_of(path, text)? {
+        None => Ok(AnyOverlay::Homeserver(Box::new(parse(path, text)?))),
+        Some(v) => match v.get_ref().as_str() {
+            Some("homeserver") => Ok(AnyOverlay::Homeserver(Box::new(parse(path, text)?))),
+            Some("turn") => Ok(AnyOverlay::Turn(Box::new(turn::parse(path, text)?))),
+            _ => Err(OverlayError::Invalid {
+                loc: span_loc(path, text, v.span()),
+                key: "kind".into(),
+                msg: format!(
+                    "{} is not one of \"homeserver\", \"turn\"",
+                    v.get_ref()
+                ),
+            }),
+        },
+    }
+}
+
+/// The overlay's `kind` value, if it has one.
+fn kind_of(path: &Path, text: &str) -> Result<Option<Spanned<toml::Value>>, OverlayError> {
+    #[derive(Deserialize)]
+    struct Kind {
+        kind: Option<Spanned<toml::Value>>,
+    }
+    let k: Kind = toml::from_str(text).map_err(|e| syntax(path, text, &e))?;
+    Ok(k.kind)
+}
+
+/// A TOML error, with its place.
+fn syntax(path: &Path, text: &str, e: &toml::de::Error) -> OverlayError {
+    OverlayError::Syntax {
+        loc: span_loc(path, text, e.span().unwrap_or(0..0)),
+        msg: e.message().trim().to_string(),
+    }
+}
+
+/// Load and validate the homeserver overlay at `path`.
+#[cfg(test)]
 pub fn load(path: &Path) -> Result<Overlay, OverlayError> {
     let text = std::fs::read_to_string(path).map_err(|source| OverlayError::Read {
         path: path.to_path_buf(),
@@ -318,13 +410,22 @@ pub fn load(path: &Path) -> Result<Overlay, OverlayError> {
     parse(path, &text)
 }
 
-/// Validate overlay `text` as if read from `path` (secret files are read
-/// relative to it).
+/// Validate homeserver overlay `text` as if read from `path` (secret files
+/// are read relative to it).
 pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
-    let raw: Raw = toml::from_str(text).map_err(|e| OverlayError::Syntax {
-        loc: span_loc(path, text, e.span().unwrap_or(0..0)),
-        msg: e.message().trim().to_string(),
-    })?;
+    if let Some(k) = kind_of(path, text)?
+        && k.get_ref().as_str() != Some("homeserver")
+    {
+        return Err(OverlayError::Invalid {
+            loc: span_loc(path, text, k.span()),
+            key: "kind".into(),
+            msg: format!(
+                "a homeserver overlay is needed here, and this one is kind = {}",
+                k.get_ref()
+            ),
+        });
+    }
+    let raw: Raw = toml::from_str(text).map_err(|e| syntax(path, text, &e))?;
     let c = Ctx { path, text };
     let customer: Customer = c.parse(&raw.customer, "customer")?;
     let server_name: DomainName = c.parse(&raw.server_name, "server_name")?;
@@ -379,53 +480,13 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         _ => None,
     };
     let tls_files = match tls {
-        Tls::Files => {
-            let missing = |key: &str| {
-                c.err(
-                    raw.tls.as_ref().expect("tls was given"),
-                    "tls",
-                    format!("tls = \"files\" needs `{key}`"),
-                )
-            };
-            let cv = raw
-                .tls_cert_file
-                .as_ref()
-                .ok_or_else(|| missing("tls_cert_file"))?;
-            let kv = raw
-                .tls_key_file
-                .as_ref()
-                .ok_or_else(|| missing("tls_key_file"))?;
-            let chain = c.certs(cv, "tls_cert_file")?;
-            let (kp, ktext) = c.file(kv, "tls_key_file")?;
-            let key = PrivateKey::parse(&ktext)
-                .map_err(|e| c.err(kv, "tls_key_file", format!("{}: {}", kp.display(), e.0)))?;
-            let cp = c.path.parent().unwrap_or(Path::new(".")).join(cv.get_ref());
-            if !key.matches(&chain) {
-                return Err(c.err(
-                    kv,
-                    "tls_key_file",
-                    format!(
-                        "the key in {} is not the key of the certificate in {}",
-                        kp.display(),
-                        cp.display()
-                    ),
-                ));
-            }
-            for name in [&server_name, &homeserver, &web_client] {
-                if !chain.covers(name.as_str()) {
-                    return Err(c.err(
-                        cv,
-                        "tls_cert_file",
-                        format!(
-                            "the certificate in {} does not cover {name} (it names {})",
-                            cp.display(),
-                            chain.leaf_names().join(", ")
-                        ),
-                    ));
-                }
-            }
-            Some(TlsFiles { chain, key })
-        }
+        Tls::Files => Some(tls_files(
+            &c,
+            raw.tls.as_ref().expect("tls was given"),
+            raw.tls_cert_file.as_ref(),
+            raw.tls_key_file.as_ref(),
+            &[&server_name, &homeserver, &web_client],
+        )?),
         _ => None,
     };
     let federation = match &raw.federation {
@@ -512,8 +573,99 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
             password: c.secret(&a.password_file, "admin.password_file")?,
         });
     }
-    let n = &raw.network;
+    let network = network(&c, &raw.network)?;
+    let data_disk = match &raw.data_disk {
+        Some(d) => c.parse(&d.device, "data_disk.device")?,
+        None => "/dev/vdb".parse().expect("valid"),
+    };
+    let mattermost = match raw.bridge.as_ref().and_then(|b| b.mattermost.as_ref()) {
+        Some(m) => Some(Mattermost {
+            url: c.parse(&m.url, "bridge.mattermost.url")?,
+            team: c.parse(&m.team, "bridge.mattermost.team")?,
+            token: c.secret(&m.token_file, "bridge.mattermost.token_file")?,
+        }),
+        None => None,
+    };
+    let ssh_authorized_keys = c.list(&raw.ssh_authorized_keys, "ssh_authorized_keys")?;
+    Ok(Overlay {
+        customer,
+        server_name,
+        homeserver,
+        web_client,
+        tls,
+        acme,
+        tls_files,
+        federation,
+        federation_ca,
+        trusted_key_servers,
+        federation_ip_allow,
+        registration,
+        max_upload,
+        turn,
+        admins,
+        network,
+        data_disk,
+        mattermost,
+        ssh_authorized_keys,
+    })
+}
+
+/// `tls = "files"`: the chain and key the overlay names, which must match
+/// each other and cover every one of `names`.
+fn tls_files(
+    c: &Ctx,
+    tls: &Spanned<String>,
+    cert: Option<&Spanned<String>>,
+    key: Option<&Spanned<String>>,
+    names: &[&DomainName],
+) -> Result<TlsFiles, OverlayError> {
+    let missing = |key: &str| {
+        c.err(
+            tls,
+            "tls",
+            format!("tls = \"files\" needs `{key}`"),
+        )
+    };
+    let cv = cert.ok_or_else(|| missing("tls_cert_file"))?;
+    let kv = key.ok_or_else(|| missing("tls_key_file"))?;
+    let chain = c.certs(cv, "tls_cert_file")?;
+    let (kp, ktext) = c.file(kv, "tls_key_file")?;
+    let key = PrivateKey::parse(&ktext)
+        .map_err(|e| c.err(kv, "tls_key_file", format!("{}: {}", kp.display(), e.0)))?;
+    let cp = c.path.parent().unwrap_or(Path::new(".")).join(cv.get_ref());
+    if !key.matches(&chain) {
+        return Err(c.err(
+            kv,
+            "tls_key_file",
+            format!(
+                "the key in {} is not the key of the certificate in {}",
+                kp.display(),
+                cp.display()
+            ),
+        ));
+    }
+    for name in names {
+        if !chain.covers(name.as_str()) {
+            return Err(c.err(
+                cv,
+                "tls_cert_file",
+                format!(
+                    "the certificate in {} does not cover {name} (it names {})",
+                    cp.display(),
+                    chain.leaf_names().join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(TlsFiles { chain, key })
+}
+
+/// The `[network]` table, homeserver or TURN server alike.
+fn network(c: &Ctx, n: &RawNetwork) -> Result<Network, OverlayError> {
     let address: Ipv6Net = c.parse(&n.address, "network.address")?;
+    if let Some(why) = address.host_address_problem() {
+        return Err(c.err(&n.address, "network.address", why));
+    }
     let gateway =
         parse_ipv6(n.gateway.get_ref()).map_err(|e| c.err(&n.gateway, "network.gateway", e.0))?;
     let link_local = (gateway.segments()[0] & 0xffc0) == 0xfe80;
@@ -569,50 +721,12 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         }
         None => None,
     };
-    let network = Network {
+    Ok(Network {
         address,
         gateway,
         dns,
         interface,
         mac,
-    };
-    let data_disk = match &raw.data_disk {
-        Some(d) => c.parse(&d.device, "data_disk.device")?,
-        None => "/dev/vdb".parse().expect("valid"),
-    };
-    let mattermost = match raw.bridge.as_ref().and_then(|b| b.mattermost.as_ref()) {
-        Some(m) => Some(Mattermost {
-            url: c.parse(&m.url, "bridge.mattermost.url")?,
-            team: c.parse(&m.team, "bridge.mattermost.team")?,
-            token: c.secret(&m.token_file, "bridge.mattermost.token_file")?,
-        }),
-        None => None,
-    };
-    let ssh_authorized_keys = raw
-        .ssh_authorized_keys
-        .iter()
-        .map(|k| c.parse(k, "ssh_authorized_keys"))
-        .collect::<Result<Vec<SshKey>, _>>()?;
-    Ok(Overlay {
-        customer,
-        server_name,
-        homeserver,
-        web_client,
-        tls,
-        acme,
-        tls_files,
-        federation,
-        federation_ca,
-        trusted_key_servers,
-        federation_ip_allow,
-        registration,
-        max_upload,
-        turn,
-        admins,
-        network,
-        data_disk,
-        mattermost,
-        ssh_authorized_keys,
     })
 }
 

@@ -224,6 +224,30 @@ const BAD: &[(&str, &str, &str, &str)] = &[
         "network.address",
     ),
     (
+        "multicast address",
+        "address =",
+        "address = \"ff02::1/64\"",
+        "network.address",
+    ),
+    (
+        "loopback address",
+        "address =",
+        "address = \"::1/64\"",
+        "network.address",
+    ),
+    (
+        "link-local static address",
+        "address =",
+        "address = \"fe80::20/64\"",
+        "network.address",
+    ),
+    (
+        "all-zero host part",
+        "address =",
+        "address = \"2001:db8:10::/64\"",
+        "network.address",
+    ),
+    (
         "IPv4 gateway",
         "gateway =",
         "gateway = \"192.0.2.1\"",
@@ -600,5 +624,119 @@ fn federation_is_open_closed_or_a_list_and_key_servers_are_explicit() {
             e.contains("o.toml:5:") && e.contains(&format!("`{key}`")),
             "{bad}: {e}"
         );
+    }
+}
+
+const TURN: &str = r#"kind = "turn"
+customer = "provider-turn"
+realm = "turn.example.net"
+[turn_server]
+secret_files = ["s/turn", "s/admin"]
+min_port = 50000
+max_port = 50100
+[network]
+address = "2001:db8:20::10/64"
+gateway = "2001:db8:20::1"
+"#;
+
+#[test]
+fn a_turn_overlay_parses_by_its_kind_and_a_homeserver_one_stays_as_it_was() {
+    let d = dir_with_secrets();
+    let path = d.path().join("t.toml");
+    let t = match parse_any(&path, TURN).unwrap() {
+        AnyOverlay::Turn(t) => t,
+        AnyOverlay::Homeserver(_) => panic!("a turn overlay read as a homeserver's"),
+    };
+    assert_eq!(t.realm.as_str(), "turn.example.net");
+    assert_eq!(
+        t.secrets.iter().map(|s| s.expose()).collect::<Vec<_>>(),
+        ["turn-secret-0123456789", "admin-password-0123"]
+    );
+    assert_eq!((t.min_port, t.max_port), (50000, 50100));
+    assert!(t.tls_files.is_none());
+    assert!(!format!("{t:?}").contains("turn-secret-0123456789"));
+    let t = match parse_any(&path, &TURN.replace("min_port = 50000\nmax_port = 50100\n", "")).unwrap() {
+        AnyOverlay::Turn(t) => t,
+        _ => unreachable!(),
+    };
+    assert_eq!((t.min_port, t.max_port), (49152, 65535), "coturn's default range");
+    assert!(matches!(
+        parse_any(&d.path().join("o.toml"), GOOD).unwrap(),
+        AnyOverlay::Homeserver(_)
+    ));
+    let hs = format!("kind = \"homeserver\"\n{GOOD}");
+    assert!(matches!(
+        parse_any(&d.path().join("o.toml"), &hs).unwrap(),
+        AnyOverlay::Homeserver(_)
+    ));
+    // A turn overlay where a homeserver's is needed says so.
+    let e = parse(&path, TURN).unwrap_err().to_string();
+    assert!(e.contains("t.toml:1:") && e.contains("`kind`"), "{e}");
+}
+
+#[test]
+fn bad_turn_values_are_refused_with_file_line_and_key() {
+    let d = dir_with_secrets();
+    let path = d.path().join("t.toml");
+    for (what, prefix, with, key) in [
+        ("unknown kind", "kind =", "kind = \"stun\"", "kind"),
+        ("realm not a domain", "realm =", "realm = \"turn example\"", "realm"),
+        ("no secret", "secret_files =", "secret_files = []", "turn_server.secret_files"),
+        ("a secret twice", "secret_files =", "secret_files = [\"s/turn\", \"s/turn\"]", "turn_server.secret_files"),
+        ("unreadable secret", "secret_files =", "secret_files = [\"s/none\"]", "turn_server.secret_files"),
+        ("two-line secret", "secret_files =", "secret_files = [\"s/bad\"]", "turn_server.secret_files"),
+        ("privileged port", "min_port =", "min_port = 80", "turn_server.min_port"),
+        ("port out of range", "max_port =", "max_port = 70000", "turn_server.max_port"),
+        ("empty range", "min_port =", "min_port = 60000", "turn_server.max_port"),
+        ("range over the listener", "min_port =", "min_port = 3000", "turn_server.max_port"),
+        ("multicast address", "address =", "address = \"ff05::2/64\"", "network.address"),
+        ("all-zero host part", "address =", "address = \"2001:db8:20::/64\"", "network.address"),
+        ("unknown key", "realm =", "realm = \"turn.example.net\"\nlisten = \"x\"", "listen"),
+        ("cert without tls = files", "realm =", "realm = \"turn.example.net\"\ntls_cert_file = \"c.pem\"", "tls_cert_file"),
+    ] {
+        let (text, line) = replace_line(TURN, prefix, with);
+        let e = match parse_any(&path, &text) {
+            Ok(_) => panic!("{what}: accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(e.contains(&format!("t.toml:{line}:")) || key == "listen" || key == "tls_cert_file" || key == "turn_server.max_port", "{what}: wrong place: {e}");
+        assert!(e.contains(key), "{what}: wrong key: {e}");
+    }
+}
+
+#[test]
+fn a_turn_server_with_tls_files_needs_a_certificate_for_its_realm() {
+    let d = dir_with_secrets();
+    cert_files(d.path(), "t", &["turn.example.net"]);
+    cert_files(d.path(), "o", &["other.example.net"]);
+    let path = d.path().join("t.toml");
+    let with = |stem: &str| {
+        TURN.replace(
+            "[turn_server]",
+            &format!("tls = \"files\"\ntls_cert_file = \"{stem}.crt\"\ntls_key_file = \"{stem}.key\"\n[turn_server]"),
+        )
+    };
+    match parse_any(&path, &with("t")).unwrap() {
+        AnyOverlay::Turn(t) => assert!(t.tls_files.is_some()),
+        _ => unreachable!(),
+    }
+    let e = parse_any(&path, &with("o")).unwrap_err().to_string();
+    assert!(e.contains("does not cover turn.example.net"), "{e}");
+}
+
+#[test]
+fn a_host_address_must_be_a_usable_unicast_one() {
+    let ok = |s: &str| s.parse::<Ipv6Net>().unwrap().host_address_problem();
+    assert_eq!(ok("2001:db8:10::20/64"), None);
+    assert_eq!(ok("fd00:1::5/64"), None, "unique-local is a host address");
+    assert_eq!(ok("2001:db8:10::/128"), None, "a /128 has no host part to be zero");
+    for (bad, why) in [
+        ("ff02::1/64", "multicast"),
+        ("::1/128", "loopback"),
+        ("fe80::20/64", "link-local"),
+        ("2001:db8:10::/64", "all-zero host part"),
+    ] {
+        let e = ok(bad).unwrap_or_default();
+        assert!(e.contains(why), "{bad}: {e}");
     }
 }

@@ -343,6 +343,28 @@ impl fmt::Display for Ipv6Net {
     }
 }
 
+impl Ipv6Net {
+    /// Why `addr` cannot be a VM's own static address in this network, if
+    /// it cannot: a multicast, loopback or link-local address, or the
+    /// all-zero host part (the subnet-router anycast address) of a network
+    /// wider than /127.
+    pub fn host_address_problem(&self) -> Option<String> {
+        let a = self.addr;
+        let why = if a.is_multicast() {
+            "is a multicast address"
+        } else if a.is_loopback() {
+            "is the loopback address"
+        } else if (a.segments()[0] & 0xffc0) == 0xfe80 {
+            "is link-local: a VM's static address must be global or unique-local (the gateway may be link-local)"
+        } else if self.prefix < 127 && u128::from(a) & (u128::MAX >> self.prefix) == 0 {
+            "has an all-zero host part: it is the network's subnet-router anycast address, not a host's"
+        } else {
+            return None;
+        };
+        Some(format!("{a} {why}"))
+    }
+}
+
 /// A plain IPv6 address (no zone, no IPv4-mapped form, not unspecified).
 pub fn parse_ipv6(s: &str) -> Result<Ipv6Addr, Refused> {
     if s.parse::<std::net::Ipv4Addr>().is_ok() {

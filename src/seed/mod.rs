@@ -31,7 +31,9 @@
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-use crate::overlay::{Federation, Overlay, Registration, Tls};
+use crate::overlay::{
+    AnyOverlay, Customer, Federation, Network, Overlay, Registration, SshKey, Tls, TurnServer,
+};
 
 /// Where the image keeps the seed's secrets.
 pub const SECRETS_DIR: &str = "/etc/mimg/secrets";
@@ -156,24 +158,105 @@ pub fn render(o: &Overlay) -> Rendered {
             secret: true,
         });
     }
-    if !o.network.dns.is_empty() {
-        let mut r = String::from("# Written by mimg seed.\n");
-        for d in &o.network.dns {
-            r.push_str(&format!("nameserver {d}\n"));
-        }
-        files.push(plain("/etc/resolv.conf", r));
+    if let Some(r) = resolv_conf(&o.network) {
+        files.push(r);
     }
 
-    let network_config = network_config(o);
-    let user_data = user_data(o, &files);
+    finish(&o.customer, &o.network, &o.ssh_authorized_keys, files)
+}
+
+/// The seed of either kind of overlay.
+pub fn render_any(o: &AnyOverlay) -> Rendered {
+    match o {
+        AnyOverlay::Homeserver(o) => render(o),
+        AnyOverlay::Turn(t) => render_turn(t),
+    }
+}
+
+/// The seed of a TURN server: the shared secrets (one file each, 0600),
+/// the TLS chain and key where it has them, and the values the first-boot
+/// script writes coturn's configuration from (it puts each secret into the
+/// configuration itself, from its file: never through sed or a shell word).
+pub fn render_turn(t: &TurnServer) -> Rendered {
+    let mut files = Vec::new();
+    let secret_files: Vec<String> = (0..t.secrets.len())
+        .map(|i| format!("{SECRETS_DIR}/turn-{i}.secret"))
+        .collect();
+    let v = json!({
+        "version": 1,
+        "kind": "turn",
+        "customer": t.customer,
+        "realm": t.realm,
+        "address": t.network.address.addr.to_string(),
+        "min_port": t.min_port,
+        "max_port": t.max_port,
+        "tls": if t.tls_files.is_some() { "files" } else { "none" },
+        "turn_secret_files": secret_files,
+    });
+    files.push(VmFile {
+        path: "/etc/mimg/overlay.json".into(),
+        mode: 0o644,
+        content: serde_json::to_string_pretty(&v).expect("json") + "\n",
+        secret: false,
+    });
+    for (path, s) in secret_files.iter().zip(&t.secrets) {
+        files.push(VmFile {
+            path: path.clone(),
+            mode: 0o600,
+            content: format!("{}\n", s.expose()),
+            secret: true,
+        });
+    }
+    if let Some(f) = &t.tls_files {
+        files.push(VmFile {
+            path: TLS_CHAIN.into(),
+            mode: 0o644,
+            content: f.chain.text().to_string(),
+            secret: false,
+        });
+        files.push(VmFile {
+            path: format!("{SECRETS_DIR}/tls.key"),
+            mode: 0o600,
+            content: f.key.expose().to_string(),
+            secret: true,
+        });
+    }
+    if let Some(r) = resolv_conf(&t.network) {
+        files.push(r);
+    }
+    finish(&t.customer, &t.network, &t.ssh_authorized_keys, files)
+}
+
+fn resolv_conf(n: &Network) -> Option<VmFile> {
+    if n.dns.is_empty() {
+        return None;
+    }
+    let mut r = String::from("# Written by mimg seed.\n");
+    for d in &n.dns {
+        r.push_str(&format!("nameserver {d}\n"));
+    }
+    Some(VmFile {
+        path: "/etc/resolv.conf".into(),
+        mode: 0o644,
+        content: r,
+        secret: false,
+    })
+}
+
+/// The three NoCloud files around `files`; the instance id derives from
+/// what the seed says, so a changed seed runs cloud-init's first-boot
+/// modules again.
+fn finish(customer: &Customer, n: &Network, ssh: &[SshKey], files: Vec<VmFile>) -> Rendered {
+    let network_config = network_config(n);
+    let user_data = user_data(customer, ssh, &files);
     let mut h = Sha256::new();
     h.update(network_config.as_bytes());
     h.update(user_data.as_bytes());
     let id = hex::encode(h.finalize());
     let meta_data = format!(
         "instance-id: {}\nlocal-hostname: {}\n",
-        q(&format!("{}-{}", o.customer, &id[..16])),
-        q(o.customer.as_str())
+        q(&format!("{}-{}", customer, &id[..16])),
+        q(customer.as_str())
     );
     Rendered {
         meta_data,
@@ -380,8 +463,7 @@ fn matterbridge_toml(o: &Overlay) -> String {
     )
 }
 
-fn network_config(o: &Overlay) -> String {
-    let n = &o.network;
+fn network_config(n: &Network) -> String {
     let mut s =
         String::from("# Written by mimg seed: IPv6 only, static.\nversion: 2\nethernets:\n");
     s.push_str(&format!("  {}:\n", n.interface));
@@ -412,16 +494,15 @@ fn network_config(o: &Overlay) -> String {
     s
 }
 
-fn user_data(o: &Overlay, files: &[VmFile]) -> String {
+fn user_data(customer: &Customer, ssh: &[SshKey], files: &[VmFile]) -> String {
     let mut s = format!(
-        "#cloud-config\n# Written by mimg seed for customer {}. Re-run `mimg seed` to change it.\n",
-        o.customer
+        "#cloud-config\n# Written by mimg seed for customer {customer}. Re-run `mimg seed` to change it.\n"
     );
     s.push_str("ssh_pwauth: false\ndisable_root: true\n");
     s.push_str("users:\n  - default\n");
-    if !o.ssh_authorized_keys.is_empty() {
+    if !ssh.is_empty() {
         s.push_str("ssh_authorized_keys:\n");
-        for k in &o.ssh_authorized_keys {
+        for k in ssh {
             s.push_str(&format!("  - {}\n", q(k.as_str())));
         }
     }

@@ -249,3 +249,46 @@ fn tls_files_carries_the_chain_and_the_key_0600() {
             .contains("federation_domain_whitelist: []\n")
     );
 }
+
+fn turn_example() -> TurnServer {
+    match crate::overlay::load_any(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays/turn-example.toml"),
+    )
+    .unwrap()
+    {
+        AnyOverlay::Turn(t) => *t,
+        AnyOverlay::Homeserver(_) => panic!("turn-example.toml is a TURN server's"),
+    }
+}
+
+#[test]
+fn golden_turn_user_data() {
+    insta::assert_snapshot!(render_turn(&turn_example()).user_data);
+}
+
+#[test]
+fn a_turn_seed_carries_every_secret_byte_for_byte_and_only_in_private_files() {
+    let t = turn_example();
+    let r = render_turn(&t);
+    let secrets: Vec<&VmFile> = r.files.iter().filter(|f| f.secret).collect();
+    assert_eq!(secrets.len(), t.secrets.len());
+    for (f, s) in secrets.iter().zip(&t.secrets) {
+        assert_eq!(f.mode, 0o600, "{}", f.path);
+        assert_eq!(f.content, format!("{}\n", s.expose()), "byte for byte");
+        assert!(!r.user_data.contains(s.expose()), "only base64 in user-data");
+    }
+    let v: serde_json::Value = serde_json::from_str(
+        &r.files
+            .iter()
+            .find(|f| f.path == "/etc/mimg/overlay.json")
+            .unwrap()
+            .content,
+    )
+    .unwrap();
+    assert_eq!(v["kind"], "turn");
+    assert_eq!(v["realm"], "turn.example.net");
+    assert_eq!(v["address"], "2001:db8:20::10");
+    assert_eq!(v["turn_secret_files"].as_array().unwrap().len(), 2);
+    assert!(!serde_json::to_string(&v).unwrap().contains(t.secrets[0].expose()));
+    assert_eq!(render_turn(&t), r, "same overlay, same seed");
+}

@@ -47,8 +47,8 @@ pub fn create_qcow2(
 }
 
 /// Start `qemu-system-x86_64 ARGS`, inside the network namespace `netns`
-/// when one is given; its stderr goes to ours.
-pub fn start(args: &[String], netns: Option<&str>) -> Result<Child, ToolError> {
+/// when one is given; its stderr goes to `stderr`.
+pub fn start(args: &[String], netns: Option<&str>, stderr: Stdio) -> Result<Child, ToolError> {
     let mut c = match netns {
         Some(ns) => {
             let mut c = Command::new("ip");
@@ -60,7 +60,7 @@ pub fn start(args: &[String], netns: Option<&str>) -> Result<Child, ToolError> {
     c.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(stderr);
     c.spawn().map_err(spawn_error("qemu-system-x86_64"))
 }
 

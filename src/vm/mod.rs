@@ -21,6 +21,7 @@ pub mod ca;
 pub mod dns;
 pub mod federation;
 pub mod net;
+pub mod turn;
 
 /// A forward `HOSTPORT:GUESTPORT`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,10 +127,15 @@ pub struct Vm {
     pub mode: &'static str,
     /// The accelerator QEMU runs with: `kvm` or `tcg`.
     pub accel: &'static str,
+    errors_shown: bool,
 }
 
 impl Drop for Vm {
     fn drop(&mut self) {
+        // A QEMU that stopped by itself says why.
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            self.show_errors();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
         if let Some(ns) = &self.netns
@@ -143,15 +149,27 @@ impl Drop for Vm {
 impl Vm {
     /// Wait for QEMU to exit; returns its exit status.
     pub fn wait(&mut self) -> Result<std::process::ExitStatus> {
-        Ok(self.child.wait()?)
+        let st = self.child.wait()?;
+        self.show_errors();
+        Ok(st)
+    }
+
+    /// QEMU's stderr on ours, once.
+    fn show_errors(&mut self) {
+        if !self.errors_shown {
+            self.errors_shown = true;
+            eprint!("{}", self.qemu_errors());
+        }
     }
     /// QEMU's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
-    /// Whether QEMU still runs.
+    /// Whether QEMU still runs a guest (a guest KVM failed on is paused
+    /// for good while QEMU lives on: not running).
     pub fn running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+            && (self.accel != "kvm" || !self.qemu_errors().contains(KVM_INTERNAL_ERROR))
     }
     /// The serial console so far.
     pub fn serial(&self) -> String {
@@ -179,8 +197,88 @@ fn kvm_usable() -> bool {
     crate::tools::qemu::kvm_works()
 }
 
+/// Set once a guest failed under KVM in this process: later VMs boot with
+/// TCG straight away.
+static KVM_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// What QEMU prints when KVM cannot run the guest's code (it then pauses
+/// the guest for good, and stays alive).
+const KVM_INTERNAL_ERROR: &str = "KVM internal error";
+
 /// Boot per `spec`. Forwards are served by threads of this process.
+///
+/// With KVM, the boot is watched until the guest's kernel speaks on the
+/// serial console: on some hosts /dev/kvm opens and a paused QEMU answers
+/// (the probe passes) and yet the guest's first kernel instructions end in
+/// "KVM internal error" (seen under nested virtualisation), with QEMU
+/// alive and the guest paused for good. Then the VM is started again with
+/// TCG, and so is every later one of this process.
 pub fn start(spec: &RunSpec) -> Result<Vm> {
+    let kvm = !KVM_FAILED.load(std::sync::atomic::Ordering::Relaxed) && kvm_usable();
+    let vm = if kvm {
+        let mut vm = launch(spec, "kvm")?;
+        if vm.kvm_boots() {
+            vm
+        } else {
+            KVM_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+            let errors = vm.qemu_errors();
+            eprintln!(
+                "mimg: the guest failed under KVM ({}): booting it with TCG instead",
+                errors
+                    .lines()
+                    .find(|l| l.contains(KVM_INTERNAL_ERROR))
+                    .unwrap_or("its kernel never started")
+            );
+            drop(vm);
+            let _ = std::fs::remove_file(&spec.serial_log);
+            launch(spec, "tcg,thread=multi")?
+        }
+    } else {
+        launch(spec, "tcg,thread=multi")?
+    };
+    if let (Some(ns), Some(g)) = (&vm.netns, vm.guest) {
+        for f in &spec.forwards {
+            relay(f.host, ns.clone(), g, f.guest)?;
+        }
+    }
+    Ok(vm)
+}
+
+impl Vm {
+    /// What QEMU wrote to its stderr so far.
+    fn qemu_errors(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(self._work.path().join("qemu.err")).unwrap_or_default())
+            .into_owned()
+    }
+
+    /// Under KVM: whether the guest's kernel gets to speak, within 20 s of
+    /// GRUB starting it (90 s in all). Under KVM that takes a second or
+    /// two even on a busy host; a guest KVM failed on is silent for good,
+    /// whether QEMU says so or not.
+    fn kvm_boots(&mut self) -> bool {
+        let t0 = std::time::Instant::now();
+        let mut booting: Option<std::time::Instant> = None;
+        while t0.elapsed() < std::time::Duration::from_secs(90)
+            && booting.is_none_or(|b| b.elapsed() < std::time::Duration::from_secs(20))
+        {
+            if self.qemu_errors().contains(KVM_INTERNAL_ERROR) || !self.running() {
+                return false;
+            }
+            let serial = self.serial();
+            if serial.contains("Linux version") {
+                return true;
+            }
+            if booting.is_none() && serial.contains("Booting `") {
+                booting = Some(std::time::Instant::now());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        false
+    }
+}
+
+/// Start QEMU for `spec` with `accel`; no forwards yet.
+fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
     let work = tempfile::Builder::new().prefix("mimg-run-").tempdir()?;
     let overlay = work.path().join("overlay.qcow2");
     let image = std::fs::canonicalize(&spec.image)
@@ -191,11 +289,6 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
             spec.image.display()
         )
     })?;
-    let accel = if kvm_usable() {
-        "kvm"
-    } else {
-        "tcg,thread=multi"
-    };
     let mut args: Vec<String> = vec!["-accel".into(), accel.into(), "-cpu".into(), "max".into()];
     args.extend([
         "-m".into(),
@@ -319,7 +412,10 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
             (None, None, "QEMU user network (IPv4 forwards)")
         }
     };
-    let child = crate::tools::qemu::start(&args, netns.as_deref())
+    // QEMU's stderr: kept, to see whether KVM failed, and shown when the
+    // VM is stopped.
+    let err = std::fs::File::create(work.path().join("qemu.err"))?;
+    let child = crate::tools::qemu::start(&args, netns.as_deref(), err.into())
         .context("cannot start qemu-system-x86_64")?;
     let vm = Vm {
         child,
@@ -330,12 +426,8 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
         guest,
         mode,
         accel: if accel == "kvm" { "kvm" } else { "tcg" },
+        errors_shown: false,
     };
-    if let (Some(ns), Some(g)) = (&netns, guest) {
-        for f in &spec.forwards {
-            relay(f.host, ns.clone(), g, f.guest)?;
-        }
-    }
     Ok(vm)
 }
 

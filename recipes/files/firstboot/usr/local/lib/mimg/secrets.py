@@ -12,15 +12,19 @@ shows none.
       shared-secret registration API (HMAC-SHA1 over nonce, user, password
       and role, keyed with the registration shared secret); a user that
       exists already is left as it is
-  secrets.py turnserver TEMPLATE OUT REALM_FROM SECRET_FILE
-      write coturn's config from TEMPLATE: @REALM@ becomes the overlay's
-      server name (read from the JSON file REALM_FROM), @SECRET@ the secret
-      in quotes (coturn strips one leading and one trailing quote and takes
-      what is between as it is)
+  secrets.py turnserver TEMPLATE OUT OVERLAY_JSON
+      write coturn's config from TEMPLATE and the TURN server's values in
+      OVERLAY_JSON (the seed's /etc/mimg/overlay.json): its realm, relay
+      ports and address, and one static-auth-secret line per secret file
+      (the secret in quotes: coturn strips one leading and one trailing
+      quote and takes what is between as it is; coturn accepts every
+      listed secret, so one can be rotated); with tls = "files", the
+      seed's chain and a copy of its key that coturn's group may read
 """
 import hashlib
 import hmac
 import json
+import grp
 import os
 import sys
 import urllib.error
@@ -82,22 +86,52 @@ def register(user, password_file):
         sys.exit(f"registering {user}: HTTP {status} {v.get('errcode')} {v.get('error')}")
 
 
-def turnserver(template, out, realm_from, secret_file):
-    realm = json.load(open(realm_from))["server_name"]
-    secret = one_line(secret_file).decode("utf-8")
-    text = open(template).read()
-    text = text.replace("@REALM@", realm).replace("@SECRET@", '"' + secret + '"')
-    tmp = out + ".tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+TLS_CHAIN = "/etc/mimg/tls/fullchain.pem"
+TLS_KEY = "/etc/mimg/secrets/tls.key"
+TURN_KEY = "/etc/mimg/secrets/turnserver-tls.key"
+
+
+def write_private(path, text, mode, group=None):
+    tmp = path + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.replace(tmp, out)
+    if group is not None:
+        os.chown(tmp, 0, group)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def turnserver(template, out, overlay_json):
+    o = json.load(open(overlay_json))
+    try:
+        group = grp.getgrnam("turnserver").gr_gid
+    except KeyError:
+        group = None
+    secrets = [one_line(f).decode("utf-8") for f in o["turn_secret_files"]]
+    if not secrets:
+        sys.exit("the seed names no TURN secret")
+    lines = {
+        "@REALM@": ["realm=" + o["realm"]],
+        "@PORTS@": ["min-port=%d" % o["min_port"], "max-port=%d" % o["max_port"]],
+        # Relays on the VM's own address, the one clients reach.
+        "@RELAY@": ["relay-ip=" + o["address"]] if o.get("address") else [],
+        "@SECRETS@": ['static-auth-secret="' + s + '"' for s in secrets],
+        "@TLS@": [],
+    }
+    if o.get("tls") == "files":
+        write_private(TURN_KEY, open(TLS_KEY).read(), 0o640, group)
+        lines["@TLS@"] = ["cert=" + TLS_CHAIN, "pkey=" + TURN_KEY]
+    text = []
+    for line in open(template).read().splitlines():
+        text.extend(lines.get(line.strip(), [line]))
+    write_private(out, "\n".join(text) + "\n", 0o640, group)
 
 
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "register":
         register(sys.argv[2], sys.argv[3])
-    elif len(sys.argv) == 6 and sys.argv[1] == "turnserver":
+    elif len(sys.argv) == 5 and sys.argv[1] == "turnserver":
         turnserver(*sys.argv[2:])
     else:
         sys.exit(__doc__)
