@@ -487,7 +487,8 @@ fn network_overlay(
 /// pass the built-in checks over https, they federate (keys through the
 /// delegated name, a room, an invite, a message each way), and a command
 /// inside the network resolves the names and trusts the network's CAs
-/// through SSL_CERT_FILE. Beside them the provider's shared TURN server
+/// through SSL_CERT_FILE. Alpha also serves the Synapse Admin UI on a name
+/// of its own, the only place its admin API answers. Beside them the provider's shared TURN server
 /// (`kind = "turn"`, a light VM): alpha's TURN credentials make real
 /// allocations on it with coturn's client, over UDP and TCP; a wrong
 /// password and relays to denied ranges are refused. (Two `acme`
@@ -499,12 +500,14 @@ fn customers_federate_over_tls_acme_and_files_and_share_a_turn_server_on_one_tes
     let w = work("federation");
     let (srv, sha) = standin(&w);
     let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
+    let admin_sha = admin_ui_standin(&w, &srv);
+    let recipe = with_admin_ui(&recipe, srv.port, &admin_sha);
     let a = network_overlay(
         &w,
         "alpha",
         "a",
         "token",
-        "tls = \"acme\"\nacme_email = \"ops@alpha.example\"",
+        "tls = \"acme\"\nacme_email = \"ops@alpha.example\"\nadmin_ui = \"admin.alpha.example\"",
     );
     // Charlie's own CA and certificate for its three names.
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -699,6 +702,29 @@ for peer in ['::1', 'fd00::1']:
     ] {
         assert!(exec["output"].as_str().unwrap().contains(line), "{line}: {exec}");
     }
+    // Alpha's admin UI: served on its name (with a certificate from the
+    // network's ACME server), the admin API there for an admin only, not
+    // on the homeserver's name; a registration token an admin made there
+    // lets a newcomer register.
+    for check in [
+        "alpha: the admin UI and its config.json on its own name",
+        "alpha: the admin API answers an admin on the admin UI's name only, never a non-admin",
+    ] {
+        assert!(names.iter().any(|n| n == check), "no check: {check}");
+    }
+    let token_detail = report["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|v| v["customer"] == "alpha")
+        .flat_map(|v| v["checks"].as_array().unwrap())
+        .find(|c| c["name"].as_str().unwrap().starts_with("registration needs a token"))
+        .map(|c| c["detail"].as_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        token_detail.contains("registered with a token an admin made on admin.alpha.example"),
+        "{token_detail}"
+    );
     // The TURN server's own checks: both secrets, refusals.
     for check in [
         "provider-turn: boot until coturn allocates a relay",

@@ -245,11 +245,7 @@ pub fn test_network(
                 gateway: n.gateway,
                 dns: n.dns.clone(),
                 names: match &s.overlay {
-                    AnyOverlay::Homeserver(o) => vec![
-                        o.server_name.to_string(),
-                        o.homeserver.to_string(),
-                        o.web_client.to_string(),
-                    ],
+                    AnyOverlay::Homeserver(o) => o.names().iter().map(|n| n.to_string()).collect(),
                     AnyOverlay::Turn(t) => vec![t.realm.to_string()],
                 },
                 mac: n.mac.clone(),
@@ -394,11 +390,7 @@ pub fn test_network(
             AnyOverlay::Homeserver(o) => {
                 let tls = (o.tls != Tls::External).then(|| TlsTarget {
                     port: p443,
-                    names: vec![
-                        o.server_name.to_string(),
-                        o.homeserver.to_string(),
-                        o.web_client.to_string(),
-                    ],
+                    names: o.names().iter().map(|n| n.to_string()).collect(),
                     ca_pem: &bundle,
                 });
                 let client = Client::with_tls(p80, tls)?;
@@ -522,6 +514,7 @@ fn run_exec(
                 "server_name": o.server_name,
                 "homeserver": o.homeserver,
                 "web_client": o.web_client,
+                "admin_ui": o.admin_ui,
                 "tls": o.tls,
             }),
             Role::Turn(t) => serde_json::json!({

@@ -80,6 +80,17 @@ pub enum Federation {
     Allow(Vec<DomainName>),
 }
 
+/// Where Synapse's admin API (`/_synapse/admin`) is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AdminApi {
+    /// On the admin UI's name only (where `admin_ui` names one), never on
+    /// the public homeserver name.
+    AdminUi,
+    /// Nowhere.
+    None,
+}
+
 /// Who may register accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -126,6 +137,9 @@ pub struct Overlay {
     pub server_name: DomainName,
     pub homeserver: DomainName,
     pub web_client: DomainName,
+    /// Where the Synapse Admin UI is served (absent: not served).
+    pub admin_ui: Option<DomainName>,
+    pub admin_api: AdminApi,
     pub tls: Tls,
     /// Set when `tls` is `acme`.
     pub acme: Option<Acme>,
@@ -160,6 +174,8 @@ struct Raw {
     server_name: Spanned<String>,
     homeserver: Spanned<String>,
     web_client: Spanned<String>,
+    admin_ui: Option<Spanned<String>>,
+    admin_api: Option<Spanned<String>>,
     tls: Option<Spanned<String>>,
     acme_directory: Option<Spanned<String>>,
     acme_email: Option<Spanned<String>>,
@@ -322,6 +338,21 @@ impl Ctx<'_> {
     }
 }
 
+impl Overlay {
+    /// Every name this VM serves: homeserver, server name, web client and,
+    /// where there is one, the admin UI's.
+    pub fn names(&self) -> Vec<&DomainName> {
+        let mut v = vec![&self.homeserver, &self.server_name, &self.web_client];
+        v.extend(self.admin_ui.as_ref());
+        v
+    }
+
+    /// Whether `/_synapse/admin` is served on the admin UI's name.
+    pub fn admin_api_on_ui(&self) -> bool {
+        self.admin_ui.is_some() && self.admin_api == AdminApi::AdminUi
+    }
+}
+
 /// An overlay of either kind: `kind = "homeserver"` (the default) or
 /// `kind = "turn"`.
 #[derive(Debug, Clone)]
@@ -438,6 +469,35 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
             "the web client needs a domain of its own (not the homeserver's or the server name)",
         ));
     }
+    let admin_ui: Option<DomainName> = match &raw.admin_ui {
+        Some(v) => {
+            let d: DomainName = c.parse(v, "admin_ui")?;
+            if [&server_name, &homeserver, &web_client].contains(&&d) {
+                return Err(c.err(
+                    v,
+                    "admin_ui",
+                    "the admin UI needs a domain of its own (not the homeserver's, the server name or the web client's)",
+                ));
+            }
+            Some(d)
+        }
+        None => None,
+    };
+    if let Some(v) = &raw.admin_api
+        && v.get_ref() == "monitoring"
+    {
+        return Err(c.err(
+            v,
+            "admin_api",
+            "\"monitoring\" needs the monitoring LAN, which this mimg does not set up yet; use \"admin-ui\" or \"none\"",
+        ));
+    }
+    let admin_api = c.choice(
+        &raw.admin_api,
+        "admin_api",
+        AdminApi::AdminUi,
+        &[("admin-ui", AdminApi::AdminUi), ("none", AdminApi::None)],
+    )?;
     let tls = c.choice(
         &raw.tls,
         "tls",
@@ -485,7 +545,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
             raw.tls.as_ref().expect("tls was given"),
             raw.tls_cert_file.as_ref(),
             raw.tls_key_file.as_ref(),
-            &[&server_name, &homeserver, &web_client],
+            &[&server_name, &homeserver, &web_client]
+                .into_iter()
+                .chain(admin_ui.as_ref())
+                .collect::<Vec<_>>(),
         )?),
         _ => None,
     };
@@ -592,6 +655,8 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         server_name,
         homeserver,
         web_client,
+        admin_ui,
+        admin_api,
         tls,
         acme,
         tls_files,

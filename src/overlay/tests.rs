@@ -740,3 +740,25 @@ fn a_host_address_must_be_a_usable_unicast_one() {
         assert!(e.contains(why), "{bad}: {e}");
     }
 }
+
+#[test]
+fn the_admin_ui_needs_a_name_of_its_own_and_a_known_admin_api() {
+    let d = dir_with_secrets();
+    let path = d.path().join("o.toml");
+    let with = |lines: &str| GOOD.replace("tls = \"external\"", &format!("tls = \"external\"\n{lines}"));
+    let o = parse(&path, &with("admin_ui = \"admin.example.org\"")).unwrap();
+    assert_eq!(o.admin_ui.as_ref().unwrap().as_str(), "admin.example.org");
+    assert!(o.admin_api_on_ui());
+    assert_eq!(o.names().len(), 4);
+    let o = parse(&path, &with("admin_ui = \"admin.example.org\"\nadmin_api = \"none\"")).unwrap();
+    assert!(!o.admin_api_on_ui());
+    for (lines, key, why) in [
+        ("admin_ui = \"matrix.example.org\"", "admin_ui", "own"),
+        ("admin_ui = \"not a name\"", "admin_ui", ""),
+        ("admin_api = \"public\"", "admin_api", "not one of"),
+        ("admin_api = \"monitoring\"", "admin_api", "monitoring LAN"),
+    ] {
+        let e = parse(&path, &with(lines)).unwrap_err().to_string();
+        assert!(e.contains("o.toml:6:") && e.contains(&format!("`{key}`")) && e.contains(why), "{lines}: {e}");
+    }
+}

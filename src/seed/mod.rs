@@ -25,6 +25,7 @@
 //! | `/etc/systemd/system/certbot.service.d/mimg.conf` | 0644 | renewals trust that CA too |
 //! | `/etc/mimg/federation-ca/N.pem` | 0644 | CAs Synapse trusts for federation (`federation_ca_file`), one per file |
 //! | `/etc/element-web/config.json` | 0644 | the web client's homeserver |
+//! | `/etc/synapse-admin/config.json` | 0644 | `admin_ui`: the admin UI restricted to this homeserver (through the UI's own name, where nginx serves `/_synapse/admin` when `admin_api = "admin-ui"`) |
 //! | `/etc/matterbridge/matterbridge.toml` | 0600 | where a bridge is configured |
 //! | `/etc/resolv.conf` | 0644 | the overlay's DNS servers |
 
@@ -32,7 +33,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::overlay::{
-    AnyOverlay, Customer, Federation, Network, Overlay, Registration, SshKey, Tls, TurnServer,
+    AnyOverlay, Customer, DomainName, Federation, Network, Overlay, Registration, SshKey, Tls,
+    TurnServer,
 };
 
 /// Where the image keeps the seed's secrets.
@@ -48,6 +50,7 @@ fn federation_ca_path(i: usize) -> String {
     format!("/etc/mimg/federation-ca/{i}.pem")
 }
 const TLS_CHAIN: &str = "/etc/mimg/tls/fullchain.pem";
+const ADMIN_UI_CONFIG: &str = "/etc/synapse-admin/config.json";
 /// The image's first-boot script, called from the seed's runcmd.
 pub const FIRSTBOOT: &str = "/usr/local/sbin/mimg-firstboot";
 
@@ -149,6 +152,9 @@ pub fn render(o: &Overlay) -> Rendered {
         }
     }
     files.push(plain("/etc/element-web/config.json", element_config(o)));
+    if let Some(name) = &o.admin_ui {
+        files.push(plain(ADMIN_UI_CONFIG, admin_ui_config(name)));
+    }
     if let Some(m) = &o.mattermost {
         files.push(secret("mattermost.token", m.token.expose()));
         files.push(VmFile {
@@ -281,7 +287,7 @@ fn overlay_json(o: &Overlay) -> String {
             "ca_file": a.ca.as_ref().map(|_| ACME_CA),
             "cert_name": ACME_CERT_NAME,
             "webroot": ACME_WEBROOT,
-            "names": [o.homeserver, o.server_name, o.web_client],
+            "names": o.names(),
         })),
         "registration": o.registration,
         "admins": admins,
@@ -376,10 +382,43 @@ fn listen(o: &Overlay) -> String {
 /// from the webroot, everything else `last` (a redirect to https, or the
 /// "not configured yet" answer while certbot has no certificate).
 fn port80(o: &Overlay, last: &str) -> String {
+    let names: Vec<&str> = o.names().iter().map(|n| n.as_str()).collect();
     format!(
-        "server {{\n    listen 80;\n    listen [::]:80;\n    server_name {} {} {};\n    location /.well-known/acme-challenge/ {{\n        root {ACME_WEBROOT};\n    }}\n    location / {{\n{last}    }}\n}}\n",
-        o.homeserver, o.server_name, o.web_client
+        "server {{\n    listen 80;\n    listen [::]:80;\n    server_name {};\n    location /.well-known/acme-challenge/ {{\n        root {ACME_WEBROOT};\n    }}\n    location / {{\n{last}    }}\n}}\n",
+        names.join(" ")
     )
+}
+
+/// The proxy to Synapse inside a `location` block.
+fn synapse_proxy(o: &Overlay) -> String {
+    format!(
+        "        proxy_pass http://127.0.0.1:8008;\n        proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_set_header X-Forwarded-Proto https;\n        proxy_set_header Host $host;\n        proxy_http_version 1.1;\n        # A join or a room creation can take minutes on a slow host\n        # (nginx gives up after 60 s by default: HTTP 504).\n        proxy_read_timeout 300s;\n        client_max_body_size {};\n",
+        o.max_upload.text()
+    )
+}
+
+/// The Synapse Admin UI on its own name, with the client API its login
+/// needs and, where `admin_api` says so, the admin API: only here, never
+/// on the public homeserver name.
+fn nginx_admin_ui(o: &Overlay, name: &DomainName) -> String {
+    let admin = if o.admin_api_on_ui() {
+        format!("    location /_synapse/admin {{\n{}    }}\n", synapse_proxy(o))
+    } else {
+        "    location /_synapse/admin {\n        return 403;\n    }\n".to_string()
+    };
+    format!(
+        "\n# The Synapse Admin UI on its own domain.\nserver {{\n{}    server_name {name};\n    root /var/www/synapse-admin;\n    index index.html;\n    location / {{\n{SECURITY_HEADERS}    }}\n    location = /config.json {{\n        alias {ADMIN_UI_CONFIG};\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location ~ ^(/_matrix|/_synapse/client) {{\n{}    }}\n{admin}}}\n",
+        listen(o),
+        synapse_proxy(o)
+    )
+}
+
+/// The admin UI's `config.json`: restricted to this customer's
+/// homeserver, reached through the UI's own name.
+fn admin_ui_config(name: &DomainName) -> String {
+    serde_json::to_string_pretty(&json!({ "restrictBaseUrl": format!("https://{name}") }))
+        .expect("json")
+        + "\n"
 }
 
 /// `tls = "acme"` before certbot has the certificate: port 80 only.
@@ -412,9 +451,9 @@ fn nginx_conf(o: &Overlay) -> String {
         ));
     }
     s.push_str(&format!(
-        "\n# The homeserver: Synapse behind nginx.\nserver {{\n{}    server_name {hs};\n    location ~ ^(/_matrix|/_synapse/client) {{\n        proxy_pass http://127.0.0.1:8008;\n        proxy_set_header X-Forwarded-For $remote_addr;\n        proxy_set_header X-Forwarded-Proto https;\n        proxy_set_header Host $host;\n        proxy_http_version 1.1;\n        # A join or a room creation can take minutes on a slow host\n        # (nginx gives up after 60 s by default: HTTP 504).\n        proxy_read_timeout 300s;\n        client_max_body_size {};\n    }}\n    location = /health {{\n        proxy_pass http://127.0.0.1:8008;\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
+        "\n# The homeserver: Synapse behind nginx.\nserver {{\n{}    server_name {hs};\n    location ~ ^(/_matrix|/_synapse/client) {{\n{}    }}\n    location = /health {{\n        proxy_pass http://127.0.0.1:8008;\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
         listen(o),
-        o.max_upload.text()
+        synapse_proxy(o)
     ));
     // JSON bodies go inside single quotes: they hold no `'` (values are
     // domain names) and nginx needs no further escaping there.
@@ -422,6 +461,9 @@ fn nginx_conf(o: &Overlay) -> String {
         "\n# The Matrix domain: delegation through /.well-known.\nserver {{\n{}    server_name {sn};\n    location = /.well-known/matrix/server {{\n        default_type application/json;\n        add_header Access-Control-Allow-Origin * always;\n        return 200 '{server_json}';\n    }}\n    location = /.well-known/matrix/client {{\n        default_type application/json;\n        add_header Access-Control-Allow-Origin * always;\n        return 200 '{client_json}';\n    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
         listen(o)
     ));
+    if let Some(name) = &o.admin_ui {
+        s.push_str(&nginx_admin_ui(o, name));
+    }
     s.push_str(&format!(
         "\n# The web client on its own domain.\nserver {{\n{}    server_name {wc};\n    root /var/www/element;\n    index index.html;\n    location / {{\n{SECURITY_HEADERS}    }}\n    location = /config.json {{\n        alias /etc/element-web/config.json;\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location = /index.html {{\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location /i18n/ {{\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n}}\n",
         listen(o)

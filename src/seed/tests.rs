@@ -292,3 +292,64 @@ fn a_turn_seed_carries_every_secret_byte_for_byte_and_only_in_private_files() {
     assert!(!serde_json::to_string(&v).unwrap().contains(t.secrets[0].expose()));
     assert_eq!(render_turn(&t), r, "same overlay, same seed");
 }
+
+/// The nginx `server` block whose `server_name` line names `name`.
+fn server_block<'a>(conf: &'a str, name: &str) -> &'a str {
+    conf.split("\nserver {")
+        .find(|b| b.lines().any(|l| l.trim() == format!("server_name {name};")))
+        .unwrap_or_else(|| panic!("no server block for {name} in {conf}"))
+}
+
+#[test]
+fn the_admin_ui_gets_its_own_name_and_the_admin_api_is_served_only_there() {
+    let o = example_with("tls = \"external\"\nadmin_ui = \"admin.example.org\"", &[]);
+    let r = render(&o);
+    let conf = &file(&r, "/etc/nginx/conf.d/mimg-matrix.conf").content;
+    let ui = server_block(conf, "admin.example.org");
+    assert!(ui.contains("root /var/www/synapse-admin;"), "{ui}");
+    assert!(ui.contains("alias /etc/synapse-admin/config.json;"), "{ui}");
+    assert!(
+        ui.contains("location /_synapse/admin {\n        proxy_pass http://127.0.0.1:8008;"),
+        "{ui}"
+    );
+    for name in ["matrix.example.org", "example.org", "chat.example.org"] {
+        assert!(
+            !server_block(conf, name).contains("/_synapse/admin"),
+            "the admin API is not served on {name}"
+        );
+    }
+    let j: serde_json::Value =
+        serde_json::from_str(&file(&r, "/etc/synapse-admin/config.json").content).unwrap();
+    assert_eq!(j["restrictBaseUrl"], "https://admin.example.org");
+
+    // admin_api = "none": the UI is served, the API nowhere.
+    let o = example_with(
+        "tls = \"external\"\nadmin_ui = \"admin.example.org\"\nadmin_api = \"none\"",
+        &[],
+    );
+    let conf = file(&render(&o), "/etc/nginx/conf.d/mimg-matrix.conf")
+        .content
+        .clone();
+    let ui = server_block(&conf, "admin.example.org");
+    assert!(ui.contains("location /_synapse/admin {\n        return 403;"), "{ui}");
+
+    // With TLS on the VM the certificate covers the UI's name too.
+    let o = example_with("tls = \"acme\"\nadmin_ui = \"admin.example.org\"", &[]);
+    let r = render(&o);
+    let j: serde_json::Value =
+        serde_json::from_str(&file(&r, "/etc/mimg/overlay.json").content).unwrap();
+    assert!(
+        j["acme"]["names"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!("admin.example.org"))
+    );
+    assert!(
+        file(&r, "/etc/nginx/conf.d/mimg-matrix.conf")
+            .content
+            .contains("admin.example.org;")
+    );
+    // Without admin_ui nothing of it is in the seed.
+    let r = render(&example());
+    assert!(r.files.iter().all(|f| !f.path.contains("synapse-admin")));
+}

@@ -504,6 +504,65 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
             Ok(format!("room {room}"))
         },
     ));
+    if let Some(ui) = &o.admin_ui {
+        let ui = ui.as_str();
+        out.push(timed("the admin UI and its config.json on its own name", || {
+            let (st, h, _) = c.get(ui, "/", None)?;
+            if st != 200 || h.get("x-frame-options").is_none() {
+                bail!("index: HTTP {st}, headers {h:?}");
+            }
+            let (st, _, body) = c.get(ui, "/config.json", None)?;
+            let v: Value = serde_json::from_str(&body)?;
+            if st != 200 || v["restrictBaseUrl"] != json!(format!("https://{ui}")) {
+                bail!("config.json: HTTP {st}: {body}");
+            }
+            Ok(format!("restricted to https://{ui}"))
+        }));
+    }
+    if let Some(ui) = o.admin_ui.as_ref().filter(|_| o.admin_api_on_ui()) {
+        let ui = ui.as_str();
+        out.push(timed(
+            "the admin API answers an admin on the admin UI's name only, never a non-admin",
+            || {
+                let t = token.as_deref().context("no admin login")?;
+                let a = admin.as_ref().context("no admin")?;
+                let list = "/_synapse/admin/v2/users?limit=100";
+                let (st, _, body) = c.get(ui, list, Some(t))?;
+                let v: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
+                let me = format!("@{}:{sn}", a.user);
+                let listed = v["users"]
+                    .as_array()
+                    .is_some_and(|u| u.iter().any(|u| u["name"] == json!(me)));
+                if st != 200 || !listed {
+                    bail!("{ui}{list}: HTTP {st}: {body}");
+                }
+                let (public, _, _) = c.get(hs, list, Some(t))?;
+                if public == 200 {
+                    bail!("{hs}{list} answered an admin's token (HTTP 200): the admin API is public");
+                }
+                // A user who is no admin, made through the admin API.
+                let (user, password) = newcomer();
+                let (st, v) = c.send(
+                    reqwest::Method::PUT,
+                    ui,
+                    &format!("/_synapse/admin/v2/users/{}", urlenc(&format!("@{user}:{sn}"))),
+                    Some(t),
+                    &json!({ "password": password, "admin": false }),
+                )?;
+                if st != 200 && st != 201 {
+                    bail!("creating @{user}: HTTP {st}: {v}");
+                }
+                let plain = login(c, o, &user, &password)?;
+                let (st, _, _) = c.get(ui, list, Some(&plain))?;
+                if st != 403 {
+                    bail!("a non-admin's token: HTTP {st}, not 403");
+                }
+                Ok(format!(
+                    "{me} listed on {ui}; HTTP {public} on {hs}; HTTP 403 for @{user}"
+                ))
+            },
+        ));
+    }
     out.push(timed(
         "TURN credentials are the HMAC of the overlay's secret",
         || {
@@ -572,11 +631,32 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
                 if wrong == 200 {
                     bail!("registered with a token nobody made");
                 }
-                // A token an admin makes (Synapse's admin API) is not
-                // reachable here: /_synapse/admin is not served on the
-                // homeserver's public name.
+                // A token an admin makes through Synapse's admin API
+                // (served on the admin UI's name only) lets a newcomer in.
+                let Some(ui) = o.admin_ui.as_ref().filter(|_| o.admin_api_on_ui()) else {
+                    return Ok(format!(
+                        "HTTP {st} without a token, HTTP {wrong} with a wrong one"
+                    ));
+                };
+                let t = token.as_deref().context("no admin login")?;
+                let (tst, v) = c.send(
+                    reqwest::Method::POST,
+                    ui.as_str(),
+                    "/_synapse/admin/v1/registration_tokens/new",
+                    Some(t),
+                    &json!({ "uses_allowed": 1 }),
+                )?;
+                let made = v["token"]
+                    .as_str()
+                    .with_context(|| format!("making a token: HTTP {tst}: {v}"))?
+                    .to_string();
+                let ok = register(c, o, &user, &password, Some(&made))?;
+                if ok != 200 {
+                    bail!("registration with the admin's token {made}: HTTP {ok}");
+                }
+                login(c, o, &user, &password)?;
                 Ok(format!(
-                    "HTTP {st} without a token, HTTP {wrong} with a wrong one"
+                    "HTTP {st} without a token, HTTP {wrong} with a wrong one; @{user} registered with a token an admin made on {ui}"
                 ))
             },
         )),

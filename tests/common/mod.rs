@@ -228,6 +228,12 @@ pub fn standin(dir: &Path) -> (Server, String) {
     let www = dir.join("www");
     std::fs::create_dir_all(&www).unwrap();
     let tarball = www.join("element-v0.0.0-standin.tar.gz");
+    tar_gz(&dir.join("src"), "element-v0.0.0-standin", &tarball);
+    (serve_dir(&www), sha256(&tarball))
+}
+
+/// `DIR/NAME` as a reproducible tar.gz at `out`.
+fn tar_gz(dir: &Path, name: &str, out: &Path) {
     let st = Command::new("tar")
         .args([
             "--sort=name",
@@ -237,14 +243,40 @@ pub fn standin(dir: &Path) -> (Server, String) {
             "--numeric-owner",
             "-czf",
         ])
-        .arg(&tarball)
+        .arg(out)
         .arg("-C")
-        .arg(dir.join("src"))
-        .arg("element-v0.0.0-standin")
+        .arg(dir)
+        .arg(name)
         .status()
         .unwrap();
     assert!(st.success());
-    (serve_dir(&www), sha256(&tarball))
+}
+
+/// A stand-in for the Synapse Admin UI's release tarball (it unpacks to
+/// `synapse-admin/`), put where `srv` serves; returns its sha256.
+pub fn admin_ui_standin(dir: &Path, srv: &Server) -> String {
+    let src = dir.join("src-admin/synapse-admin");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("index.html"), "<html>stand-in admin UI</html>\n").unwrap();
+    std::fs::write(src.join("config.json"), "{}\n").unwrap();
+    let tarball = srv.dir.join("synapse-admin-standin.tar.gz");
+    tar_gz(&dir.join("src-admin"), "synapse-admin", &tarball);
+    sha256(&tarball)
+}
+
+/// A recipe extending `recipe` with the admin UI's layer (as
+/// recipes/layers/synapse-admin.toml has it) from the stand-in.
+pub fn with_admin_ui(recipe: &Path, port: u16, sha: &str) -> PathBuf {
+    let p = recipe.with_file_name("with-admin-ui.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "extends = \"{}\"\n\n[[layer]]\nname = \"synapse-admin\"\nkind = \"fetch\"\nurl = \"http://127.0.0.1:{port}/synapse-admin-standin.tar.gz\"\nsha256 = \"{sha}\"\nto = \"/var/www/synapse-admin\"\nstrip = 1\n",
+            recipe.display()
+        ),
+    )
+    .unwrap();
+    p
 }
 
 /// A recipe extending `base` whose `element` layer is the stand-in.
