@@ -537,6 +537,10 @@ fn customers_federate_over_tls_acme_and_files_and_share_a_turn_server_on_one_tes
         "open",
         "tls = \"files\"\ntls_cert_file = \"charlie.crt\"\ntls_key_file = \"charlie.key\"\nfederation_ca_file = \"charlie-ca.pem\"",
     );
+    // Charlie's metrics on a monitoring LAN (a second NIC, by MAC).
+    let mut text = std::fs::read_to_string(&c).unwrap();
+    text.push_str("\n[monitoring]\naddress = \"2001:db8:f::20/64\"\nmac = \"52:54:00:6e:00:63\"\n");
+    std::fs::write(&c, text).unwrap();
     // The provider's shared TURN server: alpha's [turn] names its realm
     // and shares its first secret; a second one is still accepted.
     let secrets = repo().join("overlays/example-secrets");
@@ -578,8 +582,7 @@ def call(url, body=None, token=None):
 
 turn = [vm for vm in vms if vm['kind'] == 'turn'][0]
 alpha = [vm for vm in vms if vm['customer'] == 'alpha'][0]
-password = open({pw:?}, 'rb').read().rstrip(b'
-').decode()
+password = open({pw:?}, 'rb').read().rstrip(b'\n').decode()
 base = 'https://%s/_matrix/client/v3' % alpha['homeserver']
 token = call(base + '/login', {{'type': 'm.login.password', 'identifier': {{'type': 'm.id.user', 'user': 'admin'}}, 'password': password}})['access_token']
 creds = call(base + '/voip/turnServer', token=token)
@@ -592,7 +595,7 @@ def uclient(user, pw, *extra):
 for how, extra in [('UDP', ['-y']), ('TCP', ['-y', '-t'])]:
     rc, out = uclient(creds['username'], creds['password'], *extra)
     assert rc == 0, out
-    print('inside: turn allocation over %s with alpha's credentials: relayed' % how, flush=True)
+    print("inside: turn allocation over %s with alpha's credentials: relayed" % how, flush=True)
 rc, out = uclient(creds['username'], 'AAAA' + creds['password'][4:], '-y')
 assert rc != 0 and 'Cannot complete Allocation' in out, out
 print('inside: turn: a wrong password is refused', flush=True)
@@ -600,8 +603,35 @@ for peer in ['::1', 'fd00::1']:
     rc, out = uclient(creds['username'], creds['password'], '-e', peer)
     assert rc != 0 and '403' in out, out
     print('inside: turn: a relay to %s is refused' % peer, flush=True)
+
+# A real Prometheus on the monitoring LAN finds charlie through the file
+# `mimg targets` writes, and scrapes all three jobs.
+import tempfile, time
+d = tempfile.mkdtemp(prefix='mimg-prometheus-')
+subprocess.run([{mimg:?}, 'targets', {charlie:?}, '--out', d + '/targets.json'], check=True)
+open(d + '/prometheus.yml', 'w').write('global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: mimg\n    file_sd_configs:\n      - files: [%s/targets.json]\n' % d)
+subprocess.run(['promtool', 'check', 'config', d + '/prometheus.yml'], check=True, stdout=subprocess.DEVNULL)
+prom = subprocess.Popen(['prometheus', '--config.file=' + d + '/prometheus.yml', '--storage.tsdb.path=' + d + '/data', '--web.listen-address=[::1]:19090'], stdout=subprocess.DEVNULL, stderr=open(d + '/prometheus.log', 'w'))
+try:
+    up = {{}}
+    for _ in range(60):
+        time.sleep(3)
+        try:
+            r = json.load(urllib.request.urlopen('http://[::1]:19090/api/v1/query?query=up', timeout=10))
+        except OSError:
+            continue
+        up = {{x['metric']['job']: x['value'][1] for x in r['data']['result'] if x['metric'].get('customer') == 'charlie'}}
+        if sorted(up) == ['node', 'postgres', 'synapse'] and all(v == '1' for v in up.values()):
+            break
+    print('inside: prometheus up: %s' % json.dumps(up, sort_keys=True), flush=True)
+    assert sorted(up) == ['node', 'postgres', 'synapse'] and all(v == '1' for v in up.values()), up
+finally:
+    prom.kill()
+    prom.wait()
 "#,
-            pw = secrets.join("admin.password").display().to_string()
+            pw = secrets.join("admin.password").display().to_string(),
+            mimg = env!("CARGO_BIN_EXE_mimg"),
+            charlie = c.display().to_string(),
         ),
     )
     .unwrap();
@@ -724,6 +754,20 @@ for peer in ['::1', 'fd00::1']:
     assert!(
         token_detail.contains("registered with a token an admin made on admin.alpha.example"),
         "{token_detail}"
+    );
+    // Charlie's monitoring LAN: every endpoint there, none on the public
+    // address, and a Prometheus that found them through `mimg targets`.
+    for check in [
+        "charlie: metrics answer on the monitoring address (Synapse, node, PostgreSQL)",
+        "charlie: the metrics ports refuse connections on the public address",
+    ] {
+        assert!(names.iter().any(|n| n == check), "no check: {check}");
+    }
+    assert!(
+        exec["output"].as_str().unwrap().contains(
+            "inside: prometheus up: {\"node\": \"1\", \"postgres\": \"1\", \"synapse\": \"1\"}"
+        ),
+        "{exec}"
     );
     // The TURN server's own checks: both secrets, refusals.
     for check in [

@@ -12,6 +12,7 @@ mod run;
 mod seed;
 mod sign;
 mod store;
+mod targets;
 mod test;
 mod why;
 
@@ -67,6 +68,8 @@ enum Command {
     Keygen(sign::KeygenArgs),
     /// Share built steps through signed binary caches (keygen, push, verify).
     Cache(cache::Args),
+    /// Prometheus file_sd targets for every overlay with [monitoring].
+    Targets(targets::Args),
     /// (internal) relay stdin/stdout to a TCP address, for `run` forwards.
     #[command(name = "__relay", hide = true)]
     Relay { target: String },
@@ -118,6 +121,7 @@ pub fn main() -> ExitCode {
         Command::Plan(a) => plan::run(&cli, a),
         Command::Lock(a) => lock::run(&cli, a),
         Command::Seed(a) => seed::run(&cli, a),
+        Command::Targets(a) => targets::run(&cli, a),
         Command::Overlay(a) => overlay::run(&cli, a),
         Command::Store(a) => store::run(&cli, a),
         Command::Run(a) => run::run(&cli, a),

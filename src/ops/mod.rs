@@ -11,6 +11,7 @@ pub mod pins;
 pub mod publish;
 pub mod resolve;
 pub mod sign;
+pub mod targets;
 pub mod test;
 pub mod testnet;
 pub mod why;

@@ -249,6 +249,13 @@ pub fn test_network(
                     AnyOverlay::Turn(t) => vec![t.realm.to_string()],
                 },
                 mac: n.mac.clone(),
+                monitoring: match &s.overlay {
+                    AnyOverlay::Homeserver(o) => o
+                        .monitoring
+                        .as_ref()
+                        .map(|m| (m.address.addr, m.address.prefix, m.mac.clone())),
+                    AnyOverlay::Turn(_) => None,
+                },
             }
         })
         .collect();
@@ -428,6 +435,7 @@ pub fn test_network(
                         }];
                         if healthy.is_ok() {
                             checks.extend(acceptance::run_checks(client, o, guest));
+                            checks.extend(crate::vm::monitoring::checks(ns, o));
                         }
                         checks
                     }

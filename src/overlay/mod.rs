@@ -123,6 +123,23 @@ pub struct Network {
     pub mac: Option<String>,
 }
 
+/// The monitoring LAN: a second NIC whose address alone serves metrics.
+#[derive(Debug, Clone)]
+pub struct Monitoring {
+    pub address: Ipv6Net,
+    /// The guest's interface name (default `ens4`).
+    pub interface: Ident,
+    /// Match the NIC by MAC address instead of by name.
+    pub mac: Option<String>,
+}
+
+/// The metrics endpoints on the monitoring address: job, port, path.
+pub const METRICS: [(&str, u16, &str); 3] = [
+    ("synapse", 9000, "/_synapse/metrics"),
+    ("node", 9100, "/metrics"),
+    ("postgres", 9187, "/metrics"),
+];
+
 #[derive(Debug, Clone)]
 pub struct Mattermost {
     pub url: HttpsUrl,
@@ -160,6 +177,7 @@ pub struct Overlay {
     pub turn: Option<Turn>,
     pub admins: Vec<Admin>,
     pub network: Network,
+    pub monitoring: Option<Monitoring>,
     pub data_disk: DevicePath,
     pub mattermost: Option<Mattermost>,
     pub ssh_authorized_keys: Vec<SshKey>,
@@ -193,6 +211,7 @@ struct Raw {
     #[serde(default)]
     admin: Vec<RawAdmin>,
     network: RawNetwork,
+    monitoring: Option<RawMonitoring>,
     data_disk: Option<RawDisk>,
     bridge: Option<RawBridge>,
     #[serde(default)]
@@ -220,6 +239,14 @@ struct RawNetwork {
     gateway: Spanned<String>,
     #[serde(default)]
     dns: Vec<Spanned<String>>,
+    interface: Option<Spanned<String>>,
+    mac: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMonitoring {
+    address: Spanned<String>,
     interface: Option<Spanned<String>>,
     mac: Option<Spanned<String>>,
 }
@@ -637,6 +664,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         });
     }
     let network = network(&c, &raw.network)?;
+    let monitoring = match &raw.monitoring {
+        Some(m) => Some(monitoring(&c, m, &network)?),
+        None => None,
+    };
     let data_disk = match &raw.data_disk {
         Some(d) => c.parse(&d.device, "data_disk.device")?,
         None => "/dev/vdb".parse().expect("valid"),
@@ -669,6 +700,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         turn,
         admins,
         network,
+        monitoring,
         data_disk,
         mattermost,
         ssh_authorized_keys,
@@ -725,6 +757,79 @@ fn tls_files(
     Ok(TlsFiles { chain, key })
 }
 
+/// An interface name (at most 15 characters), or `default`.
+fn interface(
+    c: &Ctx,
+    v: Option<&Spanned<String>>,
+    key: &str,
+    default: &str,
+) -> Result<Ident, OverlayError> {
+    let Some(i) = v else {
+        return Ok(default.parse().expect("valid"));
+    };
+    let id: Ident = c.parse(i, key)?;
+    if id.as_str().len() > 15 {
+        return Err(c.err(i, key, "an interface name has at most 15 characters"));
+    }
+    Ok(id)
+}
+
+/// A lowercase MAC address, if given.
+fn mac(c: &Ctx, v: Option<&Spanned<String>>, key: &str) -> Result<Option<String>, OverlayError> {
+    let Some(m) = v else { return Ok(None) };
+    let ok = m.get_ref().len() == 17
+        && m.get_ref().split(':').all(|p| {
+            p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        });
+    if !ok {
+        return Err(c.err(
+            m,
+            key,
+            "must be a lowercase MAC address like \"52:54:00:12:34:56\"",
+        ));
+    }
+    Ok(Some(m.get_ref().clone()))
+}
+
+/// The `[monitoring]` table: an address on a NIC of its own.
+fn monitoring(c: &Ctx, m: &RawMonitoring, n: &Network) -> Result<Monitoring, OverlayError> {
+    let address: Ipv6Net = c.parse(&m.address, "monitoring.address")?;
+    if let Some(why) = address.host_address_problem() {
+        return Err(c.err(&m.address, "monitoring.address", why));
+    }
+    if same_prefix(address.addr, n.address.addr, address.prefix.min(n.address.prefix)) {
+        return Err(c.err(
+            &m.address,
+            "monitoring.address",
+            format!(
+                "{address} is in the public network {}: the monitoring LAN needs a network of its own",
+                n.address
+            ),
+        ));
+    }
+    let interface = interface(c, m.interface.as_ref(), "monitoring.interface", "ens4")?;
+    let mac = mac(c, m.mac.as_ref(), "monitoring.mac")?;
+    if mac.is_none() && interface == n.interface {
+        return Err(c.err(
+            m.interface.as_ref().unwrap_or(&m.address),
+            "monitoring.interface",
+            format!("{interface} is the public network's interface: the monitoring LAN needs a NIC of its own"),
+        ));
+    }
+    if mac.is_some() && mac == n.mac {
+        return Err(c.err(
+            m.mac.as_ref().expect("given"),
+            "monitoring.mac",
+            "the public network's NIC has this MAC address: the monitoring LAN needs a NIC of its own",
+        ));
+    }
+    Ok(Monitoring {
+        address,
+        interface,
+        mac,
+    })
+}
+
 /// The `[network]` table, homeserver or TURN server alike.
 fn network(c: &Ctx, n: &RawNetwork) -> Result<Network, OverlayError> {
     let address: Ipv6Net = c.parse(&n.address, "network.address")?;
@@ -753,39 +858,8 @@ fn network(c: &Ctx, n: &RawNetwork) -> Result<Network, OverlayError> {
         .iter()
         .map(|d| parse_ipv6(d.get_ref()).map_err(|e| c.err(d, "network.dns", e.0)))
         .collect::<Result<Vec<_>, _>>()?;
-    let interface = match &n.interface {
-        Some(i) => {
-            let id: Ident = c.parse(i, "network.interface")?;
-            if id.as_str().len() > 15 {
-                return Err(c.err(
-                    i,
-                    "network.interface",
-                    "an interface name has at most 15 characters",
-                ));
-            }
-            id
-        }
-        None => "ens3".parse().expect("valid"),
-    };
-    let mac = match &n.mac {
-        Some(m) => {
-            let ok = m.get_ref().len() == 17
-                && m.get_ref().split(':').all(|p| {
-                    p.len() == 2
-                        && p.bytes()
-                            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-                });
-            if !ok {
-                return Err(c.err(
-                    m,
-                    "network.mac",
-                    "must be a lowercase MAC address like \"52:54:00:12:34:56\"",
-                ));
-            }
-            Some(m.get_ref().clone())
-        }
-        None => None,
-    };
+    let interface = interface(c, n.interface.as_ref(), "network.interface", "ens3")?;
+    let mac = mac(c, n.mac.as_ref(), "network.mac")?;
     Ok(Network {
         address,
         gateway,

@@ -28,13 +28,15 @@
 //! | `/etc/synapse-admin/config.json` | 0644 | `admin_ui`: the admin UI restricted to this homeserver (through the UI's own name, where nginx serves `/_synapse/admin` when `admin_api = "admin-ui"`) |
 //! | `/etc/matterbridge/matterbridge.toml` | 0600 | where a bridge is configured |
 //! | `/etc/resolv.conf` | 0644 | the overlay's DNS servers |
+//! | `/etc/mimg/monitoring.json` | 0644 | `[monitoring]`: the monitoring address and the metrics endpoints (the exporters' units start only where it exists) |
+//! | `/etc/default/prometheus-{node,postgres}-exporter` | 0644 | `[monitoring]`: the exporters listen on the monitoring address alone |
 
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::overlay::{
-    AnyOverlay, Customer, DomainName, Federation, Network, Overlay, Registration, SshKey, Tls,
-    TurnServer,
+    AnyOverlay, Customer, DomainName, Federation, METRICS, Monitoring, Network, Overlay,
+    Registration, SshKey, Tls, TurnServer,
 };
 
 /// Where the image keeps the seed's secrets.
@@ -155,6 +157,9 @@ pub fn render(o: &Overlay) -> Rendered {
     if let Some(name) = &o.admin_ui {
         files.push(plain(ADMIN_UI_CONFIG, admin_ui_config(name)));
     }
+    if let Some(m) = &o.monitoring {
+        files.extend(monitoring_files(m));
+    }
     if let Some(m) = &o.mattermost {
         files.push(secret("mattermost.token", m.token.expose()));
         files.push(VmFile {
@@ -168,7 +173,13 @@ pub fn render(o: &Overlay) -> Rendered {
         files.push(r);
     }
 
-    finish(&o.customer, &o.network, &o.ssh_authorized_keys, files)
+    finish(
+        &o.customer,
+        &o.network,
+        o.monitoring.as_ref(),
+        &o.ssh_authorized_keys,
+        files,
+    )
 }
 
 /// The seed of either kind of overlay.
@@ -230,7 +241,7 @@ pub fn render_turn(t: &TurnServer) -> Rendered {
     if let Some(r) = resolv_conf(&t.network) {
         files.push(r);
     }
-    finish(&t.customer, &t.network, &t.ssh_authorized_keys, files)
+    finish(&t.customer, &t.network, None, &t.ssh_authorized_keys, files)
 }
 
 fn resolv_conf(n: &Network) -> Option<VmFile> {
@@ -252,8 +263,14 @@ fn resolv_conf(n: &Network) -> Option<VmFile> {
 /// The three NoCloud files around `files`; the instance id derives from
 /// what the seed says, so a changed seed runs cloud-init's first-boot
 /// modules again.
-fn finish(customer: &Customer, n: &Network, ssh: &[SshKey], files: Vec<VmFile>) -> Rendered {
-    let network_config = network_config(n);
+fn finish(
+    customer: &Customer,
+    n: &Network,
+    mon: Option<&Monitoring>,
+    ssh: &[SshKey],
+    files: Vec<VmFile>,
+) -> Rendered {
+    let network_config = network_config(n, mon);
     let user_data = user_data(customer, ssh, &files);
     let mut h = Sha256::new();
     h.update(network_config.as_bytes());
@@ -353,6 +370,15 @@ fn synapse_yaml(o: &Overlay) -> String {
             }
         }
     }
+    if let Some(m) = &o.monitoring {
+        // conf.d replaces top-level keys: the image's listener again, and
+        // the metrics listener on the monitoring address alone.
+        let (_, port, _) = METRICS[0];
+        s.push_str(&format!(
+            "enable_metrics: true\nlisteners:\n  - port: 8008\n    tls: false\n    type: http\n    x_forwarded: true\n    bind_addresses: [\"127.0.0.1\", \"::1\"]\n    resources:\n      - names: [client, federation]\n        compress: false\n  - port: {port}\n    type: metrics\n    bind_addresses: [{}]\n",
+            q(&m.address.addr.to_string())
+        ));
+    }
     if !o.federation_ip_allow.is_empty() {
         s.push_str("ip_range_whitelist:\n");
         for n in &o.federation_ip_allow {
@@ -411,6 +437,52 @@ fn nginx_admin_ui(o: &Overlay, name: &DomainName) -> String {
         listen(o),
         synapse_proxy(o)
     )
+}
+
+/// What serves metrics on the monitoring address alone: the exporters'
+/// listen addresses (Debian's /etc/default files, read by their units,
+/// which start only where /etc/mimg/monitoring.json exists), and the
+/// values the first-boot script reads.
+fn monitoring_files(m: &Monitoring) -> Vec<VmFile> {
+    let a = m.address.addr;
+    let port = |job: &str| {
+        METRICS
+            .iter()
+            .find(|(j, _, _)| *j == job)
+            .map(|(_, p, _)| *p)
+            .expect("a known job")
+    };
+    let plain = |path: &str, content: String| VmFile {
+        path: path.into(),
+        mode: 0o644,
+        content,
+        secret: false,
+    };
+    vec![
+        plain(
+            "/etc/mimg/monitoring.json",
+            serde_json::to_string_pretty(&json!({
+                "address": a.to_string(),
+                "metrics": METRICS.iter().map(|(job, port, path)| json!({"job": job, "port": port, "path": path})).collect::<Vec<_>>(),
+            }))
+            .expect("json")
+                + "\n",
+        ),
+        plain(
+            "/etc/default/prometheus-node-exporter",
+            format!(
+                "# Written by mimg seed: the monitoring LAN only.\nARGS=\"--web.listen-address=[{a}]:{}\"\n",
+                port("node")
+            ),
+        ),
+        plain(
+            "/etc/default/prometheus-postgres-exporter",
+            format!(
+                "# Written by mimg seed: the monitoring LAN only; PostgreSQL through its\n# socket as the role prometheus (made by the first-boot script, pg_monitor).\nDATA_SOURCE_NAME='host=/run/postgresql user=prometheus dbname=postgres sslmode=disable'\nARGS=\"--web.listen-address=[{a}]:{}\"\n",
+                port("postgres")
+            ),
+        ),
+    ]
 }
 
 /// The admin UI's `config.json`: restricted to this customer's
@@ -505,7 +577,7 @@ fn matterbridge_toml(o: &Overlay) -> String {
     )
 }
 
-fn network_config(n: &Network) -> String {
+fn network_config(n: &Network, mon: Option<&Monitoring>) -> String {
     let mut s =
         String::from("# Written by mimg seed: IPv6 only, static.\nversion: 2\nethernets:\n");
     s.push_str(&format!("  {}:\n", n.interface));
@@ -532,6 +604,22 @@ fn network_config(n: &Network) -> String {
         for d in &n.dns {
             s.push_str(&format!("        - {}\n", q(&d.to_string())));
         }
+    }
+    if let Some(m) = mon {
+        // The monitoring LAN: its address only, no gateway, no DNS.
+        s.push_str(&format!("  {}:\n", m.interface));
+        if let Some(mac) = &m.mac {
+            s.push_str(&format!(
+                "    match:\n      macaddress: {}\n    set-name: {}\n",
+                q(mac),
+                m.interface
+            ));
+        }
+        s.push_str("    dhcp4: false\n    dhcp6: false\n    accept-ra: false\n");
+        s.push_str(&format!(
+            "    addresses:\n      - {}\n",
+            q(&m.address.to_string())
+        ));
     }
     s
 }

@@ -20,6 +20,7 @@ pub mod acceptance;
 pub mod ca;
 pub mod dns;
 pub mod federation;
+pub mod monitoring;
 pub mod net;
 pub mod turn;
 
@@ -113,6 +114,8 @@ pub struct Attach {
     pub tap: String,
     /// The NIC's MAC address: VMs on one bridge need their own.
     pub mac: String,
+    /// A second NIC on the monitoring LAN: its tap and MAC address.
+    pub monitoring: Option<(String, String)>,
 }
 
 /// A running VM; stopped (QEMU killed, namespace removed) on drop.
@@ -355,6 +358,14 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
                 "-device".into(),
                 format!("virtio-net-pci,netdev=n0,mac={}", at.mac),
             ]);
+            if let Some((mtap, mmac)) = &at.monitoring {
+                args.extend([
+                    "-netdev".into(),
+                    format!("tap,id=m0,ifname={mtap},script=no,downscript=no"),
+                    "-device".into(),
+                    format!("virtio-net-pci,netdev=m0,mac={mmac}"),
+                ]);
+            }
             (
                 Some(at.netns.clone()),
                 Some(addr),

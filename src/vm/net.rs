@@ -41,6 +41,9 @@ pub struct Member {
     pub names: Vec<String>,
     /// The overlay's MAC address, if it names one.
     pub mac: Option<String>,
+    /// The monitoring LAN's address, prefix and MAC (if the overlay names
+    /// one), where the overlay has `[monitoring]`.
+    pub monitoring: Option<(Ipv6Addr, u8, Option<String>)>,
 }
 
 /// What a signal handler must remove: each live network's namespace,
@@ -118,6 +121,22 @@ impl Drop for TestNet {
     }
 }
 
+/// The router's address on a monitoring LAN: the network's `::fffe`, or
+/// the next one down that no VM has.
+fn monitoring_router_address(net: Ipv6Addr, prefix: u8, members: &[Member]) -> Ipv6Addr {
+    let used: Vec<Ipv6Addr> = members
+        .iter()
+        .filter_map(|m| m.monitoring.as_ref().map(|(a, _, _)| *a))
+        .collect();
+    let host_bits = 128 - prefix as u32;
+    let top = if host_bits >= 16 { 0xfffe } else { (1u128 << host_bits) - 2 };
+    (1..=top)
+        .rev()
+        .map(|h| Ipv6Addr::from(u128::from(net) | h))
+        .find(|a| !used.contains(a))
+        .unwrap_or(net)
+}
+
 /// The network part of `addr/prefix`.
 pub fn network_of(addr: Ipv6Addr, prefix: u8) -> Ipv6Addr {
     let mask = if prefix == 0 {
@@ -174,6 +193,7 @@ impl TestNet {
         ])?;
         let mut bridges: BTreeMap<(Ipv6Addr, u8), String> = BTreeMap::new();
         let mut taken: Vec<Ipv6Addr> = Vec::new();
+        let mut monitoring_bridges: BTreeMap<(Ipv6Addr, u8), String> = BTreeMap::new();
         for (i, m) in members.iter().enumerate() {
             let key = (m.gateway, m.prefix);
             let br = match bridges.get(&key) {
@@ -196,10 +216,39 @@ impl TestNet {
                 .mac
                 .clone()
                 .unwrap_or_else(|| format!("52:54:00:6d:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff));
+            // The monitoring LAN: a bridge per network, on which the
+            // router (where a Prometheus of the test runs) has an address.
+            let monitoring = match &m.monitoring {
+                None => None,
+                Some((addr, prefix, mmac)) => {
+                    let key = (network_of(*addr, *prefix), *prefix);
+                    let br = match monitoring_bridges.get(&key) {
+                        Some(b) => b.clone(),
+                        None => {
+                            let b = format!("mon{}", monitoring_bridges.len());
+                            ip(&["-n", &ns, "link", "add", &b, "type", "bridge"])?;
+                            let own = monitoring_router_address(key.0, *prefix, members);
+                            addr_add(&ns, &format!("{own}/{prefix}"), &b)?;
+                            ip(&["-n", &ns, "link", "set", &b, "up"])?;
+                            monitoring_bridges.insert(key, b.clone());
+                            b
+                        }
+                    };
+                    let mtap = format!("mtap{i}");
+                    ip(&["-n", &ns, "tuntap", "add", "dev", &mtap, "mode", "tap"])?;
+                    ip(&["-n", &ns, "link", "set", &mtap, "master", &br])?;
+                    ip(&["-n", &ns, "link", "set", &mtap, "up"])?;
+                    let mmac = mmac.clone().unwrap_or_else(|| {
+                        format!("52:54:00:6e:{:02x}:{:02x}", (i >> 8) & 0xff, i & 0xff)
+                    });
+                    Some((mtap, mmac))
+                }
+            };
             net.attach.push(super::Attach {
                 netns: ns.clone(),
                 tap,
                 mac,
+                monitoring,
             });
         }
         // The services' address and every DNS server an overlay names.
