@@ -516,7 +516,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         return Err(c.err(
             v,
             "admin_api",
-            "\"monitoring\" needs the monitoring LAN, which this mimg does not set up yet; use \"admin-ui\" or \"none\"",
+            "\"monitoring\" (the admin API on the monitoring LAN) is not supported yet; use \"admin-ui\" or \"none\"",
         ));
     }
     let admin_api = c.choice(

@@ -756,9 +756,32 @@ fn the_admin_ui_needs_a_name_of_its_own_and_a_known_admin_api() {
         ("admin_ui = \"matrix.example.org\"", "admin_ui", "own"),
         ("admin_ui = \"not a name\"", "admin_ui", ""),
         ("admin_api = \"public\"", "admin_api", "not one of"),
-        ("admin_api = \"monitoring\"", "admin_api", "monitoring LAN"),
+        ("admin_api = \"monitoring\"", "admin_api", "not supported yet"),
     ] {
         let e = parse(&path, &with(lines)).unwrap_err().to_string();
         assert!(e.contains("o.toml:6:") && e.contains(&format!("`{key}`")) && e.contains(why), "{lines}: {e}");
+    }
+}
+
+#[test]
+fn the_monitoring_lan_needs_a_network_and_a_nic_of_its_own() {
+    let d = dir_with_secrets();
+    let path = d.path().join("o.toml");
+    let with = |lines: &str| GOOD.replace("[data_disk]", &format!("[monitoring]\n{lines}\n[data_disk]"));
+    let o = parse(&path, &with("address = \"2001:db8:99::20/64\"")).unwrap();
+    let m = o.monitoring.as_ref().unwrap();
+    assert_eq!(m.interface.as_str(), "ens4");
+    assert_eq!(m.mac, None);
+    let o = parse(&path, &with("address = \"fd00:99::20/64\"\nmac = \"52:54:00:6e:00:01\"")).unwrap();
+    assert_eq!(o.monitoring.unwrap().mac.as_deref(), Some("52:54:00:6e:00:01"));
+    for (lines, key, why) in [
+        ("address = \"2001:db8:10::99/64\"", "monitoring.address", "public network"),
+        ("address = \"ff02::1/64\"", "monitoring.address", "multicast"),
+        ("address = \"2001:db8:99::20/64\"\ninterface = \"ens3\"", "monitoring.interface", "NIC of its own"),
+        ("address = \"2001:db8:99::20/64\"\nmac = \"52:54:00:XX:00:01\"", "monitoring.mac", "MAC address"),
+        ("address = \"2001:db8:99::20/64\"\nport = 9100", "port", "unknown field"),
+    ] {
+        let e = parse(&path, &with(lines)).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(why), "{lines}: {e}");
     }
 }

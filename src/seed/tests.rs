@@ -353,3 +353,37 @@ fn the_admin_ui_gets_its_own_name_and_the_admin_api_is_served_only_there() {
     let r = render(&example());
     assert!(r.files.iter().all(|f| !f.path.contains("synapse-admin")));
 }
+
+#[test]
+fn monitoring_binds_every_metrics_endpoint_to_the_monitoring_address_alone() {
+    let mut o = example();
+    o.monitoring = Some(crate::overlay::Monitoring {
+        address: "2001:db8:99::20/64".parse().unwrap(),
+        interface: "ens4".parse().unwrap(),
+        mac: Some("52:54:00:6e:00:01".into()),
+    });
+    let r = render(&o);
+    let syn = &file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml").content;
+    assert!(syn.contains("enable_metrics: true\nlisteners:\n  - port: 8008\n"), "{syn}");
+    assert!(
+        syn.contains("  - port: 9000\n    type: metrics\n    bind_addresses: [\"2001:db8:99::20\"]\n"),
+        "{syn}"
+    );
+    for (f, port) in [
+        ("/etc/default/prometheus-node-exporter", 9100),
+        ("/etc/default/prometheus-postgres-exporter", 9187),
+    ] {
+        assert!(
+            file(&r, f)
+                .content
+                .contains(&format!("--web.listen-address=[2001:db8:99::20]:{port}")),
+            "{f}"
+        );
+    }
+    assert!(r.network_config.contains("macaddress: \"52:54:00:6e:00:01\""));
+    assert!(r.network_config.contains("\"2001:db8:99::20/64\""));
+    // Without [monitoring]: no metrics listener, no exporter settings.
+    let r = render(&example());
+    assert!(r.files.iter().all(|f| !f.path.contains("prometheus")));
+    assert!(!file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml").content.contains("metrics"));
+}
