@@ -258,10 +258,13 @@ pub fn login(c: &Client, o: &Overlay, user: &str, password: &str) -> Result<Stri
 
 /// A user name and an awkward password (spaces, quotes, `$`, `/`, `&`,
 /// `+`, `=`) for a registration check.
+/// A user name no other call of this run gives, and an awkward password.
 fn newcomer() -> (String, String) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = std::process::id();
+    let i = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     (
-        format!("mimg-newcomer-{n}"),
+        format!("mimg-newcomer-{n}-{i}"),
         format!("new \"comer\" $pw/&+= {n}"),
     )
 }
