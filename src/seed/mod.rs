@@ -35,8 +35,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::overlay::{
-    AnyOverlay, Customer, DomainName, Federation, METRICS, Monitoring, Network, Overlay,
-    Registration, SshKey, Tls, TurnServer,
+    AnyOverlay, Customer, DomainName, Federation, Ident, Ipv6Net, METRICS, Monitoring, Network,
+    Overlay, Registration, SshKey, Tls, TurnServer,
 };
 
 /// Where the image keeps the seed's secrets.
@@ -577,22 +577,26 @@ fn matterbridge_toml(o: &Overlay) -> String {
     )
 }
 
-fn network_config(n: &Network, mon: Option<&Monitoring>) -> String {
-    let mut s =
-        String::from("# Written by mimg seed: IPv6 only, static.\nversion: 2\nethernets:\n");
-    s.push_str(&format!("  {}:\n", n.interface));
-    if let Some(mac) = &n.mac {
+/// One static ethernet entry: matched by MAC (renamed) or by name.
+fn ethernet(s: &mut String, interface: &Ident, mac: Option<&String>, address: &Ipv6Net) {
+    s.push_str(&format!("  {interface}:\n"));
+    if let Some(mac) = mac {
         s.push_str(&format!(
-            "    match:\n      macaddress: {}\n    set-name: {}\n",
-            q(mac),
-            n.interface
+            "    match:\n      macaddress: {}\n    set-name: {interface}\n",
+            q(mac)
         ));
     }
     s.push_str("    dhcp4: false\n    dhcp6: false\n    accept-ra: false\n");
     s.push_str(&format!(
         "    addresses:\n      - {}\n",
-        q(&n.address.to_string())
+        q(&address.to_string())
     ));
+}
+
+fn network_config(n: &Network, mon: Option<&Monitoring>) -> String {
+    let mut s =
+        String::from("# Written by mimg seed: IPv6 only, static.\nversion: 2\nethernets:\n");
+    ethernet(&mut s, &n.interface, n.mac.as_ref(), &n.address);
     // `gateway6`, not a `routes` entry: the image's ifupdown gets it as the
     // interface's `gateway` (set with `ip`), while cloud-init renders a
     // route as `post-up route add ... || true`, and the image has no
@@ -607,19 +611,7 @@ fn network_config(n: &Network, mon: Option<&Monitoring>) -> String {
     }
     if let Some(m) = mon {
         // The monitoring LAN: its address only, no gateway, no DNS.
-        s.push_str(&format!("  {}:\n", m.interface));
-        if let Some(mac) = &m.mac {
-            s.push_str(&format!(
-                "    match:\n      macaddress: {}\n    set-name: {}\n",
-                q(mac),
-                m.interface
-            ));
-        }
-        s.push_str("    dhcp4: false\n    dhcp6: false\n    accept-ra: false\n");
-        s.push_str(&format!(
-            "    addresses:\n      - {}\n",
-            q(&m.address.to_string())
-        ));
+        ethernet(&mut s, &m.interface, m.mac.as_ref(), &m.address);
     }
     s
 }
