@@ -16,7 +16,7 @@ use crate::vm::acceptance::Check;
 /// or boot several (--vm) on one test network and prove they federate.
 #[derive(clap::Args)]
 #[command(
-    after_help = "Examples:\n  mimg test maas-homeserver --overlay overlays/example.toml\n  mimg test --vm maas-homeserver:overlays/a.toml --vm maas-homeserver:overlays/b.toml \\\n      --exec 'curl -fsS https://a.example/.well-known/matrix/server'\n\nWith --vm, every VM joins one private IPv6 network (root: namespaces and taps)\nwith a DNS server for every overlay's names and, for tls = \"acme\", a local ACME\nserver (Pebble). CMD runs inside that network with SSL_CERT_FILE and MIMG_CA_FILE\nnaming the network's CAs and MIMG_VMS a JSON list of the VMs; its exit status\ndecides the test."
+    after_help = "Examples:\n  mimg test maas-homeserver --overlay overlays/example.toml\n  mimg test turn --overlay overlays/turn-example.toml\n  mimg test --vm maas-homeserver:overlays/a.toml --vm maas-homeserver:overlays/b.toml \\\n      --vm turn:overlays/turn-example.toml \\\n      --exec 'curl -fsS https://a.example/.well-known/matrix/server'\n\nA TURN server's overlay (kind = \"turn\") is checked with real allocations by\ncoturn's turnutils_uclient from inside the test network.\n\nWith --vm, every VM joins one private IPv6 network (root: namespaces and taps)\nwith a DNS server for every overlay's names and, for tls = \"acme\", a local ACME\nserver (Pebble). CMD runs inside that network with SSL_CERT_FILE and MIMG_CA_FILE\nnaming the network's CAs and MIMG_VMS a JSON list of the VMs; its exit status\ndecides the test."
 )]
 pub struct Args {
     /// A recipe name in recipes/ or a path to a .toml file (one VM).
