@@ -446,18 +446,23 @@ fn the_turn_image_holds_coturn_and_its_config_template() {
     ] {
         assert!(t.contains(want), "{want}");
     }
-    // The first-boot helper writes coturn's config with any secret as it
-    // is: in quotes, which coturn strips (one leading, one trailing) and
-    // takes what is between literally; no sed, no shell word.
+    // The first-boot helper writes coturn's config from a TURN server
+    // seed's values, each secret as it is: in quotes, which coturn strips
+    // (one leading, one trailing) and takes what is between literally; no
+    // sed, no shell word. Two secrets: coturn accepts both (rotation).
     let secret = " a/b&c+d=e \"q\" $HOME #x\\y ";
+    let older = "older secret: 'still' valid";
     std::fs::write(
         root.join("etc/mimg/test-turn.secret"),
         format!("{secret}\n"),
     )
     .unwrap();
+    std::fs::write(root.join("etc/mimg/test-turn-2.secret"), older).unwrap();
     std::fs::write(
         root.join("etc/mimg/test-overlay.json"),
-        r#"{"server_name": "turn.example.net"}"#,
+        r#"{"kind": "turn", "realm": "turn.example.net", "address": "2001:db8:20::10",
+            "min_port": 50000, "max_port": 50999, "tls": "none",
+            "turn_secret_files": ["/etc/mimg/test-turn.secret", "/etc/mimg/test-turn-2.secret"]}"#,
     )
     .unwrap();
     let o = inside(
@@ -469,17 +474,27 @@ fn the_turn_image_holds_coturn_and_its_config_template() {
             "/etc/mimg/turnserver.conf.in",
             "/etc/mimg/test-turnserver.conf",
             "/etc/mimg/test-overlay.json",
-            "/etc/mimg/test-turn.secret",
         ],
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let conf = std::fs::read_to_string(root.join("etc/mimg/test-turnserver.conf")).unwrap();
-    assert!(conf.contains("\nrealm=turn.example.net\n"), "{conf}");
+    for line in [
+        "realm=turn.example.net".to_string(),
+        "min-port=50000".to_string(),
+        "max-port=50999".to_string(),
+        "relay-ip=2001:db8:20::10".to_string(),
+        format!("static-auth-secret=\"{secret}\""),
+        format!("static-auth-secret=\"{older}\""),
+    ] {
+        assert!(conf.lines().any(|l| l == line), "{line}: {conf}");
+    }
     assert!(
-        conf.lines()
-            .any(|l| l == format!("static-auth-secret=\"{secret}\"")),
-        "{conf}"
+        !conf.lines().any(|l| l.starts_with('@')),
+        "a placeholder is left: {conf}"
     );
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(root.join("etc/mimg/test-turnserver.conf")).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o640, "secrets inside: not world-readable");
     std::fs::remove_dir_all(&root).unwrap();
 }
 
