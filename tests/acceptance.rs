@@ -738,7 +738,10 @@ finally:
         "turn: a relay to ::1 is refused",
         "turn: a relay to fd00::1 is refused",
     ] {
-        assert!(exec["output"].as_str().unwrap().contains(line), "{line}: {exec}");
+        assert!(
+            exec["output"].as_str().unwrap().contains(line),
+            "{line}: {exec}"
+        );
     }
     // Alpha's admin UI: served on its name (with a certificate from the
     // network's ACME server), the admin API there for an admin only, not
@@ -756,7 +759,12 @@ finally:
         .iter()
         .filter(|v| v["customer"] == "alpha")
         .flat_map(|v| v["checks"].as_array().unwrap())
-        .find(|c| c["name"].as_str().unwrap().starts_with("registration needs a token"))
+        .find(|c| {
+            c["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("registration needs a token")
+        })
         .map(|c| c["detail"].as_str().unwrap().to_string())
         .unwrap_or_default();
     assert!(
@@ -783,7 +791,10 @@ finally:
         "provider-turn: secret 2 of 2 is accepted too (rotation)",
         "provider-turn: a credential of another secret is refused",
     ] {
-        assert!(names.iter().any(|n| n.starts_with(check)), "no check: {check}");
+        assert!(
+            names.iter().any(|n| n.starts_with(check)),
+            "no check: {check}"
+        );
     }
     // Nothing of the test network is left behind.
     let ns = Command::new("ip").args(["netns", "list"]).output().unwrap();

@@ -494,7 +494,11 @@ fn the_turn_image_holds_coturn_and_its_config_template() {
     );
     use std::os::unix::fs::MetadataExt;
     let meta = std::fs::metadata(root.join("etc/mimg/test-turnserver.conf")).unwrap();
-    assert_eq!(meta.mode() & 0o777, 0o640, "secrets inside: not world-readable");
+    assert_eq!(
+        meta.mode() & 0o777,
+        0o640,
+        "secrets inside: not world-readable"
+    );
     std::fs::remove_dir_all(&root).unwrap();
 }
 

@@ -46,7 +46,11 @@ pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
                     t.secrets.len(),
                     t.min_port,
                     t.max_port,
-                    if t.tls_files.is_some() { "files" } else { "none" },
+                    if t.tls_files.is_some() {
+                        "files"
+                    } else {
+                        "none"
+                    },
                     t.network.address
                 ),
             }

@@ -453,7 +453,9 @@ pub fn test_network(
     let servers: Vec<crate::vm::federation::Server> = vms
         .iter()
         .filter_map(|(_, role)| match role {
-            Role::Homeserver(o, client) => Some(crate::vm::federation::Server { overlay: o, client }),
+            Role::Homeserver(o, client) => {
+                Some(crate::vm::federation::Server { overlay: o, client })
+            }
             Role::Turn(_) => None,
         })
         .collect();
@@ -473,10 +475,7 @@ pub fn test_network(
     };
 
     let mut out = Vec::new();
-    for (((vm, role), checks), (s, image)) in vms
-        .iter()
-        .zip(reports)
-        .zip(specs.iter().zip(&images))
+    for (((vm, role), checks), (s, image)) in vms.iter().zip(reports).zip(specs.iter().zip(&images))
     {
         out.push(VmReport {
             customer: role.customer(),

@@ -431,10 +431,7 @@ pub fn parse_any(path: &Path, text: &str) -> Result<AnyOverlay, OverlayError> {
             _ => Err(OverlayError::Invalid {
                 loc: span_loc(path, text, v.span()),
                 key: "kind".into(),
-                msg: format!(
-                    "{} is not one of \"homeserver\", \"turn\"",
-                    v.get_ref()
-                ),
+                msg: format!("{} is not one of \"homeserver\", \"turn\"", v.get_ref()),
             }),
         },
     }
@@ -716,13 +713,7 @@ fn tls_files(
     key: Option<&Spanned<String>>,
     names: &[&DomainName],
 ) -> Result<TlsFiles, OverlayError> {
-    let missing = |key: &str| {
-        c.err(
-            tls,
-            "tls",
-            format!("tls = \"files\" needs `{key}`"),
-        )
-    };
+    let missing = |key: &str| c.err(tls, "tls", format!("tls = \"files\" needs `{key}`"));
     let cv = cert.ok_or_else(|| missing("tls_cert_file"))?;
     let kv = key.ok_or_else(|| missing("tls_key_file"))?;
     let chain = c.certs(cv, "tls_cert_file")?;
@@ -779,7 +770,9 @@ fn mac(c: &Ctx, v: Option<&Spanned<String>>, key: &str) -> Result<Option<String>
     let Some(m) = v else { return Ok(None) };
     let ok = m.get_ref().len() == 17
         && m.get_ref().split(':').all(|p| {
-            p.len() == 2 && p.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            p.len() == 2
+                && p.bytes()
+                    .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         });
     if !ok {
         return Err(c.err(
@@ -797,7 +790,11 @@ fn monitoring(c: &Ctx, m: &RawMonitoring, n: &Network) -> Result<Monitoring, Ove
     if let Some(why) = address.host_address_problem() {
         return Err(c.err(&m.address, "monitoring.address", why));
     }
-    if same_prefix(address.addr, n.address.addr, address.prefix.min(n.address.prefix)) {
+    if same_prefix(
+        address.addr,
+        n.address.addr,
+        address.prefix.min(n.address.prefix),
+    ) {
         return Err(c.err(
             &m.address,
             "monitoring.address",

@@ -655,11 +655,20 @@ fn a_turn_overlay_parses_by_its_kind_and_a_homeserver_one_stays_as_it_was() {
     assert_eq!((t.min_port, t.max_port), (50000, 50100));
     assert!(t.tls_files.is_none());
     assert!(!format!("{t:?}").contains("turn-secret-0123456789"));
-    let t = match parse_any(&path, &TURN.replace("min_port = 50000\nmax_port = 50100\n", "")).unwrap() {
+    let t = match parse_any(
+        &path,
+        &TURN.replace("min_port = 50000\nmax_port = 50100\n", ""),
+    )
+    .unwrap()
+    {
         AnyOverlay::Turn(t) => t,
         _ => unreachable!(),
     };
-    assert_eq!((t.min_port, t.max_port), (49152, 65535), "coturn's default range");
+    assert_eq!(
+        (t.min_port, t.max_port),
+        (49152, 65535),
+        "coturn's default range"
+    );
     assert!(matches!(
         parse_any(&d.path().join("o.toml"), GOOD).unwrap(),
         AnyOverlay::Homeserver(_)
@@ -680,26 +689,97 @@ fn bad_turn_values_are_refused_with_file_line_and_key() {
     let path = d.path().join("t.toml");
     for (what, prefix, with, key) in [
         ("unknown kind", "kind =", "kind = \"stun\"", "kind"),
-        ("realm not a domain", "realm =", "realm = \"turn example\"", "realm"),
-        ("no secret", "secret_files =", "secret_files = []", "turn_server.secret_files"),
-        ("a secret twice", "secret_files =", "secret_files = [\"s/turn\", \"s/turn\"]", "turn_server.secret_files"),
-        ("unreadable secret", "secret_files =", "secret_files = [\"s/none\"]", "turn_server.secret_files"),
-        ("two-line secret", "secret_files =", "secret_files = [\"s/bad\"]", "turn_server.secret_files"),
-        ("privileged port", "min_port =", "min_port = 80", "turn_server.min_port"),
-        ("port out of range", "max_port =", "max_port = 70000", "turn_server.max_port"),
-        ("empty range", "min_port =", "min_port = 60000", "turn_server.max_port"),
-        ("range over the listener", "min_port =", "min_port = 3000", "turn_server.max_port"),
-        ("multicast address", "address =", "address = \"ff05::2/64\"", "network.address"),
-        ("all-zero host part", "address =", "address = \"2001:db8:20::/64\"", "network.address"),
-        ("unknown key", "realm =", "realm = \"turn.example.net\"\nlisten = \"x\"", "listen"),
-        ("cert without tls = files", "realm =", "realm = \"turn.example.net\"\ntls_cert_file = \"c.pem\"", "tls_cert_file"),
+        (
+            "realm not a domain",
+            "realm =",
+            "realm = \"turn example\"",
+            "realm",
+        ),
+        (
+            "no secret",
+            "secret_files =",
+            "secret_files = []",
+            "turn_server.secret_files",
+        ),
+        (
+            "a secret twice",
+            "secret_files =",
+            "secret_files = [\"s/turn\", \"s/turn\"]",
+            "turn_server.secret_files",
+        ),
+        (
+            "unreadable secret",
+            "secret_files =",
+            "secret_files = [\"s/none\"]",
+            "turn_server.secret_files",
+        ),
+        (
+            "two-line secret",
+            "secret_files =",
+            "secret_files = [\"s/bad\"]",
+            "turn_server.secret_files",
+        ),
+        (
+            "privileged port",
+            "min_port =",
+            "min_port = 80",
+            "turn_server.min_port",
+        ),
+        (
+            "port out of range",
+            "max_port =",
+            "max_port = 70000",
+            "turn_server.max_port",
+        ),
+        (
+            "empty range",
+            "min_port =",
+            "min_port = 60000",
+            "turn_server.max_port",
+        ),
+        (
+            "range over the listener",
+            "min_port =",
+            "min_port = 3000",
+            "turn_server.max_port",
+        ),
+        (
+            "multicast address",
+            "address =",
+            "address = \"ff05::2/64\"",
+            "network.address",
+        ),
+        (
+            "all-zero host part",
+            "address =",
+            "address = \"2001:db8:20::/64\"",
+            "network.address",
+        ),
+        (
+            "unknown key",
+            "realm =",
+            "realm = \"turn.example.net\"\nlisten = \"x\"",
+            "listen",
+        ),
+        (
+            "cert without tls = files",
+            "realm =",
+            "realm = \"turn.example.net\"\ntls_cert_file = \"c.pem\"",
+            "tls_cert_file",
+        ),
     ] {
         let (text, line) = replace_line(TURN, prefix, with);
         let e = match parse_any(&path, &text) {
             Ok(_) => panic!("{what}: accepted"),
             Err(e) => e.to_string(),
         };
-        assert!(e.contains(&format!("t.toml:{line}:")) || key == "listen" || key == "tls_cert_file" || key == "turn_server.max_port", "{what}: wrong place: {e}");
+        assert!(
+            e.contains(&format!("t.toml:{line}:"))
+                || key == "listen"
+                || key == "tls_cert_file"
+                || key == "turn_server.max_port",
+            "{what}: wrong place: {e}"
+        );
         assert!(e.contains(key), "{what}: wrong key: {e}");
     }
 }
@@ -729,7 +809,11 @@ fn a_host_address_must_be_a_usable_unicast_one() {
     let ok = |s: &str| s.parse::<Ipv6Net>().unwrap().host_address_problem();
     assert_eq!(ok("2001:db8:10::20/64"), None);
     assert_eq!(ok("fd00:1::5/64"), None, "unique-local is a host address");
-    assert_eq!(ok("2001:db8:10::/128"), None, "a /128 has no host part to be zero");
+    assert_eq!(
+        ok("2001:db8:10::/128"),
+        None,
+        "a /128 has no host part to be zero"
+    );
     for (bad, why) in [
         ("ff02::1/64", "multicast"),
         ("::1/128", "loopback"),
@@ -745,21 +829,37 @@ fn a_host_address_must_be_a_usable_unicast_one() {
 fn the_admin_ui_needs_a_name_of_its_own_and_a_known_admin_api() {
     let d = dir_with_secrets();
     let path = d.path().join("o.toml");
-    let with = |lines: &str| GOOD.replace("tls = \"external\"", &format!("tls = \"external\"\n{lines}"));
+    let with = |lines: &str| {
+        GOOD.replace(
+            "tls = \"external\"",
+            &format!("tls = \"external\"\n{lines}"),
+        )
+    };
     let o = parse(&path, &with("admin_ui = \"admin.example.org\"")).unwrap();
     assert_eq!(o.admin_ui.as_ref().unwrap().as_str(), "admin.example.org");
     assert!(o.admin_api_on_ui());
     assert_eq!(o.names().len(), 4);
-    let o = parse(&path, &with("admin_ui = \"admin.example.org\"\nadmin_api = \"none\"")).unwrap();
+    let o = parse(
+        &path,
+        &with("admin_ui = \"admin.example.org\"\nadmin_api = \"none\""),
+    )
+    .unwrap();
     assert!(!o.admin_api_on_ui());
     for (lines, key, why) in [
         ("admin_ui = \"matrix.example.org\"", "admin_ui", "own"),
         ("admin_ui = \"not a name\"", "admin_ui", ""),
         ("admin_api = \"public\"", "admin_api", "not one of"),
-        ("admin_api = \"monitoring\"", "admin_api", "not supported yet"),
+        (
+            "admin_api = \"monitoring\"",
+            "admin_api",
+            "not supported yet",
+        ),
     ] {
         let e = parse(&path, &with(lines)).unwrap_err().to_string();
-        assert!(e.contains("o.toml:6:") && e.contains(&format!("`{key}`")) && e.contains(why), "{lines}: {e}");
+        assert!(
+            e.contains("o.toml:6:") && e.contains(&format!("`{key}`")) && e.contains(why),
+            "{lines}: {e}"
+        );
     }
 }
 
@@ -767,19 +867,51 @@ fn the_admin_ui_needs_a_name_of_its_own_and_a_known_admin_api() {
 fn the_monitoring_lan_needs_a_network_and_a_nic_of_its_own() {
     let d = dir_with_secrets();
     let path = d.path().join("o.toml");
-    let with = |lines: &str| GOOD.replace("[data_disk]", &format!("[monitoring]\n{lines}\n[data_disk]"));
+    let with = |lines: &str| {
+        GOOD.replace(
+            "[data_disk]",
+            &format!("[monitoring]\n{lines}\n[data_disk]"),
+        )
+    };
     let o = parse(&path, &with("address = \"2001:db8:99::20/64\"")).unwrap();
     let m = o.monitoring.as_ref().unwrap();
     assert_eq!(m.interface.as_str(), "ens4");
     assert_eq!(m.mac, None);
-    let o = parse(&path, &with("address = \"fd00:99::20/64\"\nmac = \"52:54:00:6e:00:01\"")).unwrap();
-    assert_eq!(o.monitoring.unwrap().mac.as_deref(), Some("52:54:00:6e:00:01"));
+    let o = parse(
+        &path,
+        &with("address = \"fd00:99::20/64\"\nmac = \"52:54:00:6e:00:01\""),
+    )
+    .unwrap();
+    assert_eq!(
+        o.monitoring.unwrap().mac.as_deref(),
+        Some("52:54:00:6e:00:01")
+    );
     for (lines, key, why) in [
-        ("address = \"2001:db8:10::99/64\"", "monitoring.address", "public network"),
-        ("address = \"ff02::1/64\"", "monitoring.address", "multicast"),
-        ("address = \"2001:db8:99::20/64\"\ninterface = \"ens3\"", "monitoring.interface", "NIC of its own"),
-        ("address = \"2001:db8:99::20/64\"\nmac = \"52:54:00:XX:00:01\"", "monitoring.mac", "MAC address"),
-        ("address = \"2001:db8:99::20/64\"\nport = 9100", "port", "unknown field"),
+        (
+            "address = \"2001:db8:10::99/64\"",
+            "monitoring.address",
+            "public network",
+        ),
+        (
+            "address = \"ff02::1/64\"",
+            "monitoring.address",
+            "multicast",
+        ),
+        (
+            "address = \"2001:db8:99::20/64\"\ninterface = \"ens3\"",
+            "monitoring.interface",
+            "NIC of its own",
+        ),
+        (
+            "address = \"2001:db8:99::20/64\"\nmac = \"52:54:00:XX:00:01\"",
+            "monitoring.mac",
+            "MAC address",
+        ),
+        (
+            "address = \"2001:db8:99::20/64\"\nport = 9100",
+            "port",
+            "unknown field",
+        ),
     ] {
         let e = parse(&path, &with(lines)).unwrap_err().to_string();
         assert!(e.contains(key) && e.contains(why), "{lines}: {e}");

@@ -135,7 +135,11 @@ pub fn parse(path: &std::path::Path, text: &str) -> Result<TurnServer, OverlayEr
         let Some(v) = v else { return Ok(default) };
         match u16::try_from(*v.get_ref()) {
             Ok(p) if p >= 1024 => Ok(p),
-            _ => Err(c.err(v, key, format!("{} is not a port from 1024 to 65535", v.get_ref()))),
+            _ => Err(c.err(
+                v,
+                key,
+                format!("{} is not a port from 1024 to 65535", v.get_ref()),
+            )),
         }
     };
     let min_port = port(&server.min_port, "turn_server.min_port", 49152)?;

@@ -428,7 +428,10 @@ fn synapse_proxy(o: &Overlay) -> String {
 /// on the public homeserver name.
 fn nginx_admin_ui(o: &Overlay, name: &DomainName) -> String {
     let admin = if o.admin_api_on_ui() {
-        format!("    location /_synapse/admin {{\n{}    }}\n", synapse_proxy(o))
+        format!(
+            "    location /_synapse/admin {{\n{}    }}\n",
+            synapse_proxy(o)
+        )
     } else {
         "    location /_synapse/admin {\n        return 403;\n    }\n".to_string()
     };

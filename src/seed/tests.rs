@@ -275,7 +275,10 @@ fn a_turn_seed_carries_every_secret_byte_for_byte_and_only_in_private_files() {
     for (f, s) in secrets.iter().zip(&t.secrets) {
         assert_eq!(f.mode, 0o600, "{}", f.path);
         assert_eq!(f.content, format!("{}\n", s.expose()), "byte for byte");
-        assert!(!r.user_data.contains(s.expose()), "only base64 in user-data");
+        assert!(
+            !r.user_data.contains(s.expose()),
+            "only base64 in user-data"
+        );
     }
     let v: serde_json::Value = serde_json::from_str(
         &r.files
@@ -289,14 +292,21 @@ fn a_turn_seed_carries_every_secret_byte_for_byte_and_only_in_private_files() {
     assert_eq!(v["realm"], "turn.example.net");
     assert_eq!(v["address"], "2001:db8:20::10");
     assert_eq!(v["turn_secret_files"].as_array().unwrap().len(), 2);
-    assert!(!serde_json::to_string(&v).unwrap().contains(t.secrets[0].expose()));
+    assert!(
+        !serde_json::to_string(&v)
+            .unwrap()
+            .contains(t.secrets[0].expose())
+    );
     assert_eq!(render_turn(&t), r, "same overlay, same seed");
 }
 
 /// The nginx `server` block whose `server_name` line names `name`.
 fn server_block<'a>(conf: &'a str, name: &str) -> &'a str {
     conf.split("\nserver {")
-        .find(|b| b.lines().any(|l| l.trim() == format!("server_name {name};")))
+        .find(|b| {
+            b.lines()
+                .any(|l| l.trim() == format!("server_name {name};"))
+        })
         .unwrap_or_else(|| panic!("no server block for {name} in {conf}"))
 }
 
@@ -331,7 +341,10 @@ fn the_admin_ui_gets_its_own_name_and_the_admin_api_is_served_only_there() {
         .content
         .clone();
     let ui = server_block(&conf, "admin.example.org");
-    assert!(ui.contains("location /_synapse/admin {\n        return 403;"), "{ui}");
+    assert!(
+        ui.contains("location /_synapse/admin {\n        return 403;"),
+        "{ui}"
+    );
 
     // With TLS on the VM the certificate covers the UI's name too.
     let o = example_with("tls = \"acme\"\nadmin_ui = \"admin.example.org\"", &[]);
@@ -364,9 +377,14 @@ fn monitoring_binds_every_metrics_endpoint_to_the_monitoring_address_alone() {
     });
     let r = render(&o);
     let syn = &file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml").content;
-    assert!(syn.contains("enable_metrics: true\nlisteners:\n  - port: 8008\n"), "{syn}");
     assert!(
-        syn.contains("  - port: 9000\n    type: metrics\n    bind_addresses: [\"2001:db8:99::20\"]\n"),
+        syn.contains("enable_metrics: true\nlisteners:\n  - port: 8008\n"),
+        "{syn}"
+    );
+    assert!(
+        syn.contains(
+            "  - port: 9000\n    type: metrics\n    bind_addresses: [\"2001:db8:99::20\"]\n"
+        ),
         "{syn}"
     );
     for (f, port) in [
@@ -380,10 +398,17 @@ fn monitoring_binds_every_metrics_endpoint_to_the_monitoring_address_alone() {
             "{f}"
         );
     }
-    assert!(r.network_config.contains("macaddress: \"52:54:00:6e:00:01\""));
+    assert!(
+        r.network_config
+            .contains("macaddress: \"52:54:00:6e:00:01\"")
+    );
     assert!(r.network_config.contains("\"2001:db8:99::20/64\""));
     // Without [monitoring]: no metrics listener, no exporter settings.
     let r = render(&example());
     assert!(r.files.iter().all(|f| !f.path.contains("prometheus")));
-    assert!(!file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml").content.contains("metrics"));
+    assert!(
+        !file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml")
+            .content
+            .contains("metrics")
+    );
 }

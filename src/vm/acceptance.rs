@@ -509,18 +509,21 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
     ));
     if let Some(ui) = &o.admin_ui {
         let ui = ui.as_str();
-        out.push(timed("the admin UI and its config.json on its own name", || {
-            let (st, h, _) = c.get(ui, "/", None)?;
-            if st != 200 || h.get("x-frame-options").is_none() {
-                bail!("index: HTTP {st}, headers {h:?}");
-            }
-            let (st, _, body) = c.get(ui, "/config.json", None)?;
-            let v: Value = serde_json::from_str(&body)?;
-            if st != 200 || v["restrictBaseUrl"] != json!(format!("https://{ui}")) {
-                bail!("config.json: HTTP {st}: {body}");
-            }
-            Ok(format!("restricted to https://{ui}"))
-        }));
+        out.push(timed(
+            "the admin UI and its config.json on its own name",
+            || {
+                let (st, h, _) = c.get(ui, "/", None)?;
+                if st != 200 || h.get("x-frame-options").is_none() {
+                    bail!("index: HTTP {st}, headers {h:?}");
+                }
+                let (st, _, body) = c.get(ui, "/config.json", None)?;
+                let v: Value = serde_json::from_str(&body)?;
+                if st != 200 || v["restrictBaseUrl"] != json!(format!("https://{ui}")) {
+                    bail!("config.json: HTTP {st}: {body}");
+                }
+                Ok(format!("restricted to https://{ui}"))
+            },
+        ));
     }
     if let Some(ui) = o.admin_ui.as_ref().filter(|_| o.admin_api_on_ui()) {
         let ui = ui.as_str();
@@ -541,14 +544,19 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
                 }
                 let (public, _, _) = c.get(hs, list, Some(t))?;
                 if public == 200 {
-                    bail!("{hs}{list} answered an admin's token (HTTP 200): the admin API is public");
+                    bail!(
+                        "{hs}{list} answered an admin's token (HTTP 200): the admin API is public"
+                    );
                 }
                 // A user who is no admin, made through the admin API.
                 let (user, password) = newcomer();
                 let (st, v) = c.send(
                     reqwest::Method::PUT,
                     ui,
-                    &format!("/_synapse/admin/v2/users/{}", urlenc(&format!("@{user}:{sn}"))),
+                    &format!(
+                        "/_synapse/admin/v2/users/{}",
+                        urlenc(&format!("@{user}:{sn}"))
+                    ),
                     Some(t),
                     &json!({ "password": password, "admin": false }),
                 )?;

@@ -250,8 +250,10 @@ pub fn start(spec: &RunSpec) -> Result<Vm> {
 impl Vm {
     /// What QEMU wrote to its stderr so far.
     fn qemu_errors(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(self._work.path().join("qemu.err")).unwrap_or_default())
-            .into_owned()
+        String::from_utf8_lossy(
+            &std::fs::read(self._work.path().join("qemu.err")).unwrap_or_default(),
+        )
+        .into_owned()
     }
 
     /// Under KVM: whether the guest's kernel gets to speak, within 20 s of

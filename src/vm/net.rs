@@ -129,7 +129,11 @@ fn monitoring_router_address(net: Ipv6Addr, prefix: u8, members: &[Member]) -> I
         .filter_map(|m| m.monitoring.as_ref().map(|(a, _, _)| *a))
         .collect();
     let host_bits = 128 - prefix as u32;
-    let top = if host_bits >= 16 { 0xfffe } else { (1u128 << host_bits) - 2 };
+    let top = if host_bits >= 16 {
+        0xfffe
+    } else {
+        (1u128 << host_bits) - 2
+    };
     (1..=top)
         .rev()
         .map(|h| Ipv6Addr::from(u128::from(net) | h))

@@ -44,7 +44,13 @@ fn allocate(ns: &str, addr: &str, user: &str, password: &str, extra: &[&str]) ->
     ];
     args.extend(["-x", "-n", "1", "-m", "1"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
-    args.extend(["-u".into(), user.into(), "-w".into(), password.into(), addr.into()]);
+    args.extend([
+        "-u".into(),
+        user.into(),
+        "-w".into(),
+        password.into(),
+        addr.into(),
+    ]);
     match crate::tools::netns::output(ns, "sh", &args, &[]) {
         Ok((code, out)) => (code == Some(0), out),
         Err(e) => (false, e.to_string()),
@@ -98,7 +104,11 @@ pub fn checks(
         detail: if up {
             format!("realm {}, relayed through {addr}", t.realm)
         } else {
-            format!("no allocation within {} s: {}", limit.as_secs(), tail(&last))
+            format!(
+                "no allocation within {} s: {}",
+                limit.as_secs(),
+                tail(&last)
+            )
         },
     });
     if !up {
@@ -121,32 +131,49 @@ pub fn checks(
     for (i, s) in t.secrets.iter().enumerate().skip(1) {
         let (u, p) = credential(s.expose().as_bytes(), "mimg-test");
         check(
-            format!("secret {} of {} is accepted too (rotation)", i + 1, t.secrets.len()),
+            format!(
+                "secret {} of {} is accepted too (rotation)",
+                i + 1,
+                t.secrets.len()
+            ),
             &mut || {
                 let (ok, o) = allocate(ns, &addr, &u, &p, &["-y"]);
                 (ok, if ok { "relayed".into() } else { tail(&o) })
             },
         );
     }
-    check("a credential of another secret is refused".into(), &mut || {
-        let (u, p) = credential(b"not the shared secret", "mimg-test");
-        let (ok, o) = allocate(ns, &addr, &u, &p, &["-y"]);
-        let refused = !ok && o.contains("Cannot complete Allocation");
-        (refused, if refused { "refused".into() } else { format!("not refused as expected: {}", tail(&o)) })
-    });
-    for peer in ["::1", "fd00::1"] {
-        check(format!("a relay to the denied peer {peer} is refused"), &mut || {
-            let (ok, o) = allocate(ns, &addr, &user, &pw, &["-e", peer]);
-            let refused = !ok && o.contains("403");
+    check(
+        "a credential of another secret is refused".into(),
+        &mut || {
+            let (u, p) = credential(b"not the shared secret", "mimg-test");
+            let (ok, o) = allocate(ns, &addr, &u, &p, &["-y"]);
+            let refused = !ok && o.contains("Cannot complete Allocation");
             (
                 refused,
                 if refused {
-                    "403 Forbidden IP".into()
+                    "refused".into()
                 } else {
                     format!("not refused as expected: {}", tail(&o))
                 },
             )
-        });
+        },
+    );
+    for peer in ["::1", "fd00::1"] {
+        check(
+            format!("a relay to the denied peer {peer} is refused"),
+            &mut || {
+                let (ok, o) = allocate(ns, &addr, &user, &pw, &["-e", peer]);
+                let refused = !ok && o.contains("403");
+                (
+                    refused,
+                    if refused {
+                        "403 Forbidden IP".into()
+                    } else {
+                        format!("not refused as expected: {}", tail(&o))
+                    },
+                )
+            },
+        );
     }
     out
 }
