@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -284,14 +284,13 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn boot(image: &Path, seed: &Path, data: &Path, port: u16, log: &Path) -> Vm {
-    let child = Command::new(env!("CARGO_BIN_EXE_mimg"))
-        .arg("run")
-        .arg(image)
-        .arg("--seed")
-        .arg(seed)
-        .arg("--data-disk")
-        .arg(data)
+fn boot(image: &Path, seed: &Path, data: Option<&Path>, port: u16, log: &Path) -> Vm {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_mimg"));
+    c.arg("run").arg(image).arg("--seed").arg(seed);
+    if let Some(d) = data {
+        c.arg("--data-disk").arg(d);
+    }
+    let child = c
         .arg("--forward")
         .arg(format!("{port}:80"))
         .arg("--serial-log")
@@ -436,14 +435,10 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
             .build()
             .unwrap(),
     };
+    let image = w.join("out/v2.qcow2");
+    data_disk_absent_or_foreign_starts_nothing(&w, &image, &seed, &http);
     let port = free_port();
-    let vm = boot(
-        &w.join("out/v2.qcow2"),
-        &seed,
-        &p.data,
-        port,
-        &w.join("v2.log"),
-    );
+    let vm = boot(&image, &seed, Some(&p.data), port, &w.join("v2.log"));
     let h = http(port);
     let t0 = Instant::now();
     let token = h.login(Duration::from_secs(1500));
@@ -463,6 +458,110 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
         "the message of v1 is gone: {v}"
     );
     drop(vm);
+}
+
+/// Before v2 boots from v1's data disk, two boots side by side where the
+/// data disk is not right, each with nothing started and the reason on
+/// the console: the disk the seed names never comes (by id: the seed's own
+/// drive takes its place in the /dev/vdX order), or it holds a partition
+/// table (a customer's disk, say). That disk is not changed by one byte.
+fn data_disk_absent_or_foreign_starts_nothing(
+    w: &Path,
+    image: &Path,
+    seed: &Path,
+    http: &dyn Fn(u16) -> Http,
+) {
+    let by_id = w.join("by-id.toml");
+    let secrets = repo().join("overlays/example-secrets");
+    std::fs::write(
+        &by_id,
+        std::fs::read_to_string(repo().join("overlays/example.toml"))
+            .unwrap()
+            .replace("example-secrets/", &format!("{}/", secrets.display()))
+            .replace("/dev/vdb", "/dev/disk/by-id/virtio-mimg-data"),
+    )
+    .unwrap();
+    let absent_seed = w.join("by-id.img");
+    let mut c = mimg();
+    c.arg("seed").arg(&by_id).arg("--out").arg(&absent_seed);
+    assert!(run(c).status.success());
+    // A DOS partition table with one partition, and data behind it.
+    let foreign = w.join("foreign.raw");
+    let mut disk = vec![0u8; 64 << 20];
+    disk[446..462].copy_from_slice(&[
+        0x00, 0x20, 0x21, 0x00, 0x83, 0x20, 0x21, 0x00, 0x00, 0x08, 0x00, 0x00, 0x00, 0xf8, 0x01,
+        0x00,
+    ]);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    disk[1 << 20..(1 << 20) + 21].copy_from_slice(b"a customer's own data");
+    std::fs::write(&foreign, &disk).unwrap();
+    let before = sha256(&foreign);
+
+    let cases = [
+        (
+            "absent",
+            absent_seed.as_path(),
+            None,
+            "did not appear within 120 s: services stay stopped",
+        ),
+        (
+            "foreign",
+            seed,
+            Some(foreign.as_path()),
+            "is left untouched and services stay stopped",
+        ),
+    ];
+    let vms: Vec<(u16, PathBuf, Vm)> = cases
+        .iter()
+        .map(|(name, seed, data, _)| {
+            let port = free_port();
+            let log = w.join(format!("{name}.log"));
+            let vm = boot(image, seed, *data, port, &log);
+            (port, log, vm)
+        })
+        .collect();
+    let t0 = Instant::now();
+    for ((name, _, _, want), (port, log, _)) in cases.iter().zip(&vms) {
+        loop {
+            let text =
+                String::from_utf8_lossy(&std::fs::read(log).unwrap_or_default()).into_owned();
+            if text.contains(want) {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(1200),
+                "{name}: no \"{want}\" on the console after {}s:\n{}",
+                t0.elapsed().as_secs(),
+                text.lines()
+                    .rev()
+                    .take(30)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .rev()
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        // Nothing of the customer's is served: nginx has only the image's
+        // "not configured yet" page, Synapse is not behind it.
+        let (st, _) = http(*port)
+            .call("GET", "/_matrix/client/versions", None, None)
+            .expect("nginx answers");
+        assert_eq!(st, 503, "{name}: the customer's names are not served");
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            !text.contains("mimg: ready"),
+            "{name}: first boot said it was ready"
+        );
+        eprintln!(
+            "data disk {name}: services stopped, the console says why ({:.0}s)",
+            t0.elapsed().as_secs_f64()
+        );
+    }
+    drop(vms);
+    assert_eq!(sha256(&foreign), before, "the foreign disk was changed");
 }
 
 /// An overlay for `customer` on its own prefix, with the example's awkward
@@ -510,6 +609,7 @@ fn customers_federate_over_tls_acme_and_files_and_share_a_turn_server_on_one_tes
     let recipe = test_recipe(&w, "maas-homeserver", srv.port, &sha);
     let admin_sha = admin_ui_standin(&w, &srv);
     let recipe = with_admin_ui(&recipe, srv.port, &admin_sha);
+    let recipe = with_matterbridge(&recipe, &srv);
     let a = network_overlay(
         &w,
         "alpha",
@@ -548,6 +648,12 @@ fn customers_federate_over_tls_acme_and_files_and_share_a_turn_server_on_one_tes
     // Charlie's metrics on a monitoring LAN (a second NIC, by MAC).
     let mut text = std::fs::read_to_string(&c).unwrap();
     text.push_str("\n[monitoring]\naddress = \"2001:db8:f::20/64\"\nmac = \"52:54:00:6e:00:63\"\n");
+    // And a bridge (the stand-in binary logs in as its Matrix user).
+    std::fs::write(w.join("mattermost.token"), "a token with \"quotes\" & $x\n").unwrap();
+    text.push_str(&format!(
+        "\n[bridge.mattermost]\nurl = \"https://mattermost.charlie.example\"\nteam = \"ops\"\ntoken_file = \"{}\"\n",
+        w.join("mattermost.token").display()
+    ));
     std::fs::write(&c, text).unwrap();
     // The provider's shared TURN server: alpha's [turn] names its realm
     // and shares its first secret; a second one is still accepted.
@@ -611,6 +717,15 @@ for peer in ['::1', 'fd00::1']:
     rc, out = uclient(creds['username'], creds['password'], '-e', peer)
     assert rc != 0 and '403' in out, out
     print('inside: turn: a relay to %s is refused' % peer, flush=True)
+
+# Charlie's bridge: the first-boot script registered its Matrix user as
+# its config says and wrote the config its service user reads; the
+# (stand-in) bridge logged in with it and named itself.
+charlie = [vm for vm in vms if vm['customer'] == 'charlie'][0]
+url = 'https://%s/_matrix/client/v3/profile/%%40matterbridge%%3Acharlie.example/displayname' % charlie['homeserver']
+name = json.load(urllib.request.urlopen(url, context=ctx, timeout=30)).get('displayname')
+print('inside: the bridge user of charlie is named %r' % name, flush=True)
+assert name == 'stand-in matterbridge for charlie', name
 
 # A real Prometheus on the monitoring LAN finds charlie through the file
 # `mimg targets` writes, and scrapes all three jobs.
@@ -732,6 +847,7 @@ finally:
         );
     }
     for line in [
+        "the bridge user of charlie is named 'stand-in matterbridge for charlie'",
         "turn allocation over UDP with alpha's credentials: relayed",
         "turn allocation over TCP with alpha's credentials: relayed",
         "turn: a wrong password is refused",

@@ -106,7 +106,8 @@ pub fn test(
             Err(e) => e.to_string(),
         },
     });
-    if healthy.is_ok() {
+    if let Ok(h) = &healthy {
+        checks.push(acceptance::ready_check(h));
         checks.extend(acceptance::run_checks(&client, overlay, vm.guest));
     }
     let accel = vm.accel;

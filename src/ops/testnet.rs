@@ -433,7 +433,8 @@ pub fn test_network(
                                 Err(e) => e.to_string(),
                             },
                         }];
-                        if healthy.is_ok() {
+                        if let Ok(h) = &healthy {
+                            checks.push(acceptance::ready_check(h));
                             checks.extend(acceptance::run_checks(client, o, guest));
                             checks.extend(crate::vm::monitoring::checks(ns, o));
                         }

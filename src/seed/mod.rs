@@ -18,15 +18,16 @@
 //! | `/etc/mimg/secrets/*` | 0600 | TURN secret, admin passwords, bridge token |
 //! | `/etc/matrix-synapse/conf.d/50-mimg.yaml` | 0644 | server name, base URL, registration, uploads, TURN |
 //! | `/etc/matrix-synapse/conf.d/60-mimg-secrets.yaml` | 0600 (0640 group matrix-synapse after first boot) | the TURN shared secret |
-//! | `/etc/nginx/conf.d/mimg-matrix.conf` | 0644 | homeserver proxy, `.well-known`, web client (`tls = "acme"`: until the certificate exists, the ACME challenge and a "not configured yet" page on 80) |
-//! | `/etc/mimg/nginx/mimg-matrix-tls.conf` | 0644 | `tls = "acme"`: the sites on 443, installed by `mimg-acme` once certbot has the certificate |
+//! | `/etc/nginx/conf.d/mimg-matrix.conf` | 0644 | one line: `include /run/mimg/nginx/*.conf;` (empty at every boot, so until first boot is done the customer's names get the image's "not configured yet" page, 503) |
+//! | `/etc/mimg/nginx/mimg-matrix.conf` | 0644 | the sites: homeserver proxy, `.well-known`, web client, admin UI; copied to `/run/mimg/nginx/` by `sites.py` when first boot is done (`tls = "acme"`: and certbot has the certificate) |
+//! | `/etc/mimg/nginx/mimg-matrix-pending.conf` | 0644 | `tls = "acme"`: port 80 while the certificate is missing (the ACME challenges, and 503 "not configured yet"), in `/run/mimg/nginx/` from the start of first boot |
 //! | `/etc/mimg/tls/fullchain.pem`, `/etc/mimg/secrets/tls.key` | 0644, 0600 | `tls = "files"`: the overlay's certificate chain and key |
 //! | `/etc/mimg/acme-ca.pem` | 0644 | the CA of a private ACME server's TLS certificate (`acme_ca_file`) |
 //! | `/etc/systemd/system/certbot.service.d/mimg.conf` | 0644 | renewals trust that CA too |
 //! | `/etc/mimg/federation-ca/N.pem` | 0644 | CAs Synapse trusts for federation (`federation_ca_file`), one per file |
 //! | `/etc/element-web/config.json` | 0644 | the web client's homeserver |
 //! | `/etc/synapse-admin/config.json` | 0644 | `admin_ui`: the admin UI restricted to this homeserver (through the UI's own name, where nginx serves `/_synapse/admin` when `admin_api = "admin-ui"`) |
-//! | `/etc/matterbridge/matterbridge.toml` | 0600 | where a bridge is configured |
+//! | `/etc/mimg/matterbridge.toml.in` | 0600 | where a bridge is configured: matterbridge's config but the Matrix password; the first-boot script registers the bridge's Matrix user (its `Login`) with a password it makes once on the data disk and writes `/etc/matterbridge/matterbridge.toml` (0640, group matterbridge) |
 //! | `/etc/resolv.conf` | 0644 | the overlay's DNS servers |
 //! | `/etc/mimg/monitoring.json` | 0644 | `[monitoring]`: the monitoring address and the metrics endpoints (the exporters' units start only where it exists) |
 //! | `/etc/default/prometheus-{node,postgres}-exporter` | 0644 | `[monitoring]`: the exporters listen on the monitoring address alone |
@@ -53,6 +54,12 @@ fn federation_ca_path(i: usize) -> String {
 }
 const TLS_CHAIN: &str = "/etc/mimg/tls/fullchain.pem";
 const ADMIN_UI_CONFIG: &str = "/etc/synapse-admin/config.json";
+const MATTERBRIDGE_TEMPLATE: &str = "/etc/mimg/matterbridge.toml.in";
+/// nginx's part of the seed: the sites are served from `/run` (empty at
+/// every boot), where the first-boot script puts them once it is done.
+const NGINX_INCLUDE: &str = "# Written by mimg seed: the first-boot script installs the sites in\n# /run/mimg/nginx when it is done (until then the image's \"not configured yet\" page).\ninclude /run/mimg/nginx/*.conf;\n";
+const NGINX_SITES: &str = "/etc/mimg/nginx/mimg-matrix.conf";
+const NGINX_PENDING: &str = "/etc/mimg/nginx/mimg-matrix-pending.conf";
 /// The image's first-boot script, called from the seed's runcmd.
 pub const FIRSTBOOT: &str = "/usr/local/sbin/mimg-firstboot";
 
@@ -119,8 +126,13 @@ pub fn render(o: &Overlay) -> Rendered {
         "/etc/matrix-synapse/conf.d/50-mimg.yaml",
         synapse_yaml(o),
     ));
+    files.push(plain(
+        "/etc/nginx/conf.d/mimg-matrix.conf",
+        NGINX_INCLUDE.to_string(),
+    ));
+    files.push(plain(NGINX_SITES, nginx_conf(o)));
     match o.tls {
-        Tls::External => files.push(plain("/etc/nginx/conf.d/mimg-matrix.conf", nginx_conf(o))),
+        Tls::External => {}
         Tls::Files => {
             let f = o.tls_files.as_ref().expect("tls = files has files");
             files.push(plain(TLS_CHAIN, f.chain.text().to_string()));
@@ -130,14 +142,9 @@ pub fn render(o: &Overlay) -> Rendered {
                 content: f.key.expose().to_string(),
                 secret: true,
             });
-            files.push(plain("/etc/nginx/conf.d/mimg-matrix.conf", nginx_conf(o)));
         }
         Tls::Acme => {
-            files.push(plain(
-                "/etc/nginx/conf.d/mimg-matrix.conf",
-                nginx_acme_pending(o),
-            ));
-            files.push(plain("/etc/mimg/nginx/mimg-matrix-tls.conf", nginx_conf(o)));
+            files.push(plain(NGINX_PENDING, nginx_acme_pending(o)));
             let a = o.acme.as_ref().expect("tls = acme has acme");
             if let Some(ca) = &a.ca {
                 files.push(plain(ACME_CA, ca.text().to_string()));
@@ -163,7 +170,7 @@ pub fn render(o: &Overlay) -> Rendered {
     if let Some(m) = &o.mattermost {
         files.push(secret("mattermost.token", m.token.expose()));
         files.push(VmFile {
-            path: "/etc/matterbridge/matterbridge.toml".into(),
+            path: MATTERBRIDGE_TEMPLATE.into(),
             mode: 0o600,
             content: matterbridge_toml(o),
             secret: true,
@@ -570,7 +577,7 @@ fn matterbridge_toml(o: &Overlay) -> String {
         .unwrap_or_default()
         .to_string();
     format!(
-        "# Written by mimg seed for customer {c}.\n# The Matrix side logs in as @matterbridge:{sn}; the first-boot script\n# creates that user and writes its password to /var/lib/mimg/matterbridge.password.\n[mattermost.{team}]\nServer = {server}\nTeam = {team_q}\nToken = {token}\nRemoteNickFormat = \"[{{PROTOCOL}}] <{{NICK}}> \"\n\n[matrix.{c}]\nServer = \"http://127.0.0.1:8008\"\nLogin = \"matterbridge\"\nPasswordFile = \"/var/lib/mimg/matterbridge.password\"\nRemoteNickFormat = \"[{{PROTOCOL}}] <{{NICK}}> \"\n",
+        "# Written by mimg seed for customer {c}.\n# The Matrix side logs in as @matterbridge:{sn}: the first-boot script\n# registers that user and writes this file, with its password after Login,\n# to /etc/matterbridge/matterbridge.toml (0640, group matterbridge).\n[mattermost.{team}]\nServer = {server}\nTeam = {team_q}\nToken = {token}\nRemoteNickFormat = \"[{{PROTOCOL}}] <{{NICK}}> \"\n\n[matrix.{c}]\nServer = \"http://127.0.0.1:8008\"\nLogin = \"matterbridge\"\nRemoteNickFormat = \"[{{PROTOCOL}}] <{{NICK}}> \"\n",
         c = o.customer,
         sn = o.server_name,
         team = m.team,

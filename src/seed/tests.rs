@@ -35,7 +35,12 @@ fn golden_nginx_and_synapse() {
             .content
             .clone()
     };
-    insta::assert_snapshot!("nginx", get("/etc/nginx/conf.d/mimg-matrix.conf"));
+    insta::assert_snapshot!("nginx", get("/etc/mimg/nginx/mimg-matrix.conf"));
+    // nginx itself includes only what the first-boot script installs in
+    // /run when it is done: nothing of the customer's is served before.
+    let active = get("/etc/nginx/conf.d/mimg-matrix.conf");
+    let lines: Vec<&str> = active.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(lines, ["include /run/mimg/nginx/*.conf;"]);
     insta::assert_snapshot!("synapse", get("/etc/matrix-synapse/conf.d/50-mimg.yaml"));
     insta::assert_snapshot!("element", get("/etc/element-web/config.json"));
 }
@@ -179,13 +184,13 @@ fn acme_waits_on_port_80_until_the_certificate_and_then_serves_443() {
         &[("ca.pem", ca.clone())],
     );
     let r = render(&o);
-    let pending = &file(&r, "/etc/nginx/conf.d/mimg-matrix.conf").content;
+    let pending = &file(&r, "/etc/mimg/nginx/mimg-matrix-pending.conf").content;
     assert!(pending.contains("acme-challenge") && pending.contains("return 503"));
     assert!(
         !pending.contains("443") && !pending.contains("return 301"),
         "no redirect to nothing: {pending}"
     );
-    let tls = &file(&r, "/etc/mimg/nginx/mimg-matrix-tls.conf").content;
+    let tls = &file(&r, "/etc/mimg/nginx/mimg-matrix.conf").content;
     assert!(
         tls.contains("listen [::]:443 ssl;")
             && tls.contains("/etc/letsencrypt/live/mimg/fullchain.pem")
@@ -240,7 +245,7 @@ fn tls_files_carries_the_chain_and_the_key_0600() {
         !r.user_data.contains("PRIVATE KEY"),
         "the key travels base64, as a secret"
     );
-    let nginx = &file(&r, "/etc/nginx/conf.d/mimg-matrix.conf").content;
+    let nginx = &file(&r, "/etc/mimg/nginx/mimg-matrix.conf").content;
     assert!(nginx.contains("ssl_certificate_key /etc/mimg/secrets/tls.key;"));
     assert!(nginx.contains("return 301 https://"));
     assert!(
@@ -314,7 +319,7 @@ fn server_block<'a>(conf: &'a str, name: &str) -> &'a str {
 fn the_admin_ui_gets_its_own_name_and_the_admin_api_is_served_only_there() {
     let o = example_with("tls = \"external\"\nadmin_ui = \"admin.example.org\"", &[]);
     let r = render(&o);
-    let conf = &file(&r, "/etc/nginx/conf.d/mimg-matrix.conf").content;
+    let conf = &file(&r, "/etc/mimg/nginx/mimg-matrix.conf").content;
     let ui = server_block(conf, "admin.example.org");
     assert!(ui.contains("root /var/www/synapse-admin;"), "{ui}");
     assert!(ui.contains("alias /etc/synapse-admin/config.json;"), "{ui}");
@@ -337,7 +342,7 @@ fn the_admin_ui_gets_its_own_name_and_the_admin_api_is_served_only_there() {
         "tls = \"external\"\nadmin_ui = \"admin.example.org\"\nadmin_api = \"none\"",
         &[],
     );
-    let conf = file(&render(&o), "/etc/nginx/conf.d/mimg-matrix.conf")
+    let conf = file(&render(&o), "/etc/mimg/nginx/mimg-matrix.conf")
         .content
         .clone();
     let ui = server_block(&conf, "admin.example.org");
@@ -358,7 +363,7 @@ fn the_admin_ui_gets_its_own_name_and_the_admin_api_is_served_only_there() {
             .contains(&serde_json::json!("admin.example.org"))
     );
     assert!(
-        file(&r, "/etc/nginx/conf.d/mimg-matrix.conf")
+        file(&r, "/etc/mimg/nginx/mimg-matrix.conf")
             .content
             .contains("admin.example.org;")
     );
@@ -410,5 +415,42 @@ fn monitoring_binds_every_metrics_endpoint_to_the_monitoring_address_alone() {
         !file(&r, "/etc/matrix-synapse/conf.d/50-mimg.yaml")
             .content
             .contains("metrics")
+    );
+}
+
+#[test]
+fn a_bridge_config_leaves_the_matrix_password_to_first_boot() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("overlays");
+    let text = std::fs::read_to_string(dir.join("example.toml"))
+        .unwrap()
+        .replace(
+            "example-secrets/",
+            &format!("{}/example-secrets/", dir.display()),
+        )
+        + "\n[bridge.mattermost]\nurl = \"https://mattermost.example.org\"\nteam = \"ops\"\ntoken_file = \"token\"\n";
+    std::fs::write(d.path().join("token"), "tok'en \"$x\n").unwrap();
+    let o = crate::overlay::parse(&d.path().join("o.toml"), &text).unwrap();
+    let r = render(&o);
+    let t = file(&r, "/etc/mimg/matterbridge.toml.in");
+    assert!(t.secret && t.mode == 0o600, "it holds the Mattermost token");
+    let v: toml::Value = toml::from_str(&t.content).unwrap();
+    assert_eq!(
+        v["mattermost"]["ops"]["Token"].as_str(),
+        Some("tok'en \"$x")
+    );
+    assert_eq!(
+        v["mattermost"]["ops"]["Server"].as_str(),
+        Some("mattermost.example.org:443")
+    );
+    let m = &v["matrix"]["example"];
+    assert_eq!(m["Login"].as_str(), Some("matterbridge"));
+    assert_eq!(m["Server"].as_str(), Some("http://127.0.0.1:8008"));
+    assert!(m.get("Password").is_none(), "first boot adds it: {m}");
+    assert!(
+        !r.files
+            .iter()
+            .any(|f| f.path == "/etc/matterbridge/matterbridge.toml"),
+        "first boot writes matterbridge's own file"
     );
 }

@@ -162,22 +162,48 @@ impl Client {
     }
 }
 
+/// What nginx answered for the homeserver's name before Synapse first
+/// answered through it ([`wait_healthy`]).
+pub struct Healthy {
+    /// Answers with the image's "not configured yet" page (503).
+    pub not_ready: u32,
+    /// The first other answer before ready (a 502 of a proxy to a Synapse
+    /// still starting, say): the VM served the customer's names too early.
+    pub early: Option<String>,
+}
+
+/// The image's page for names that first boot has not configured yet.
+const NOT_READY: &str = "not configured yet";
+
 /// Wait until Synapse answers /health through nginx, at most `limit`.
 pub fn wait_healthy(
     c: &Client,
     o: &Overlay,
     limit: Duration,
     alive: &mut dyn FnMut() -> bool,
-) -> Result<f64> {
+) -> Result<Healthy> {
     let t0 = Instant::now();
+    let mut not_ready = 0;
+    let mut early = None;
     while t0.elapsed() < limit {
         if !alive() {
             bail!("the VM stopped before Synapse answered");
         }
-        if let Ok((200, _, body)) = c.get(o.homeserver.as_str(), "/health", None)
-            && body.trim() == "OK"
-        {
-            return Ok(t0.elapsed().as_secs_f64());
+        match c.get(o.homeserver.as_str(), "/health", None) {
+            Ok((200, _, body)) if body.trim() == "OK" => {
+                return Ok(Healthy { not_ready, early });
+            }
+            Ok((503, _, body)) if body.contains(NOT_READY) => not_ready += 1,
+            Ok((st, _, body)) => {
+                early.get_or_insert_with(|| {
+                    format!(
+                        "HTTP {st} after {:.0}s: {}",
+                        t0.elapsed().as_secs_f64(),
+                        body.trim().chars().take(120).collect::<String>()
+                    )
+                });
+            }
+            Err(_) => {}
         }
         std::thread::sleep(Duration::from_millis(1000));
     }
@@ -185,6 +211,23 @@ pub fn wait_healthy(
         "Synapse did not answer /health through nginx within {}s",
         limit.as_secs()
     )
+}
+
+/// The check that nginx kept the customer's names back until first boot
+/// was done: before, only the "not configured yet" page (or no answer).
+pub fn ready_check(h: &Healthy) -> Check {
+    Check {
+        name: "nothing of the customer's is served before first boot is done".into(),
+        ok: h.early.is_none(),
+        seconds: 0.0,
+        detail: match &h.early {
+            Some(e) => format!("served before first boot was done: {e}"),
+            None => format!(
+                "{} answers of 503 \"{NOT_READY}\" before, then /health",
+                h.not_ready
+            ),
+        },
+    }
 }
 
 pub fn timed(name: &str, f: impl FnOnce() -> Result<String>) -> Check {
@@ -454,16 +497,39 @@ pub fn run_checks(c: &Client, o: &Overlay, guest: Option<std::net::Ipv6Addr>) ->
         }
         Ok("base_url and server_name are the customer's".into())
     }));
+    if o.mattermost.is_some() {
+        out.push(timed(
+            "the bridge's Matrix user is registered by first boot",
+            || {
+                let user = format!("@matterbridge:{sn}");
+                let path = format!("/_matrix/client/v3/profile/{}", urlenc(&user));
+                let (st, _, body) = c.get(hs, &path, None)?;
+                if st != 200 {
+                    bail!("{user}: HTTP {st}: {body}");
+                }
+                Ok(user)
+            },
+        ));
+    }
     let admin = o.admins.first().cloned();
     let mut token = None;
     out.push(timed(
         "admin logs in, creates a room, sends and reads a message",
         || {
             let a = admin.as_ref().context("the overlay has no [[admin]]")?;
-            // The first-boot script registers admins once Synapse is healthy:
-            // wait (bounded) until the user exists, without spending Synapse's
-            // login rate limit on failed attempts.
-            wait_user(c, o, a.user.as_str(), Duration::from_secs(300))?;
+            // Ready means ready: nginx serves the names only once the
+            // first-boot script is done, admins registered included.
+            let path = format!(
+                "/_matrix/client/v3/profile/{}",
+                urlenc(&format!("@{}:{sn}", a.user))
+            );
+            let (st, _, _) = c.get(hs, &path, None)?;
+            if st != 200 {
+                bail!(
+                    "@{} is not registered although Synapse answered through nginx (HTTP {st} for its profile): the VM said ready too early",
+                    a.user
+                );
+            }
             let t = login(c, o, a.user.as_str(), a.password.expose())?;
             let (st, v) = c.send(
                 reqwest::Method::POST,

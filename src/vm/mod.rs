@@ -322,9 +322,14 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
         } else {
             "raw"
         };
+        // A serial number gives it a name that does not depend on which
+        // other disks are there: /dev/disk/by-id/virtio-mimg-data.
         args.extend([
             "-drive".into(),
-            format!("file={},if=virtio,format={fmt}", d.display()),
+            format!(
+                "file={},if=virtio,format={fmt},serial=mimg-data",
+                d.display()
+            ),
         ]);
     }
     if let Some(s) = &spec.seed {

@@ -279,6 +279,28 @@ pub fn with_admin_ui(recipe: &Path, port: u16, sha: &str) -> PathBuf {
     p
 }
 
+/// A recipe extending `recipe` with ungleich-prod's matterbridge layers,
+/// the binary being tests/fixtures/matterbridge-standin.py (served by
+/// `srv`): it logs in to Synapse as the bridge's user from the config the
+/// first-boot script wrote, and names itself in that user's display name.
+pub fn with_matterbridge(recipe: &Path, srv: &Server) -> PathBuf {
+    let bin = srv.dir.join("matterbridge-standin");
+    std::fs::copy(repo().join("tests/fixtures/matterbridge-standin.py"), &bin).unwrap();
+    let p = recipe.with_file_name("with-matterbridge.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "extends = \"{}\"\n\n[[layer]]\nname = \"matterbridge\"\nkind = \"fetch\"\nurl = \"http://127.0.0.1:{}/matterbridge-standin\"\nsha256 = \"{}\"\nto = \"/usr/local/bin/matterbridge\"\nunpack = false\nmode = \"0755\"\n\n[[layer]]\nname = \"matterbridge-config\"\nkind = \"files\"\nfrom = \"{}\"\nto = \"/\"\n",
+            recipe.display(),
+            srv.port,
+            sha256(&bin),
+            repo().join("recipes/files/matterbridge").display()
+        ),
+    )
+    .unwrap();
+    p
+}
+
 /// A recipe extending `base` whose `element` layer is the stand-in.
 pub fn test_recipe(dir: &Path, base: &str, port: u16, sha: &str) -> PathBuf {
     let p = dir.join(format!("{base}-test.toml"));

@@ -3,9 +3,9 @@
 
 Gets one certificate for the overlay's three names (homeserver, server
 name, web client) from its ACME server with certbot over HTTP-01 (nginx
-serves the challenges from the webroot on port 80), installs the seed's
-TLS sites (/etc/mimg/nginx/mimg-matrix-tls.conf) and reloads nginx. Until
-then port 80 answers "not configured yet", never a redirect to nothing.
+serves the challenges from the webroot on port 80), then has sites.py
+install the seed's sites (https; they wait for first boot to be done too).
+Until then port 80 answers "not configured yet", never a redirect to nothing.
 A failure is logged with certbot's reason and retried with backoff (15 s,
 doubling, at most an hour) until a certificate comes. certbot's own timer
 renews it; the renewal reloads nginx (--deploy-hook).
@@ -22,8 +22,6 @@ import sys
 import time
 
 CONF = "/etc/mimg/overlay.json"
-SITES = "/etc/mimg/nginx/mimg-matrix-tls.conf"
-ACTIVE = "/etc/nginx/conf.d/mimg-matrix.conf"
 
 
 def log(msg):
@@ -31,24 +29,10 @@ def log(msg):
 
 
 def install_sites():
-    """The TLS sites replace the waiting page; nginx reloads."""
-    with open(SITES, "rb") as f:
-        data = f.read()
-    try:
-        with open(ACTIVE, "rb") as f:
-            if f.read() == data:
-                return
-    except FileNotFoundError:
-        pass
-    tmp = ACTIVE + ".mimg-tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, ACTIVE)
-    subprocess.run(["nginx", "-t", "-q"], check=True)
-    subprocess.run(["systemctl", "reload-or-restart", "nginx"], check=True)
-    log("certificate in place: nginx serves https")
+    """The sites replace the waiting page once first boot is done too."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    subprocess.run([sys.executable, os.path.join(here, "sites.py"), "install"], check=True)
+    log("certificate in place")
 
 
 def certbot(a):

@@ -12,6 +12,12 @@ shows none.
       shared-secret registration API (HMAC-SHA1 over nonce, user, password
       and role, keyed with the registration shared secret); a user that
       exists already is left as it is
+  secrets.py matterbridge TEMPLATE OUT PASSWORD_FILE
+      the bridge's Matrix user: register the user TEMPLATE's [matrix.*]
+      Login names (not an admin) with the password in PASSWORD_FILE (made
+      once, 0600, on the data disk: it survives an image swap), and write
+      matterbridge's config OUT: TEMPLATE with `Password = "..."` after the
+      Login line, mode 0640, group matterbridge (its service user)
   secrets.py turnserver TEMPLATE OUT OVERLAY_JSON
       write coturn's config from TEMPLATE and the TURN server's values in
       OVERLAY_JSON (the seed's /etc/mimg/overlay.json): its realm, relay
@@ -21,12 +27,14 @@ shows none.
       listed secret, so one can be rotated); with tls = "files", the
       seed's chain and a copy of its key that coturn's group may read
 """
+import base64
 import hashlib
 import hmac
 import json
 import grp
 import os
 import sys
+import tomllib
 import urllib.error
 import urllib.request
 
@@ -61,7 +69,7 @@ def call(method, path, body=None):
             return e.code, {}
 
 
-def register(user, password_file):
+def register(user, password_file, admin=True):
     password = one_line(password_file)
     key = one_line(SHARED_SECRET)
     status, v = call("GET", "/_synapse/admin/v1/register")
@@ -69,12 +77,13 @@ def register(user, password_file):
     if status != 200 or not nonce:
         sys.exit(f"no registration nonce from Synapse: HTTP {status} {v}")
     mac = hmac.new(key, digestmod=hashlib.sha1)
-    mac.update(b"\x00".join([nonce.encode(), user.encode(), password, b"admin"]))
+    role = b"admin" if admin else b"notadmin"
+    mac.update(b"\x00".join([nonce.encode(), user.encode(), password, role]))
     body = {
         "nonce": nonce,
         "username": user,
         "password": password.decode("utf-8"),
-        "admin": True,
+        "admin": admin,
         "mac": mac.hexdigest(),
     }
     status, v = call("POST", "/_synapse/admin/v1/register", body)
@@ -128,13 +137,46 @@ def turnserver(template, out, overlay_json):
     write_private(out, "\n".join(text) + "\n", 0o640, group)
 
 
+def matterbridge(template, out, password_file):
+    text = open(template).read()
+    matrix = tomllib.loads(text).get("matrix") or {}
+    if len(matrix) != 1:
+        sys.exit(f"{template}: one [matrix.NAME] account expected, found {len(matrix)}")
+    user = next(iter(matrix.values())).get("Login")
+    if not user:
+        sys.exit(f"{template}: the [matrix] account has no Login")
+    if not os.path.exists(password_file):
+        os.makedirs(os.path.dirname(password_file), exist_ok=True)
+        write_private(password_file, base64.urlsafe_b64encode(os.urandom(32)).decode().rstrip("=") + "\n", 0o600)
+    register(user, password_file, admin=False)
+    password = one_line(password_file).decode("utf-8")
+    lines, section = [], None
+    for line in text.splitlines():
+        lines.append(line)
+        t = line.strip()
+        if t.startswith("["):
+            section = t
+        elif section and section.startswith("[matrix.") and t.startswith("Login"):
+            # A TOML basic string: JSON's escaping is valid there.
+            lines.append("Password = " + json.dumps(password))
+    try:
+        group = grp.getgrnam("matterbridge").gr_gid
+    except KeyError:
+        sys.exit("no group matterbridge: is this image's matterbridge layer there?")
+    write_private(out, "\n".join(lines) + "\n", 0o640, group)
+    print(f"matterbridge logs in as {user}")
+
+
 def main():
     if len(sys.argv) == 4 and sys.argv[1] == "register":
         register(sys.argv[2], sys.argv[3])
+    elif len(sys.argv) == 5 and sys.argv[1] == "matterbridge":
+        matterbridge(*sys.argv[2:])
     elif len(sys.argv) == 5 and sys.argv[1] == "turnserver":
         turnserver(*sys.argv[2:])
     else:
         sys.exit(__doc__)
 
 
-main()
+if __name__ == "__main__":
+    main()
