@@ -87,9 +87,16 @@ pub enum AdminApi {
     /// On the admin UI's name only (where `admin_ui` names one), never on
     /// the public homeserver name.
     AdminUi,
+    /// On the monitoring LAN: `http://[MONITORING_ADDRESS]:8008`
+    /// ([`ADMIN_API_PORT`]), nowhere else.
+    Monitoring,
     /// Nowhere.
     None,
 }
+
+/// Where nginx serves the admin API on the monitoring address
+/// (`admin_api = "monitoring"`).
+pub const ADMIN_API_PORT: u16 = 8008;
 
 /// Who may register accounts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -374,6 +381,15 @@ impl Overlay {
         v
     }
 
+    /// The monitoring address where `/_synapse/admin` is served
+    /// (`admin_api = "monitoring"`).
+    pub fn admin_api_on_monitoring(&self) -> Option<std::net::Ipv6Addr> {
+        match (&self.monitoring, self.admin_api) {
+            (Some(m), AdminApi::Monitoring) => Some(m.address.addr),
+            _ => None,
+        }
+    }
+
     /// Whether `/_synapse/admin` is served on the admin UI's name.
     pub fn admin_api_on_ui(&self) -> bool {
         self.admin_ui.is_some() && self.admin_api == AdminApi::AdminUi
@@ -507,21 +523,26 @@ pub fn parse(path: &Path, text: &str) -> Result<Overlay, OverlayError> {
         }
         None => None,
     };
-    if let Some(v) = &raw.admin_api
-        && v.get_ref() == "monitoring"
-    {
-        return Err(c.err(
-            v,
-            "admin_api",
-            "\"monitoring\" (the admin API on the monitoring LAN) is not supported yet; use \"admin-ui\" or \"none\"",
-        ));
-    }
     let admin_api = c.choice(
         &raw.admin_api,
         "admin_api",
         AdminApi::AdminUi,
-        &[("admin-ui", AdminApi::AdminUi), ("none", AdminApi::None)],
+        &[
+            ("admin-ui", AdminApi::AdminUi),
+            ("monitoring", AdminApi::Monitoring),
+            ("none", AdminApi::None),
+        ],
     )?;
+    if admin_api == AdminApi::Monitoring
+        && raw.monitoring.is_none()
+        && let Some(v) = &raw.admin_api
+    {
+        return Err(c.err(
+            v,
+            "admin_api",
+            "\"monitoring\" serves the admin API on the monitoring LAN: add a [monitoring] section with its address",
+        ));
+    }
     let tls = c.choice(
         &raw.tls,
         "tls",

@@ -852,7 +852,7 @@ fn the_admin_ui_needs_a_name_of_its_own_and_a_known_admin_api() {
         (
             "admin_api = \"monitoring\"",
             "admin_api",
-            "not supported yet",
+            "add a [monitoring] section",
         ),
     ] {
         let e = parse(&path, &with(lines)).unwrap_err().to_string();

@@ -26,7 +26,7 @@
 //! | `/etc/systemd/system/certbot.service.d/mimg.conf` | 0644 | renewals trust that CA too |
 //! | `/etc/mimg/federation-ca/N.pem` | 0644 | CAs Synapse trusts for federation (`federation_ca_file`), one per file |
 //! | `/etc/element-web/config.json` | 0644 | the web client's homeserver |
-//! | `/etc/synapse-admin/config.json` | 0644 | `admin_ui`: the admin UI restricted to this homeserver (through the UI's own name, where nginx serves `/_synapse/admin` when `admin_api = "admin-ui"`) |
+//! | `/etc/synapse-admin/config.json` | 0644 | `admin_ui`: the admin UI restricted to this homeserver (through the UI's own name, where nginx serves `/_synapse/admin` when `admin_api = "admin-ui"`; `admin_api = "monitoring"`: on the monitoring address, port 8008, in the sites file) |
 //! | `/etc/mimg/matterbridge.toml.in` | 0600 | where a bridge is configured: matterbridge's config but the Matrix password; the first-boot script registers the bridge's Matrix user (its `Login`) with a password it makes once on the data disk and writes `/etc/matterbridge/matterbridge.toml` (0640, group matterbridge) |
 //! | `/etc/resolv.conf` | 0644 | the overlay's DNS servers |
 //! | `/etc/mimg/monitoring.json` | 0644 | `[monitoring]`: the monitoring address and the metrics endpoints (the exporters' units start only where it exists) |
@@ -36,7 +36,7 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::overlay::{
-    AnyOverlay, Customer, DomainName, Federation, Ident, Ipv6Net, METRICS, Monitoring, Network,
+    ADMIN_API_PORT, AnyOverlay, Customer, DomainName, Federation, Ident, Ipv6Net, METRICS, Monitoring, Network,
     Overlay, Registration, SshKey, Tls, TurnServer,
 };
 
@@ -545,6 +545,12 @@ fn nginx_conf(o: &Overlay) -> String {
     ));
     if let Some(name) = &o.admin_ui {
         s.push_str(&nginx_admin_ui(o, name));
+    }
+    if let Some(addr) = o.admin_api_on_monitoring() {
+        s.push_str(&format!(
+            "\n# The admin API on the monitoring LAN (admin_api = \"monitoring\"), nowhere else.\nserver {{\n    listen [{addr}]:{ADMIN_API_PORT};\n    server_name _;\n    location /_synapse/admin {{\n{}    }}\n    location / {{\n        return 404;\n    }}\n}}\n",
+            synapse_proxy(o)
+        ));
     }
     s.push_str(&format!(
         "\n# The web client on its own domain.\nserver {{\n{}    server_name {wc};\n    root /var/www/element;\n    index index.html;\n    location / {{\n{SECURITY_HEADERS}    }}\n    location = /config.json {{\n        alias /etc/element-web/config.json;\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location = /index.html {{\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n    location /i18n/ {{\n        add_header Cache-Control \"no-cache\" always;\n{SECURITY_HEADERS}    }}\n}}\n",

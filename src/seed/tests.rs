@@ -408,6 +408,21 @@ fn monitoring_binds_every_metrics_endpoint_to_the_monitoring_address_alone() {
             .contains("macaddress: \"52:54:00:6e:00:01\"")
     );
     assert!(r.network_config.contains("\"2001:db8:99::20/64\""));
+    // The admin API is not on the monitoring LAN unless admin_api says so;
+    // then there alone.
+    let sites = |r: &Rendered| file(r, "/etc/mimg/nginx/mimg-matrix.conf").content.clone();
+    assert!(!sites(&r).contains("2001:db8:99::20"));
+    o.admin_api = crate::overlay::AdminApi::Monitoring;
+    let conf = sites(&render(&o));
+    let mon = server_block(&conf, "_");
+    assert!(mon.contains("listen [2001:db8:99::20]:8008;"), "{mon}");
+    assert!(
+        mon.contains("location /_synapse/admin {\n        proxy_pass http://127.0.0.1:8008;"),
+        "{mon}"
+    );
+    for name in ["matrix.example.org", "example.org", "chat.example.org"] {
+        assert!(!server_block(&conf, name).contains("/_synapse/admin"));
+    }
     // Without [monitoring]: no metrics listener, no exporter settings.
     let r = render(&example());
     assert!(r.files.iter().all(|f| !f.path.contains("prometheus")));

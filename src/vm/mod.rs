@@ -312,31 +312,32 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
         "-serial".into(),
         format!("file:{}", spec.serial_log.display()),
     ]);
-    args.extend([
-        "-drive".into(),
-        format!("file={},if=virtio,format=qcow2", overlay.display()),
-    ]);
+    // Disks in this order, so the guest names them vda (root), vdb (data),
+    // then the seed. The data disk's serial number also gives it a name
+    // that does not depend on which other disks are there:
+    // /dev/disk/by-id/virtio-mimg-data.
+    let mut disk = |id: &str, file: &Path, opts: &str, serial: Option<&str>| {
+        args.extend([
+            "-drive".into(),
+            format!("file={},if=none,id={id},{opts}", file.display()),
+            "-device".into(),
+            match serial {
+                Some(sn) => format!("virtio-blk-pci,drive={id},serial={sn}"),
+                None => format!("virtio-blk-pci,drive={id}"),
+            },
+        ]);
+    };
+    disk("root", &overlay, "format=qcow2", None);
     if let Some(d) = &spec.data_disk {
         let fmt = if d.extension().is_some_and(|e| e == "qcow2") {
-            "qcow2"
+            "format=qcow2"
         } else {
-            "raw"
+            "format=raw"
         };
-        // A serial number gives it a name that does not depend on which
-        // other disks are there: /dev/disk/by-id/virtio-mimg-data.
-        args.extend([
-            "-drive".into(),
-            format!(
-                "file={},if=virtio,format={fmt},serial=mimg-data",
-                d.display()
-            ),
-        ]);
+        disk("data", d, fmt, Some("mimg-data"));
     }
     if let Some(s) = &spec.seed {
-        args.extend([
-            "-drive".into(),
-            format!("file={},if=virtio,format=raw,readonly=on", s.display()),
-        ]);
+        disk("seed", s, "format=raw,readonly=on", None);
     }
     if spec.uefi {
         let vars = work.path().join("vars.fd");
