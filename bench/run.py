@@ -294,7 +294,10 @@ def main():
         if os.environ.get("MIMG_BENCH_BOOT", "1") == "1":
             dt, out = timed([MIMG, "test", recipe, "--overlay", os.path.join(REPO, "overlays/example.toml"), "--json", "--out", os.path.join(WORK, "out")], env_with(store))
             report = json.loads(out)
-            boot = {"seconds": report["checks"][0]["seconds"], "accel": report["accel"].upper(), "network": report["checks"][0]["detail"]}
+            said = report.get("boot_report", [])
+            boot = {"seconds": report["checks"][0]["seconds"], "accel": report["accel"].upper(), "network": report["checks"][0]["detail"],
+                    "total": next((l for l in said if not l.startswith("blame ")), None),
+                    "blame": [l[len("blame "):] for l in said if l.startswith("blame ")][:5]}
         med_mimg, med_bare = statistics.median(mimg_runs), statistics.median(bare_runs)
         versions = {
             "mimg": subprocess.run([MIMG, "--version"], capture_output=True, text=True).stdout.strip(),
@@ -320,6 +323,8 @@ def main():
             "boot_healthy_seconds": boot and round(boot["seconds"], 1),
             "boot_accel": boot and boot["accel"],
             "boot_network": boot and boot["network"],
+            "boot_systemd_total": boot and boot["total"],
+            "boot_blame_top5": boot and boot["blame"],
             "minimal_cold_seconds": round(statistics.median(minimal_runs), 1),
             "substitute_ratio": subst and round(statistics.median(subst[2]) / med_mimg, 3),
             "substitute": subst and {"push_seconds": round(subst[0], 1), "pushed_mib": round(subst[1] / 2**20, 1),
@@ -346,6 +351,8 @@ def main():
         print(f"mimg cold {results['raw']['mimg_cold_seconds']} s, bare (tar) {results['raw']['bare_cold_seconds']} s, bare (directory) {results['raw']['bare_directory_cold_seconds']} s")
         print(f"rebuilds {results['raw']['rebuild_seconds']} s (median / median cold = rebuild_ratio)")
         print(f"minimal cold {results['raw']['minimal_cold_seconds']} s")
+        if boot:
+            print(f"boot: {boot['total']}; slowest units: {'; '.join(boot['blame'])}")
         if subst:
             sb = results["substitute"]
             print(f"cache: push {sb['pushed_mib']} MiB in {sb['push_seconds']} s; runner B's builds from it {sb['build_seconds']} s (same image: {sb['same_image']})")

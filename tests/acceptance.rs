@@ -643,7 +643,7 @@ fn customers_federate_over_tls_acme_and_files_and_share_a_turn_server_on_one_tes
         "charlie",
         "c",
         "open",
-        "tls = \"files\"\ntls_cert_file = \"charlie.crt\"\ntls_key_file = \"charlie.key\"\nfederation_ca_file = \"charlie-ca.pem\"",
+        "tls = \"files\"\ntls_cert_file = \"charlie.crt\"\ntls_key_file = \"charlie.key\"\nfederation_ca_file = \"charlie-ca.pem\"\nadmin_api = \"monitoring\"",
     );
     // Charlie's metrics on a monitoring LAN (a second NIC, by MAC).
     let mut text = std::fs::read_to_string(&c).unwrap();
@@ -892,6 +892,7 @@ finally:
     for check in [
         "charlie: metrics answer on the monitoring address (Synapse, node, PostgreSQL)",
         "charlie: the metrics ports refuse connections on the public address",
+        "charlie: the admin API answers an admin on the monitoring address only",
     ] {
         assert!(names.iter().any(|n| n == check), "no check: {check}");
     }

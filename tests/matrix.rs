@@ -279,8 +279,22 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
     .unwrap();
     assert!(!stdout(&inside(&root, &check)).contains("Config parses OK"));
     std::fs::write(&conf, good).unwrap();
-    let o = inside(&root, &["nginx", "-t"]);
+    // nginx takes the sites from /run once first boot is done (sites.py
+    // ready copies them there): the same here, and nginx read them.
+    let o = inside(
+        &root,
+        &[
+            "sh",
+            "-c",
+            "mkdir -p /run/mimg/nginx && cp /etc/mimg/nginx/mimg-matrix.conf /run/mimg/nginx/ && nginx -T",
+        ],
+    );
     assert!(o.status.success(), "nginx -t refused the rendered sites");
+    assert!(
+        stdout(&o).contains("# configuration file /run/mimg/nginx/mimg-matrix.conf:")
+            && stdout(&o).contains("server_name matrix.example.org;"),
+        "nginx did not read the sites"
+    );
 
     // The first-boot script with the seed's overlay: a data disk that never
     // comes, or one holding anything but its ext4, stops it before anything

@@ -216,7 +216,7 @@ pub fn run(cli: &Cli, a: &Args) -> Result<()> {
     let (checks, accel) = (&t.checks, t.accel);
     let failed: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
     let json = serde_json::to_string_pretty(
-        &serde_json::json!({ "recipe": recipe.name, "image": t.image, "accel": accel, "ok": failed.is_empty(), "seconds": t.seconds, "checks": checks }),
+        &serde_json::json!({ "recipe": recipe.name, "image": t.image, "accel": accel, "ok": failed.is_empty(), "seconds": t.seconds, "checks": checks, "boot_report": t.boot_report }),
     )?;
     write_report(a, &json)?;
     if a.json {

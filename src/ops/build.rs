@@ -7,6 +7,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -366,7 +368,17 @@ pub fn build(
         subst: subst.as_ref(),
     };
     let cx = &cx;
+    let ahead = Ahead::new(plan.steps.len(), cx.subst.is_none());
+    let next = AtomicUsize::new(0);
     std::thread::scope(|sc| -> Result<()> {
+        // Steps in a cache are taken side by side, ahead of the loop below
+        // (one needs nothing of the steps before it): while one streams
+        // in and is hashed, the next is on its way.
+        if cx.subst.is_some() {
+            for _ in 0..SUBSTITUTE_JOBS.min(plan.steps.len()) {
+                sc.spawn(|| substitute_ahead(cx, &plan.steps, &next, &ahead));
+            }
+        }
         // The rootfs is installed by the tools: when both are missing, the
         // rootfs's pinned .debs are fetched while the tools are unpacked.
         let mut prefetch = None;
@@ -377,7 +389,7 @@ pub fn build(
         {
             prefetch = Some(sc.spawn(|| fetch_pins(cx, &resolved.facts.rootfs_debs)));
         }
-        for step in &plan.steps {
+        for (i, step) in plan.steps.iter().enumerate() {
             if step.kind != StepKind::Tools
                 && let Some(h) = prefetch.take()
             {
@@ -385,6 +397,10 @@ pub fn build(
                     .map_err(|_| anyhow::anyhow!("fetching the rootfs's .debs panicked"))??;
             }
             rep.step_started(step);
+            if let Some(r) = ahead.wait(i) {
+                tally(step, r);
+                continue;
+            }
             let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
             let r = match ensure(cx, step, copy_out) {
                 Err(e) if step.kind != StepKind::Tools && damaged(&e, &tools_step.key) => {
@@ -490,8 +506,87 @@ fn damaged(e: &anyhow::Error, key: &plan::StepKey) -> bool {
     })
 }
 
-/// Make `step` unless the store has it (or take it from a substituter).
-/// With `copy_out` (an output's name, a destination), that output is also
+/// How many steps are taken from the substituters at once.
+const SUBSTITUTE_JOBS: usize = 3;
+
+/// The steps taken from the substituters ahead of the build loop: slot `i`
+/// is filled once step `i` was tried, with what was made of it (`None`:
+/// not taken; the loop reuses or builds it).
+struct Ahead {
+    slots: Mutex<Vec<Option<Option<Made>>>>,
+    cv: Condvar,
+}
+
+impl Ahead {
+    /// `done`: nothing is taken ahead (no substituters), every slot filled.
+    fn new(n: usize, done: bool) -> Ahead {
+        let fill = if done { Some(None) } else { None };
+        Ahead {
+            slots: Mutex::new((0..n).map(|_| fill.clone()).collect()),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn put(&self, i: usize, r: Option<Made>) {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        slots[i] = Some(r);
+        self.cv.notify_all();
+    }
+
+    /// Wait until step `i` was tried; what was made of it.
+    fn wait(&self, i: usize) -> Option<Made> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(r) = slots[i].take() {
+                return r;
+            }
+            slots = self.cv.wait(slots).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// A worker taking steps from the substituters, in plan order.
+fn substitute_ahead(cx: &Ctx, steps: &[Step], next: &AtomicUsize, ahead: &Ahead) {
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        let Some(step) = steps.get(i) else {
+            return;
+        };
+        let r = substitute(cx, step).unwrap_or_else(|e| {
+            eprintln!("warning: step {} not substituted: {e:#}", step.label);
+            None
+        });
+        ahead.put(i, r);
+    }
+}
+
+/// `step` from the first substituter with a good entry of it, unless the
+/// store has it.
+fn substitute(cx: &Ctx, step: &Step) -> Result<Option<Made>> {
+    let (Some(c), store) = (cx.subst, cx.store) else {
+        return Ok(None);
+    };
+    let t0 = Instant::now();
+    if store.has(&step.key) {
+        return Ok(None);
+    }
+    let _lock = store.lock(&step.key)?;
+    if store.has(&step.key) {
+        return Ok(None);
+    }
+    let Some((pending, got)) = c.step(store, step) else {
+        return Ok(None);
+    };
+    store.commit_checked(pending, got.meta)?;
+    Ok(Some(Made::Substituted {
+        url: got.url,
+        bytes: got.bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+    }))
+}
+
+/// Make `step` unless the store has it (the substituters were asked
+/// before, by [`substitute_ahead`]). With `copy_out` (an output's name, a destination), that output is also
 /// copied to the destination while the store hashes and syncs the step: the
 /// image is published without a second pass over it after the commit.
 fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Made> {
@@ -504,14 +599,6 @@ fn ensure(cx: &Ctx, step: &Step, copy_out: Option<(&str, &Path)>) -> Result<Made
     if store.has(&step.key) {
         // Another build made it while we waited.
         return Ok(Made::Reused);
-    }
-    if let Some((pending, got)) = cx.subst.and_then(|c| c.step(store, step)) {
-        store.commit_checked(pending, got.meta)?;
-        return Ok(Made::Substituted {
-            url: got.url,
-            bytes: got.bytes,
-            seconds: t0.elapsed().as_secs_f64(),
-        });
     }
     let pending = store.begin(&step.key)?;
     let extra = run_step(cx, step, pending.dir())

@@ -32,6 +32,20 @@ pub struct Tested {
     pub seconds: f64,
     /// The last lines of the VM's serial console.
     pub serial_tail: String,
+    /// What the image's boot report said on the console (`mimg-boot:`
+    /// lines: the boot's total, then its five slowest units).
+    pub boot_report: Vec<String>,
+}
+
+/// The `mimg-boot:` lines of a serial console, without the prefix.
+fn boot_report(serial: &str) -> Vec<String> {
+    serial
+        .lines()
+        .filter_map(|l| {
+            l.split_once("mimg-boot: ")
+                .map(|(_, r)| r.trim().to_string())
+        })
+        .collect()
 }
 
 /// Build, seed, boot and check `recipe` with `overlay`.
@@ -110,6 +124,16 @@ pub fn test(
         checks.push(acceptance::ready_check(h));
         checks.extend(acceptance::run_checks(&client, overlay, vm.guest));
     }
+    // The boot report follows first boot within seconds: wait for it a
+    // little, for the record (`mimg-boot:` lines).
+    let seen = Instant::now();
+    while healthy.is_ok()
+        && !vm.serial().contains("mimg-boot: blame")
+        && seen.elapsed() < Duration::from_secs(30)
+        && vm.running()
+    {
+        std::thread::sleep(Duration::from_millis(500));
+    }
     let accel = vm.accel;
     let serial_text = vm.serial();
     drop(vm);
@@ -119,6 +143,7 @@ pub fn test(
         checks,
         seconds: t0.elapsed().as_secs_f64(),
         serial_tail: serial_tail(&serial_text),
+        boot_report: boot_report(&serial_text),
     })
 }
 

@@ -436,7 +436,7 @@ pub fn test_network(
                         if let Ok(h) = &healthy {
                             checks.push(acceptance::ready_check(h));
                             checks.extend(acceptance::run_checks(client, o, guest));
-                            checks.extend(crate::vm::monitoring::checks(ns, o));
+                            checks.extend(crate::vm::monitoring::checks(ns, o, client));
                         }
                         checks
                     }

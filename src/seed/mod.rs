@@ -36,8 +36,8 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::overlay::{
-    ADMIN_API_PORT, AnyOverlay, Customer, DomainName, Federation, Ident, Ipv6Net, METRICS, Monitoring, Network,
-    Overlay, Registration, SshKey, Tls, TurnServer,
+    ADMIN_API_PORT, AnyOverlay, Customer, DomainName, Federation, Ident, Ipv6Net, METRICS,
+    Monitoring, Network, Overlay, Registration, SshKey, Tls, TurnServer,
 };
 
 /// Where the image keeps the seed's secrets.
