@@ -180,6 +180,12 @@ impl Vm {
     }
 }
 
+/// The PCI slot of the public NIC (the guest names it ens3); the
+/// monitoring NIC's is the next.
+const SLOT_NIC: u8 = 3;
+/// The PCI slot of the root disk; the data disk and the seed follow.
+const SLOT_ROOT: u8 = 5;
+
 /// Whether KVM works: /dev/kvm can exist and still fail at the first vCPU
 /// reset, so start a paused QEMU with it and see whether it survives.
 /// `MIMG_ACCEL=tcg` or `=kvm` decides without probing.
@@ -312,32 +318,35 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
         "-serial".into(),
         format!("file:{}", spec.serial_log.display()),
     ]);
-    // Disks in this order, so the guest names them vda (root), vdb (data),
-    // then the seed. The data disk's serial number also gives it a name
-    // that does not depend on which other disks are there:
-    // /dev/disk/by-id/virtio-mimg-data.
-    let mut disk = |id: &str, file: &Path, opts: &str, serial: Option<&str>| {
+    // Every device at a fixed PCI slot, so the guest's names never depend
+    // on which others are there: the public NIC in slot 3 (ens3), the
+    // monitoring NIC in slot 4 (ens4), then the disks in slots 5 to 7, so
+    // the guest names them vda (root), vdb (data), then the seed. The data
+    // disk's serial number also gives it a name that does not depend on
+    // which other disks are there: /dev/disk/by-id/virtio-mimg-data.
+    let mut disk = |id: &str, slot: u8, file: &Path, opts: &str, serial: Option<&str>| {
+        let mut dev = format!("virtio-blk-pci,drive={id},addr={slot:#x}");
+        if let Some(sn) = serial {
+            dev.push_str(&format!(",serial={sn}"));
+        }
         args.extend([
             "-drive".into(),
             format!("file={},if=none,id={id},{opts}", file.display()),
             "-device".into(),
-            match serial {
-                Some(sn) => format!("virtio-blk-pci,drive={id},serial={sn}"),
-                None => format!("virtio-blk-pci,drive={id}"),
-            },
+            dev,
         ]);
     };
-    disk("root", &overlay, "format=qcow2", None);
+    disk("root", SLOT_ROOT, &overlay, "format=qcow2", None);
     if let Some(d) = &spec.data_disk {
         let fmt = if d.extension().is_some_and(|e| e == "qcow2") {
             "format=qcow2"
         } else {
             "format=raw"
         };
-        disk("data", d, fmt, Some("mimg-data"));
+        disk("data", SLOT_ROOT + 1, d, fmt, Some("mimg-data"));
     }
     if let Some(s) = &spec.seed {
-        disk("seed", s, "format=raw,readonly=on", None);
+        disk("seed", SLOT_ROOT + 2, s, "format=raw,readonly=on", None);
     }
     if spec.uefi {
         let vars = work.path().join("vars.fd");
@@ -364,14 +373,17 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
                 "-netdev".into(),
                 format!("tap,id=n0,ifname={},script=no,downscript=no", at.tap),
                 "-device".into(),
-                format!("virtio-net-pci,netdev=n0,mac={}", at.mac),
+                format!("virtio-net-pci,netdev=n0,mac={},addr={SLOT_NIC:#x}", at.mac),
             ]);
             if let Some((mtap, mmac)) = &at.monitoring {
                 args.extend([
                     "-netdev".into(),
                     format!("tap,id=m0,ifname={mtap},script=no,downscript=no"),
                     "-device".into(),
-                    format!("virtio-net-pci,netdev=m0,mac={mmac}"),
+                    format!(
+                        "virtio-net-pci,netdev=m0,mac={mmac},addr={:#x}",
+                        SLOT_NIC + 1
+                    ),
                 ]);
             }
             (
@@ -409,7 +421,7 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
                 "-netdev".into(),
                 "tap,id=n0,ifname=tap0,script=no,downscript=no".into(),
                 "-device".into(),
-                "virtio-net-pci,netdev=n0".into(),
+                format!("virtio-net-pci,netdev=n0,addr={SLOT_NIC:#x}"),
             ]);
             (
                 Some(ns),
@@ -423,11 +435,16 @@ fn launch(spec: &RunSpec, accel: &str) -> Result<Vm> {
                     "mimg run: not root, so no network namespace or tap device: falling back to QEMU's user network; forwards reach the guest over IPv4 only"
                 );
             }
-            let mut nic = "user,model=virtio-net-pci,ipv6-net=fec0::/64".to_string();
+            let mut nic = "user,id=n0,ipv6-net=fec0::/64".to_string();
             for f in &spec.forwards {
                 nic.push_str(&format!(",hostfwd=tcp:127.0.0.1:{}-:{}", f.host, f.guest));
             }
-            args.extend(["-nic".into(), nic]);
+            args.extend([
+                "-netdev".into(),
+                nic,
+                "-device".into(),
+                format!("virtio-net-pci,netdev=n0,addr={SLOT_NIC:#x}"),
+            ]);
             (None, None, "QEMU user network (IPv4 forwards)")
         }
     };

@@ -163,6 +163,7 @@ def matterbridge(template, out, password_file):
         group = grp.getgrnam("matterbridge").gr_gid
     except KeyError:
         sys.exit("no group matterbridge: is this image's matterbridge layer there?")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
     write_private(out, "\n".join(lines) + "\n", 0o640, group)
     print(f"matterbridge logs in as {user}")
 
