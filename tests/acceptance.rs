@@ -443,6 +443,31 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
     let t0 = Instant::now();
     let token = h.login(Duration::from_secs(1500));
     eprintln!("v2: logged in after {:.0}s", t0.elapsed().as_secs_f64());
+    // Ready means ready: the console said so, and cloud-init's final stage
+    // ran the first-boot script to its end too (it waits for the running
+    // one), so `cloud-init status --wait` returns only after it.
+    let log = w.join("v2.log");
+    let waited = Instant::now();
+    loop {
+        let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+        let ready = text.lines().any(|l| {
+            l.trim_end()
+                .ends_with("mimg: ready: first boot is done for customer example")
+        });
+        let final_stage = text.lines().any(|l| {
+            l.contains("cloud-init[")
+                && l.contains("mimg-firstboot: [")
+                && l.trim_end().ends_with("] done")
+        });
+        if ready && final_stage {
+            break;
+        }
+        assert!(
+            waited.elapsed() < Duration::from_secs(600),
+            "v2: no ready line ({ready}) or cloud-init did not run first boot to its end ({final_stage})"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
     assert_eq!(h.key_ids(), keys_v1, "the signing key changed");
     let (st, v) = h
         .call(
