@@ -116,6 +116,17 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
     );
     assert!(root.join("usr/sbin/nginx").exists());
     assert!(root.join("usr/local/sbin/mimg-firstboot").exists());
+    // systemd ignores a unit in a .wants directory that is not a symlink.
+    for unit in ["mimg-firstboot.service", "mimg-boot-report.service"] {
+        let w = root
+            .join("etc/systemd/system/multi-user.target.wants")
+            .join(unit);
+        assert!(
+            std::fs::symlink_metadata(&w).is_ok_and(|m| m.file_type().is_symlink()),
+            "{} is not a symlink: systemd would not start it",
+            w.display()
+        );
+    }
     let pg: Vec<_> = std::fs::read_dir(root.join("usr/lib/postgresql"))
         .unwrap()
         .flatten()
