@@ -665,15 +665,21 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
         StepKind::Layer => {
             let name = &step.layers[0];
             let l = recipe.layer(name).expect("planned from the recipe");
-            let tree = if let LayerKind::Run { script } = &l.kind {
+            let tree = if let LayerKind::Run { script, .. } = &l.kind {
                 let at = plan
                     .steps
                     .iter()
                     .position(|s| s.key == step.key)
                     .expect("a step of the plan");
+                // The tree it runs in: what its key's `over` names.
                 let before: Vec<&Step> = plan.steps[..at]
                     .iter()
                     .filter(|s| s.kind == StepKind::Layer)
+                    .filter(|s| {
+                        recipe
+                            .layer(&s.layers[0])
+                            .is_some_and(|e| l.kind.run_sees(&e.kind))
+                    })
                     .collect();
                 let tars = image::stored_tars(recipe, plan, store, &before)?;
                 let base = image::merge_tars(&tars);

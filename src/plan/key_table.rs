@@ -29,7 +29,7 @@ fn layer_fields(kind: &LayerKind) -> &'static [&'static str] {
             source: _,
         } => &["packages", "source"],
         LayerKind::Files { from: _, to: _ } => &["from", "to"],
-        LayerKind::Run { script: _ } => &["script"],
+        LayerKind::Run { script: _, sees: _ } => &["script", "sees"],
         LayerKind::Fetch {
             url: _,
             sha256: _,

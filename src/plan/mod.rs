@@ -20,9 +20,9 @@
 //! | `rootfs` | `debs`       | set hash of every pinned .deb of the rootfs (lock `debs.rootfs`)    |
 //! | `rootfs` | `epoch`      | the build epoch (lock `epoch`)                                      |
 //! | `rootfs` | `tools`      | the tools step's key (its mmdebstrap, apt, dpkg and tar install the rootfs) |
-//! | `layer`  | `layer`      | the layer's whole spec (every field of its kind but those below: `name`, `kind`, `to`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: each wheel's `name`, `version`, `file`, `sha256`) |
+//! | `layer`  | `layer`      | the layer's whole spec (every field of its kind but those below: `name`, `kind`, `to`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `sees` (only when set), `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: each wheel's `name`, `version`, `file`, `sha256`) |
 //! | `layer`  | `epoch`      | the build epoch                                                     |
-//! | `layer`  | `over`       | a `run` layer only: keys of the rootfs step and of every layer step before it (the tree it runs in) |
+//! | `layer`  | `over`       | a `run` layer only: keys of the rootfs step and of every layer step before it, or with `sees` of those of the kinds it names (the tree it runs in) |
 //! | `image`  | `tools`, `rootfs`, `layers` | keys of the tools step, the rootfs step and every later layer step, in order |
 //! | `image`  | `disk`       | disk size, boot modes and compression (recipe `[disk]`; `compress` only when set) |
 //! | `image`  | `epoch`      | the build epoch                                                     |
@@ -368,7 +368,9 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
 
     // Every other layer is a step. A `run` layer acts on the tree so far:
     // its key holds the keys of every step that made that tree.
+    // With `sees`, only those of the kinds it names.
     let mut tail: Vec<Step> = Vec::new();
+    let mut tail_kinds: Vec<&LayerKind> = Vec::new();
     for l in &recipe.layers {
         if matches!(l.kind, LayerKind::Apt { .. }) {
             continue;
@@ -378,9 +380,15 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
         inp.insert("epoch".into(), json!(facts.epoch));
         if matches!(l.kind, LayerKind::Run { .. }) {
             let mut over = vec![rootfs.key.clone()];
-            over.extend(tail.iter().map(|s| s.key.clone()));
+            over.extend(
+                tail.iter()
+                    .zip(&tail_kinds)
+                    .filter(|(_, k)| l.kind.run_sees(k))
+                    .map(|(s, _)| s.key.clone()),
+            );
             inp.insert("over".into(), json!(over));
         }
+        tail_kinds.push(&l.kind);
         let mut step = Step::new(
             StepKind::Layer,
             format!("layer:{}", l.name),
@@ -517,6 +525,50 @@ mod tests {
         let q = plan(&r, &h);
         assert_eq!(p.steps[3].key, q.steps[3].key);
         assert_ne!(p.image().key, q.image().key);
+    }
+
+    #[test]
+    fn a_run_layer_that_sees_some_kinds_is_keyed_by_those_alone() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("more")).unwrap();
+        let text = format!(
+            "{R}[[layer]]\nname = \"blob\"\nkind = \"fetch\"\nurl = \"http://x/b\"\nsha256 = \"{}\"\nto = \"/b\"\nunpack = false\n[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\nsees = [\"fetch\"]\n",
+            "ab".repeat(32)
+        );
+        let r = recipe(d.path(), &text);
+        let p = plan(&r, &facts("x"));
+        let labels: Vec<_> = p.steps.iter().map(|s| s.label.as_str()).collect();
+        assert_eq!(
+            labels,
+            [
+                "tools",
+                "rootfs",
+                "layer:motd",
+                "layer:blob",
+                "layer:en",
+                "image"
+            ]
+        );
+        assert_eq!(
+            p.steps[4].inputs["over"],
+            json!([p.steps[1].key, p.steps[3].key])
+        );
+        assert_eq!(p.steps[4].inputs["layer"]["sees"], json!(["fetch"]));
+        // The files layer it does not see moves the image, not the run layer.
+        let q = plan(&r, &facts("y"));
+        assert_ne!(p.steps[2].key, q.steps[2].key);
+        assert_eq!(p.steps[4].key, q.steps[4].key);
+        assert_ne!(p.image().key, q.image().key);
+        // Without `sees` the layer's JSON has no such field: keys of run
+        // layers written before it stay what they were.
+        let plain = plan(
+            &recipe(
+                d.path(),
+                &format!("{R}[[layer]]\nname = \"en\"\nkind = \"run\"\nscript = \"true\"\n"),
+            ),
+            &facts("x"),
+        );
+        assert!(plain.steps[3].inputs["layer"].get("sees").is_none());
     }
 
     #[test]

@@ -137,6 +137,11 @@ pub enum LayerKind {
     },
     Run {
         script: String,
+        /// The kinds of the earlier layers the script runs over, besides
+        /// the rootfs; `None`: every earlier layer. Absent from the layer's
+        /// JSON when `None`, so run layers without it keep their keys.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        sees: Option<Vec<String>>,
     },
     Fetch {
         /// Transport only: not part of any key (the sha256 pins the content).
@@ -154,6 +159,29 @@ pub enum LayerKind {
         /// The image's Python (`3.13`); empty: the base suite's.
         python: String,
     },
+}
+
+impl LayerKind {
+    /// The kind's name, as a recipe writes it (`kind = "..."`).
+    pub fn name(&self) -> &'static str {
+        match self {
+            LayerKind::Apt { .. } => "apt",
+            LayerKind::Files { .. } => "files",
+            LayerKind::Run { .. } => "run",
+            LayerKind::Fetch { .. } => "fetch",
+            LayerKind::Pip { .. } => "pip",
+        }
+    }
+
+    /// Whether a run layer's script sees an earlier layer of kind `earlier`
+    /// (false for every other kind of layer).
+    pub fn run_sees(&self, earlier: &LayerKind) -> bool {
+        match self {
+            LayerKind::Run { sees: None, .. } => true,
+            LayerKind::Run { sees: Some(k), .. } => k.iter().any(|k| k == earlier.name()),
+            _ => false,
+        }
+    }
 }
 
 /// One named contribution to the root filesystem.

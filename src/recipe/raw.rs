@@ -68,6 +68,7 @@ pub(super) struct RawLayer {
     pub(super) from: Option<Spanned<String>>,
     pub(super) to: Option<Spanned<String>>,
     pub(super) script: Option<Spanned<String>>,
+    pub(super) sees: Option<Spanned<Vec<String>>>,
     pub(super) url: Option<Spanned<String>>,
     pub(super) sha256: Option<Spanned<String>>,
     pub(super) strip: Option<Spanned<i64>>,

@@ -104,6 +104,18 @@ fn errors_name_file_line_and_key() {
         "{e}"
     );
 
+    let e = err_of(
+        "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"run\"\nscript = \"true\"\nsees = [\"pip\", \"wheel\"]\n",
+    );
+    assert!(
+        e.contains("bad.toml:7:") && e.contains("layer.x.sees") && e.contains("`wheel`"),
+        "{e}"
+    );
+    let e = err_of(
+        "[base]\nsuite = \"trixie\"\n[[layer]]\nname = \"x\"\nkind = \"files\"\nfrom = \".\"\nsees = [\"pip\"]\n",
+    );
+    assert!(e.contains("is not a key of a `files` layer"), "{e}");
+
     let e = err_of("[base]\nsuite = \"trixie\"\n[disk]\nsize = \"12X\"\n");
     assert!(e.contains("bad.toml:4:") && e.contains("disk.size"), "{e}");
 

@@ -55,7 +55,7 @@ pub(super) fn allowed_keys(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "apt" => &["packages", "source"],
         "files" => &["from", "to"],
-        "run" => &["script"],
+        "run" => &["script", "sees"],
         "fetch" => &["url", "sha256", "to", "strip", "unpack", "mode"],
         "pip" => &["requirements", "venv", "python"],
         _ => return None,
@@ -82,13 +82,14 @@ pub(super) fn validate_layer(
         )
     })?;
     // Keys that belong to other kinds are mistakes: say which.
-    let present: [(&str, Option<std::ops::Range<usize>>); 13] = [
+    let present: [(&str, Option<std::ops::Range<usize>>); 14] = [
         ("python", raw.python.as_ref().map(|v| v.span())),
         ("packages", raw.packages.as_ref().map(|v| v.span())),
         ("source", raw.source.as_ref().map(|v| v.span())),
         ("from", raw.from.as_ref().map(|v| v.span())),
         ("to", raw.to.as_ref().map(|v| v.span())),
         ("script", raw.script.as_ref().map(|v| v.span())),
+        ("sees", raw.sees.as_ref().map(|v| v.span())),
         ("url", raw.url.as_ref().map(|v| v.span())),
         ("sha256", raw.sha256.as_ref().map(|v| v.span())),
         ("strip", raw.strip.as_ref().map(|v| v.span())),
@@ -168,8 +169,19 @@ pub(super) fn validate_layer(
             if s.get().trim().is_empty() {
                 return Err(s.invalid(&key("script"), "must not be empty"));
             }
+            let sees = match &raw.sees {
+                None => None,
+                Some(v) => Some(parse_sees(
+                    &At {
+                        value: v.clone(),
+                        src: src.clone(),
+                    },
+                    &key("sees"),
+                )?),
+            };
             LayerKind::Run {
                 script: s.get().clone(),
+                sees,
             }
         }
         "fetch" => {
@@ -304,4 +316,31 @@ pub fn archive_kind(url: &str) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// A run layer's `sees`: the kinds of the layers before it whose files its
+/// script runs over, besides the rootfs (which holds every `apt` layer and
+/// is always there). Sorted, each once.
+fn parse_sees(v: &At<Vec<String>>, key: &str) -> Result<Vec<String>, RecipeError> {
+    let mut kinds = Vec::new();
+    for k in v.get() {
+        match k.as_str() {
+            "files" | "fetch" | "pip" | "run" => kinds.push(k.clone()),
+            "apt" => {
+                return Err(v.invalid(
+                    key,
+                    "`apt` is not needed: every apt layer is in the rootfs, which a run layer always sees",
+                ));
+            }
+            _ => {
+                return Err(v.invalid(
+                    key,
+                    format!("unknown layer kind `{k}`; use files, fetch, pip or run"),
+                ));
+            }
+        }
+    }
+    kinds.sort();
+    kinds.dedup();
+    Ok(kinds)
 }
