@@ -448,8 +448,9 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
     let token = h.login(Duration::from_secs(1500));
     eprintln!("v2: logged in after {:.0}s", t0.elapsed().as_secs_f64());
     // Ready means ready: the console said so, and cloud-init's final stage
-    // ran the first-boot script to its end too (it waits for the running
-    // one), so `cloud-init status --wait` returns only after it.
+    // waited for the first-boot script's end (its runcmd's `--wait` takes
+    // the running one's lock, then says how it ended), so `cloud-init
+    // status --wait` returns only after it.
     let log = w.join("v2.log");
     let waited = Instant::now();
     loop {
@@ -461,7 +462,7 @@ fn an_image_swap_keeps_users_messages_and_the_signing_key() {
         let final_stage = text.lines().any(|l| {
             l.contains("cloud-init[")
                 && l.contains("mimg-firstboot: [")
-                && l.trim_end().ends_with("] done")
+                && l.trim_end().ends_with("configured this boot: done")
         });
         if ready && final_stage {
             break;

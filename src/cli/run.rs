@@ -45,6 +45,7 @@ pub fn run(_cli: &Cli, a: &Args) -> Result<()> {
         image: a.image.clone(),
         seed: a.seed.clone(),
         data_disk: a.data_disk.clone(),
+        scratch_data: false,
         forwards: a.forwards.clone(),
         serial_log: serial_log.clone(),
         memory_mib: a.memory,

@@ -85,6 +85,7 @@ pub fn test(
         image: built.image.clone(),
         seed: Some(seed),
         data_disk: Some(data),
+        scratch_data: t.data_disk.is_none(),
         forwards: vec![crate::vm::Forward {
             host: port,
             guest: 80,

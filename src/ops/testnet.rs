@@ -362,6 +362,7 @@ pub fn test_network(
             image: images[i].clone(),
             seed: Some(seed),
             data_disk: Some(data),
+            scratch_data: true,
             forwards: if hs {
                 vec![
                     crate::vm::Forward {

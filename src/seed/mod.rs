@@ -672,7 +672,13 @@ fn user_data(customer: &Customer, ssh: &[SshKey], files: &[VmFile]) -> String {
             }
         }
     }
-    s.push_str(&format!("runcmd:\n  - [{}]\n", q(FIRSTBOOT)));
+    // `--wait`: the final stage waits for the unit's run (so `cloud-init
+    // status --wait` returns after it) and repeats none of it.
+    s.push_str(&format!(
+        "runcmd:\n  - [{}, {}]\n",
+        q(FIRSTBOOT),
+        q("--wait")
+    ));
     s
 }
 
