@@ -6,7 +6,13 @@
 //! Everything happens in one sandbox of the tools environment: its GNU tar
 //! unpacks the tree into a tmpfs, its `chroot` runs the script there as
 //! root (proc and dev mounted, its own /tmp, the script read from a file
-//! descriptor so it never lands in the tree), its tar reads the tree back.
+//! descriptor so it never lands in the tree), its tar reads back what the
+//! script may have changed: every entry whose change time (ctime, which
+//! no program can set) is after the unpacking, with the list of every path
+//! that is left (for what was removed). The rest is the base, as it was:
+//! the tree after the script is the base with those entries laid over it,
+//! and the difference is taken from that, as from a whole tree read back
+//! (the same bytes), without reading back a gigabyte that did not change.
 //! No host program touches the tree; rootless, the files keep their owners
 //! through the sandbox's user namespace.
 
@@ -30,6 +36,10 @@ const DRIVER: &str = r#"set -e
 r=/tmp/root
 mkdir -m 0755 $r
 tar -C $r -x -p --numeric-owner --xattrs --xattrs-include='*' -f /mnt/base.tar
+# Whatever changes from here on gets a later ctime than the stamp's mtime;
+# the pause puts the first change on a later tick of the kernel's clock.
+touch /tmp/stamp
+sleep 0.05
 mkdir -p $r/proc $r/dev $r/tmp
 mount -t proc proc $r/proc
 mount --rbind /dev $r/dev
@@ -44,7 +54,10 @@ if [ $status -ne 0 ]; then
     echo "mimg: the run layer's script failed" >&2
     exit $status
 fi
-tar -C $r -c --numeric-owner --xattrs --xattrs-include='*' --format=pax --sort=name --one-file-system .
+cd $r
+find . -xdev -print0 >/mnt/paths
+find . -xdev -cnewer /tmp/stamp -print0 |
+    tar -c --null --no-recursion -T - --numeric-owner --xattrs --xattrs-include='*' --format=pax
 "#;
 
 /// Run `script` over `base` (the tree so far); returns the difference.
@@ -59,18 +72,44 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
         std::io::Write::flush(&mut w)?;
     }
     crate::paths::write(&script_file, script)?;
-    let sandbox = tools.sandbox(epoch).tmpfs("/tmp").bind(dir, "/mnt", false);
-    let after = sandbox
+    let paths_file = dir.join("paths");
+    // Writable: the driver leaves the list of paths there.
+    let sandbox = tools.sandbox(epoch).tmpfs("/tmp").bind(dir, "/mnt", true);
+    let changed = sandbox
         .spawn(&["/bin/sh", "-c", DRIVER], Stdio::piped(), "run layer")
         .map_err(anyhow::Error::new)
         .and_then(|child| super::rootfs::read_tar_of(child, "run layer"));
+    let paths = std::fs::read(&paths_file);
     let _ = std::fs::remove_file(&base_tar);
     let _ = std::fs::remove_file(&script_file);
-    let mut after = after.map_err(explain)?;
+    let _ = std::fs::remove_file(&paths_file);
+    let changed = changed.map_err(explain)?;
+    let mut after = after_script(base, changed, &paths?);
     super::rootfs::drop_volatile(&mut after, true);
     after.fix_hardlinks();
     after.clamp(epoch);
     Ok(diff(base, &after, epoch))
+}
+
+/// The tree after the script: `base` without the paths that are no longer
+/// there (`paths`: every path left, NUL-separated, as find prints them),
+/// with the entries the script changed (`changed`) laid over it.
+fn after_script(base: &Tree, changed: Tree, paths: &[u8]) -> Tree {
+    let left: std::collections::BTreeSet<PathKey> = paths
+        .split(|b| *b == 0)
+        .filter_map(|p| super::tarball::clean_path(&String::from_utf8_lossy(p)))
+        .map(|p| PathKey::new(&p))
+        .collect();
+    let mut after = Tree::default();
+    for (k, e) in &base.entries {
+        if left.contains(k) {
+            after.entries.insert(k.clone(), e.clone());
+        }
+    }
+    for (k, e) in changed.entries {
+        after.entries.insert(k, e);
+    }
+    after
 }
 
 /// The script's failure said plainly, with its output's last lines and
