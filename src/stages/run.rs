@@ -35,7 +35,7 @@ pub const WHITEOUT: &str = ".wh.";
 const DRIVER: &str = r#"set -e
 r=/tmp/root
 mkdir -m 0755 $r
-tar -C $r -x -p --numeric-owner --xattrs --xattrs-include='*' -f /mnt/base.tar
+tar -C $r -x -p --numeric-owner --xattrs --xattrs-include='*' -f /tmp/in/base.tar
 # Whatever changes from here on gets a later ctime than the stamp's mtime;
 # the pause puts the first change on a later tick of the kernel's clock.
 touch /tmp/stamp
@@ -63,7 +63,19 @@ find . -xdev -cnewer /tmp/stamp -print0 |
 /// Run `script` over `base` (the tree so far); returns the difference.
 /// `dir` is the step's directory (scratch files are removed again).
 pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) -> Result<Tree> {
-    let base_tar = dir.join("base.tar");
+    // The tree so far goes to the sandbox as a tar in scratch space
+    // (memory where there is room, see `Scratch`): a gigabyte that would
+    // otherwise be written to the disk only to be read once.
+    let size: u64 = base
+        .entries
+        .values()
+        .map(|e| match &e.kind {
+            Kind::File(b) => b.len() as u64 + 1024,
+            _ => 1024,
+        })
+        .sum();
+    let scratch = super::scratch::Scratch::new(size, dir)?;
+    let base_tar = scratch.path().join("base.tar");
     let script_file = dir.join("run.sh");
     {
         let f = crate::paths::create(&base_tar)?;
@@ -74,13 +86,17 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
     crate::paths::write(&script_file, script)?;
     let paths_file = dir.join("paths");
     // Writable: the driver leaves the list of paths there.
-    let sandbox = tools.sandbox(epoch).tmpfs("/tmp").bind(dir, "/mnt", true);
+    let sandbox = tools
+        .sandbox(epoch)
+        .tmpfs("/tmp")
+        .bind(dir, "/mnt", true)
+        .bind(scratch.path(), "/tmp/in", false);
     let changed = sandbox
         .spawn(&["/bin/sh", "-c", DRIVER], Stdio::piped(), "run layer")
         .map_err(anyhow::Error::new)
         .and_then(|child| super::rootfs::read_tar_of(child, "run layer"));
     let paths = std::fs::read(&paths_file);
-    let _ = std::fs::remove_file(&base_tar);
+    drop(scratch);
     let _ = std::fs::remove_file(&script_file);
     let _ = std::fs::remove_file(&paths_file);
     let changed = changed.map_err(explain)?;
