@@ -666,19 +666,16 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
             let name = &step.layers[0];
             let l = recipe.layer(name).expect("planned from the recipe");
             let tree = if let LayerKind::Run { script, .. } = &l.kind {
-                let at = plan
+                // The tree it runs in is exactly what its key's `over`
+                // names (the rootfs and layer steps, in plan order).
+                let over = &step.inputs["over"];
+                let before: Vec<&Step> = plan
                     .steps
-                    .iter()
-                    .position(|s| s.key == step.key)
-                    .expect("a step of the plan");
-                // The tree it runs in: what its key's `over` names.
-                let before: Vec<&Step> = plan.steps[..at]
                     .iter()
                     .filter(|s| s.kind == StepKind::Layer)
                     .filter(|s| {
-                        recipe
-                            .layer(&s.layers[0])
-                            .is_some_and(|e| l.kind.run_sees(&e.kind))
+                        over.as_array()
+                            .is_some_and(|o| o.iter().any(|k| k.as_str() == Some(s.key.as_str())))
                     })
                     .collect();
                 let tars = image::stored_tars(recipe, plan, store, &before)?;

@@ -1,6 +1,7 @@
 //! Where the image step keeps its raw disk while mkfs.ext4 writes it and
-//! qemu-img reads it (and a run layer the tar of the tree it runs in). The raw disk is scratch: it is never part of an
-//! output, so it need not reach the disk. In memory (`/dev/shm`) mkfs's
+//! qemu-img reads it (and a run layer the tar of the tree it runs in). The
+//! raw disk is scratch: it is never part of an output, so it need not
+//! reach the disk. In memory (`/dev/shm`) mkfs's
 //! final fsync costs nothing and qemu-img reads it at memory speed; when
 //! memory is short it stays beside the step's outputs, as before.
 //! `MIMG_SCRATCH=DIR` names the place explicitly.
