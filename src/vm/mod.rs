@@ -218,6 +218,51 @@ fn kvm_usable() -> bool {
 /// TCG straight away.
 static KVM_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// A guest that failed under KVM is remembered for this host, so that the
+/// next `mimg run` or `mimg test` does not wait for it again (20 s after
+/// GRUB): `$XDG_STATE_HOME/mimg/kvm-failed` (else
+/// `~/.local/state/mimg/kvm-failed`), holding the kernel release and the
+/// QEMU version it failed with. Either changed, KVM is tried again; a guest
+/// that boots under KVM (`MIMG_ACCEL=kvm` forces a try) removes the file.
+fn kvm_failed_file() -> Option<PathBuf> {
+    let base = match std::env::var_os("XDG_STATE_HOME").filter(|p| !p.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").filter(|p| !p.is_empty())?).join(".local/state")
+        }
+    };
+    Some(base.join("mimg/kvm-failed"))
+}
+
+/// This host's kernel release and QEMU version: what a remembered KVM
+/// failure holds.
+fn kvm_host() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let qemu = std::process::Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!("kernel {}; {}\n", kernel.trim(), qemu.trim())
+}
+
+/// Whether a guest failed under KVM on this host before (same kernel and
+/// QEMU), unless `MIMG_ACCEL` decides.
+fn kvm_failed_before() -> Option<PathBuf> {
+    if std::env::var_os("MIMG_ACCEL").is_some() {
+        return None;
+    }
+    let f = kvm_failed_file()?;
+    let said = std::fs::read_to_string(&f).ok()?;
+    (said == kvm_host()).then_some(f)
+}
+
 /// What QEMU prints when KVM cannot run the guest's code (it then pauses
 /// the guest for good, and stays alive).
 const KVM_INTERNAL_ERROR: &str = "KVM internal error";
@@ -231,20 +276,43 @@ const KVM_INTERNAL_ERROR: &str = "KVM internal error";
 /// alive and the guest paused for good. Then the VM is started again with
 /// TCG, and so is every later one of this process.
 pub fn start(spec: &RunSpec) -> Result<Vm> {
-    let kvm = !KVM_FAILED.load(std::sync::atomic::Ordering::Relaxed) && kvm_usable();
+    let mut kvm = !KVM_FAILED.load(std::sync::atomic::Ordering::Relaxed);
+    if kvm && let Some(f) = kvm_failed_before() {
+        KVM_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "mimg: a guest failed under KVM on this host before (remembered in {}): booting with TCG (MIMG_ACCEL=kvm tries KVM again)",
+            f.display()
+        );
+        kvm = false;
+    }
+    let kvm = kvm && kvm_usable();
     let vm = if kvm {
         let mut vm = launch(spec, "kvm")?;
         if vm.kvm_boots() {
+            if let Some(f) = kvm_failed_file() {
+                let _ = std::fs::remove_file(f);
+            }
             vm
         } else {
             KVM_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
             let errors = vm.qemu_errors();
+            let remembered = kvm_failed_file().and_then(|f| {
+                std::fs::create_dir_all(f.parent()?).ok()?;
+                std::fs::write(&f, kvm_host()).ok()?;
+                Some(f)
+            });
             eprintln!(
-                "mimg: the guest failed under KVM ({}): booting it with TCG instead",
+                "mimg: the guest failed under KVM ({}): booting it with TCG instead{}",
                 errors
                     .lines()
                     .find(|l| l.contains(KVM_INTERNAL_ERROR))
-                    .unwrap_or("its kernel never started")
+                    .unwrap_or("its kernel never started"),
+                remembered
+                    .map(|f| format!(
+                        " (remembered for this host in {}: later boots go straight to TCG)",
+                        f.display()
+                    ))
+                    .unwrap_or_default()
             );
             drop(vm);
             let _ = std::fs::remove_file(&spec.serial_log);
