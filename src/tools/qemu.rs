@@ -64,6 +64,24 @@ pub fn start(args: &[String], netns: Option<&str>, stderr: Stdio) -> Result<Chil
     c.spawn().map_err(spawn_error("qemu-system-x86_64"))
 }
 
+/// The first line of `qemu-system-x86_64 --version` (empty when it cannot
+/// be run).
+pub fn system_version() -> String {
+    Command::new("qemu-system-x86_64")
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default()
+}
+
 /// Whether KVM works: /dev/kvm can exist and still fail at the first vCPU
 /// reset (QEMU aborts setting an MSR). A paused QEMU with KVM is asked for
 /// its status over QMP: the main loop answers only once the machine is made

@@ -238,17 +238,7 @@ fn kvm_failed_file() -> Option<PathBuf> {
 /// failure holds.
 fn kvm_host() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let qemu = std::process::Command::new("qemu-system-x86_64")
-        .arg("--version")
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .next()
-                .unwrap_or("")
-                .to_string()
-        })
-        .unwrap_or_default();
+    let qemu = crate::tools::qemu::system_version();
     format!("kernel {}; {}\n", kernel.trim(), qemu.trim())
 }
 
