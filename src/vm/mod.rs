@@ -196,12 +196,22 @@ const SLOT_ROOT: u8 = 5;
 
 /// Whether KVM works: /dev/kvm can exist and still fail at the first vCPU
 /// reset, so start a paused QEMU with it and see whether it survives.
-/// `MIMG_ACCEL=tcg` or `=kvm` decides without probing.
+/// `MIMG_ACCEL=tcg` or `=kvm` decides without probing; otherwise a failure
+/// remembered for this host ([`kvm_failed_file`]) says no without probing.
 fn kvm_usable() -> bool {
     match std::env::var("MIMG_ACCEL").as_deref() {
         Ok("tcg") => return false,
         Ok("kvm") => return true,
         _ => {}
+    }
+    if let Some(f) = kvm_failed_before() {
+        // Said once: every later VM of this process boots with TCG.
+        KVM_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
+        eprintln!(
+            "mimg: a guest failed under KVM on this host before (remembered in {}): booting with TCG (MIMG_ACCEL=kvm tries KVM again)",
+            f.display()
+        );
+        return false;
     }
     if std::fs::OpenOptions::new()
         .read(true)
@@ -243,11 +253,8 @@ fn kvm_host() -> String {
 }
 
 /// Whether a guest failed under KVM on this host before (same kernel and
-/// QEMU), unless `MIMG_ACCEL` decides.
+/// QEMU): the file that says so.
 fn kvm_failed_before() -> Option<PathBuf> {
-    if std::env::var_os("MIMG_ACCEL").is_some() {
-        return None;
-    }
     let f = kvm_failed_file()?;
     let said = std::fs::read_to_string(&f).ok()?;
     (said == kvm_host()).then_some(f)
@@ -266,16 +273,7 @@ const KVM_INTERNAL_ERROR: &str = "KVM internal error";
 /// alive and the guest paused for good. Then the VM is started again with
 /// TCG, and so is every later one of this process.
 pub fn start(spec: &RunSpec) -> Result<Vm> {
-    let mut kvm = !KVM_FAILED.load(std::sync::atomic::Ordering::Relaxed);
-    if kvm && let Some(f) = kvm_failed_before() {
-        KVM_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
-        eprintln!(
-            "mimg: a guest failed under KVM on this host before (remembered in {}): booting with TCG (MIMG_ACCEL=kvm tries KVM again)",
-            f.display()
-        );
-        kvm = false;
-    }
-    let kvm = kvm && kvm_usable();
+    let kvm = !KVM_FAILED.load(std::sync::atomic::Ordering::Relaxed) && kvm_usable();
     let vm = if kvm {
         let mut vm = launch(spec, "kvm")?;
         if vm.kvm_boots() {
