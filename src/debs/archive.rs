@@ -34,12 +34,16 @@ pub fn member<'a>(deb: &'a [u8], prefix: &str) -> Result<(String, &'a [u8])> {
 
 /// A tar reader over a member named `NAME.tar[.xz|.gz]`.
 pub fn tar_reader<'a>(name: &str, data: &'a [u8]) -> Result<tar::Archive<Box<dyn Read + 'a>>> {
+    Ok(tar::Archive::new(decoder(name, data)?))
+}
+
+/// The decompressed bytes of a member named `NAME.tar[.xz|.gz]`.
+pub fn decoder<'a>(name: &str, data: &'a [u8]) -> Result<Box<dyn Read + 'a>> {
     let ext = name.split_once(".tar").map(|(_, e)| e).unwrap_or("");
-    let reader: Box<dyn Read + 'a> = match ext {
+    Ok(match ext {
         "" => Box::new(data),
         ".xz" => Box::new(xz2::read::XzDecoder::new(data)),
         ".gz" => Box::new(flate2::read::GzDecoder::new(data)),
         other => bail!("{name}: compression `{other}` is not supported (xz, gz or none)"),
-    };
-    Ok(tar::Archive::new(reader))
+    })
 }

@@ -23,6 +23,15 @@ use crate::lock::model::Package;
 /// Where the local repository of pinned .debs is seen inside the sandbox.
 pub const REPO: &str = "/repo";
 
+/// mmdebstrap's customize hook that makes the initramfs of each kernel
+/// (see `build`).
+const INITRAMFS_HOOK: &str = "--customize-hook=chroot \"$1\" /bin/sh -c '\
+    unset INITRD; command -v update-initramfs >/dev/null || exit 0; \
+    for k in /boot/vmlinuz-*; do [ -e \"$k\" ] || continue; v=${k#/boot/vmlinuz-}; \
+    update-initramfs -c -k \"$v\" || exit 1; \
+    if command -v linux-update-symlinks >/dev/null; then linux-update-symlinks install \"$v\" \"$k\" || exit 1; fi; \
+    done' >&2";
+
 /// Build the rootfs tar into `out/rootfs.tar`: the tools environment's
 /// mmdebstrap (in its sandbox, as root there, with no network) installs
 /// the recipe's packages from the local repository of pinned .debs at
@@ -52,6 +61,15 @@ pub fn build(
         // dpkg's fsyncs buy nothing here: the tree is read back into the
         // canonical tar, which the store syncs when it commits the step.
         "--dpkgopt=force-unsafe-io",
+        // One initramfs, made once every package is configured. The kernel
+        // package's hook would make one when the kernel is configured
+        // (INITRD=No, set below, tells it not to), and initramfs-tools'
+        // trigger would make it again at the end: the first is thrown
+        // away. The trigger finds no initramfs to update; this hook makes
+        // one per kernel, as the kernel's hook would, then the /initrd.img
+        // links the kernel's postinst makes when there is one. The hook's
+        // output goes to stderr: stdout is the tar.
+        INITRAMFS_HOOK,
     ];
     if !inc.is_empty() {
         argv.push(&include);
@@ -66,6 +84,7 @@ pub fn build(
         .sandbox(epoch)
         .tmpfs("/tmp")
         .env("TMPDIR", "/tmp")
+        .env("INITRD", "No")
         .bind(repo, REPO, false);
     let child = sandbox
         .spawn(&argv, Stdio::piped(), "mmdebstrap")

@@ -11,18 +11,56 @@
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result, bail};
 
 use crate::debs::archive;
 
 /// Make the tools root at `out/root` from `debs` (file name, bytes), in order.
+/// Their data.tars are decompressed side by side (one thread per core);
+/// they are unpacked one after the other, in the given order, so a path two
+/// packages hold is always the later one's.
 pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
     let root = out.join("root");
     crate::paths::create_dir_all(&root)?;
-    for (name, data) in debs {
-        unpack_deb(data, &root).with_context(|| format!("unpacking {name}"))?;
-    }
+    let slots: Vec<Mutex<Option<Result<Vec<u8>>>>> =
+        debs.iter().map(|_| Mutex::new(None)).collect();
+    let ready = Condvar::new();
+    let next = AtomicUsize::new(0);
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    std::thread::scope(|s| -> Result<()> {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    let Some((_, data)) = debs.get(i) else { break };
+                    let tar = std::panic::catch_unwind(|| data_tar(data)).unwrap_or_else(|_| {
+                        Err(anyhow::anyhow!("decompressing the data.tar panicked"))
+                    });
+                    *slots[i].lock().expect("not poisoned") = Some(tar);
+                    ready.notify_all();
+                }
+            });
+        }
+        let result = (|| {
+            for (i, (name, _)) in debs.iter().enumerate() {
+                let mut slot = slots[i].lock().expect("not poisoned");
+                while slot.is_none() {
+                    slot = ready.wait(slot).expect("not poisoned");
+                }
+                let tar = slot.take().expect("filled");
+                drop(slot);
+                tar.and_then(|t| unpack(&t, &root))
+                    .with_context(|| format!("unpacking {name}"))?;
+            }
+            Ok(())
+        })();
+        // On an error, the workers take no further package.
+        next.store(debs.len(), Ordering::SeqCst);
+        result
+    })?;
     // What base-files and dpkg would have made: the merged-/usr links and
     // the mount points of the sandboxes (crate::tools::sandbox).
     for (link, target) in [
@@ -71,10 +109,18 @@ fn place(path: &Path) -> Result<Option<PathBuf>> {
     Ok(Some(parts.iter().collect()))
 }
 
-fn unpack_deb(deb: &[u8], root: &Path) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
+/// A .deb's data.tar, decompressed.
+fn data_tar(deb: &[u8]) -> Result<Vec<u8>> {
     let (member, data) = archive::member(deb, "data.tar")?;
-    let mut ar = archive::tar_reader(&member, data)?;
+    let mut tar = Vec::new();
+    io::Read::read_to_end(&mut archive::decoder(&member, data)?, &mut tar)?;
+    Ok(tar)
+}
+
+/// Unpack a package's data.tar under `root`.
+fn unpack(tar: &[u8], root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut ar = tar::Archive::new(tar);
     for e in ar.entries()? {
         let mut e = e?;
         let path = e.path()?.into_owned();
@@ -131,6 +177,64 @@ fn remove(p: &Path) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A .deb of one uncompressed data.tar holding `files` (path, content).
+    fn deb(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, path, *data).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut d = b"!<arch>\n".to_vec();
+        d.extend(
+            format!(
+                "{:<16}{:<12}{:<6}{:<6}{:<8}{:<10}`\n",
+                "data.tar/",
+                0,
+                0,
+                0,
+                100644,
+                tar.len()
+            )
+            .as_bytes(),
+        );
+        d.extend(&tar);
+        d
+    }
+
+    #[test]
+    fn debs_unpack_in_order_though_decompressed_side_by_side() {
+        let dir = tempfile::tempdir().unwrap();
+        // The first is the largest: it is decompressed last, unpacked first.
+        let big = vec![7u8; 8 << 20];
+        let debs = vec![
+            (
+                "a.deb".to_string(),
+                deb(&[("etc/x", b"first"), ("usr/share/big", &big)]),
+            ),
+            (
+                "b.deb".to_string(),
+                deb(&[("etc/x", b"second"), ("bin/tool", b"#!")]),
+            ),
+            ("c.deb".to_string(), deb(&[("etc/y", b"third")])),
+        ];
+        build(&debs, dir.path()).unwrap();
+        let root = dir.path().join("root");
+        assert_eq!(fs::read(root.join("etc/x")).unwrap(), b"second");
+        assert_eq!(fs::read(root.join("etc/y")).unwrap(), b"third");
+        assert_eq!(fs::read(root.join("usr/bin/tool")).unwrap(), b"#!");
+        assert_eq!(fs::read(root.join("bin/tool")).unwrap(), b"#!");
+        let broken = vec![
+            debs[0].clone(),
+            ("broken.deb".to_string(), b"!<arch>\n".to_vec()),
+        ];
+        let e = build(&broken, tempfile::tempdir().unwrap().path()).unwrap_err();
+        assert!(format!("{e:#}").contains("unpacking broken.deb"), "{e:#}");
+    }
 
     #[test]
     fn paths_are_placed_under_usr_and_never_outside() {
