@@ -20,6 +20,7 @@
 //! | `rootfs` | `debs`       | set hash of every pinned .deb of the rootfs (lock `debs.rootfs`)    |
 //! | `rootfs` | `epoch`      | the build epoch (lock `epoch`)                                      |
 //! | `rootfs` | `tools`      | the tools step's key (its mmdebstrap, apt, dpkg and tar install the rootfs) |
+//! | `rootfs` | `variant`    | how mimg runs mmdebstrap ([`ROOTFS_VARIANT`]: its options and hooks) |
 //! | `layer`  | `layer`      | the layer's whole spec (every field of its kind but those below: `name`, `kind`, `to`, `sha256`, `unpack`, `strip`, `mode`, `requirements`, `venv`, `python`, `script`, `sees` (only when set), `packages`, `source`) and `content`: the hash of a `files` layer's tree, or of a `pip` layer's locked wheels (lock `pip`: each wheel's `name`, `version`, `file`, `sha256`) |
 //! | `layer`  | `epoch`      | the build epoch                                                     |
 //! | `layer`  | `over`       | a `run` layer only: keys of the rootfs step and of every layer step before it, or with `sees` of those of the kinds it names (the tree it runs in) |
@@ -82,6 +83,11 @@ pub const TOOLS_PACKAGES: &[&str] = &[
 /// How the tools root is made (`stages::tools_env`), in the tools key:
 /// bumped whenever it writes other bytes from the same .debs.
 pub const TOOLS_VARIANT: &str = "mimg-unpack/2";
+
+/// How the rootfs step runs mmdebstrap (crate::stages::rootfs): changed
+/// whenever the same packages give another tree. 2: no py3compile while
+/// packages are configured (no empty `__pycache__` directories left).
+pub const ROOTFS_VARIANT: &str = "mmdebstrap/2";
 
 /// A step key: 64 lowercase hex digits.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize)]
@@ -361,6 +367,7 @@ pub fn plan(recipe: &Recipe, facts: &Facts) -> Plan {
     );
     root_in.insert("epoch".into(), json!(facts.epoch));
     root_in.insert("tools".into(), json!(tools.key));
+    root_in.insert("variant".into(), json!(ROOTFS_VARIANT));
     let mut rootfs = Step::new(StepKind::Rootfs, "rootfs".into(), root_in, vec![]);
     rootfs
         .detail

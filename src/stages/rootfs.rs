@@ -70,6 +70,16 @@ pub fn build(
         // links the kernel's postinst makes when there is one. The hook's
         // output goes to stderr: stdout is the tar.
         INITRAMFS_HOOK,
+        // No py3compile while packages are configured: the rootfs keeps no
+        // bytecode (see `scrub`; recipes/layers/bytecode.toml makes it
+        // reproducibly), so every .pyc the packages' postinsts would make
+        // is thrown away. Their postinsts skip it when there is no
+        // py3compile: it is diverted aside once the essential packages are
+        // in, and put back before the tar is made.
+        "--essential-hook=chroot \"$1\" dpkg-divert --quiet --local --rename \
+         --divert /usr/bin/py3compile.mimg --add /usr/bin/py3compile >&2",
+        "--customize-hook=chroot \"$1\" dpkg-divert --quiet --local --rename \
+         --remove /usr/bin/py3compile >&2",
     ];
     if !inc.is_empty() {
         argv.push(&include);
