@@ -13,6 +13,7 @@ mod provenance;
 mod recipe;
 mod report;
 mod seed;
+mod slots;
 mod stages;
 mod store;
 mod tools;

@@ -8,7 +8,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -24,6 +23,7 @@ use crate::paths::{synced_copy, tmp_beside};
 use crate::plan::{self, Plan, Step, StepKind};
 use crate::recipe::{LayerKind, Recipe};
 use crate::report::Reporter;
+use crate::slots::Slots;
 use crate::stages::{image, layer, rootfs, run, tools_env, wheels};
 use crate::store::{self, Store};
 use crate::tools::ToolsEnv;
@@ -368,7 +368,7 @@ pub fn build(
         subst: subst.as_ref(),
     };
     let cx = &cx;
-    let ahead = Ahead::new(plan.steps.len(), cx.subst.is_none());
+    let ahead = ahead(plan.steps.len(), cx.subst.is_none());
     let next = AtomicUsize::new(0);
     std::thread::scope(|sc| -> Result<()> {
         // Steps in a cache are taken side by side, ahead of the loop below
@@ -512,37 +512,11 @@ const SUBSTITUTE_JOBS: usize = 3;
 /// The steps taken from the substituters ahead of the build loop: slot `i`
 /// is filled once step `i` was tried, with what was made of it (`None`:
 /// not taken; the loop reuses or builds it).
-struct Ahead {
-    slots: Mutex<Vec<Option<Option<Made>>>>,
-    cv: Condvar,
-}
+type Ahead = Slots<Option<Made>>;
 
-impl Ahead {
-    /// `done`: nothing is taken ahead (no substituters), every slot filled.
-    fn new(n: usize, done: bool) -> Ahead {
-        let fill = if done { Some(None) } else { None };
-        Ahead {
-            slots: Mutex::new((0..n).map(|_| fill.clone()).collect()),
-            cv: Condvar::new(),
-        }
-    }
-
-    fn put(&self, i: usize, r: Option<Made>) {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        slots[i] = Some(r);
-        self.cv.notify_all();
-    }
-
-    /// Wait until step `i` was tried; what was made of it.
-    fn wait(&self, i: usize) -> Option<Made> {
-        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        loop {
-            if let Some(r) = slots[i].take() {
-                return r;
-            }
-            slots = self.cv.wait(slots).unwrap_or_else(|e| e.into_inner());
-        }
-    }
+/// `done`: nothing is taken ahead (no substituters), every slot filled.
+fn ahead(n: usize, done: bool) -> Ahead {
+    Slots::full(n, || done.then_some(None))
 }
 
 /// A worker taking steps from the substituters, in plan order.

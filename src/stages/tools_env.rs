@@ -12,11 +12,11 @@ use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Condvar, Mutex};
 
 use anyhow::{Context, Result, bail};
 
 use crate::debs::archive;
+use crate::slots::Slots;
 
 /// Make the tools root at `out/root` from `debs` (file name, bytes), in order.
 /// Their data.tars are decompressed side by side (one thread per core);
@@ -25,9 +25,7 @@ use crate::debs::archive;
 pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
     let root = out.join("root");
     crate::paths::create_dir_all(&root)?;
-    let slots: Vec<Mutex<Option<Result<Vec<u8>>>>> =
-        debs.iter().map(|_| Mutex::new(None)).collect();
-    let ready = Condvar::new();
+    let slots: Slots<Result<Vec<u8>>> = Slots::new(debs.len());
     let next = AtomicUsize::new(0);
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     std::thread::scope(|s| -> Result<()> {
@@ -39,20 +37,15 @@ pub fn build(debs: &[(String, Vec<u8>)], out: &Path) -> Result<()> {
                     let tar = std::panic::catch_unwind(|| data_tar(data)).unwrap_or_else(|_| {
                         Err(anyhow::anyhow!("decompressing the data.tar panicked"))
                     });
-                    *slots[i].lock().expect("not poisoned") = Some(tar);
-                    ready.notify_all();
+                    slots.put(i, tar);
                 }
             });
         }
         let result = (|| {
             for (i, (name, _)) in debs.iter().enumerate() {
-                let mut slot = slots[i].lock().expect("not poisoned");
-                while slot.is_none() {
-                    slot = ready.wait(slot).expect("not poisoned");
-                }
-                let tar = slot.take().expect("filled");
-                drop(slot);
-                tar.and_then(|t| unpack(&t, &root))
+                slots
+                    .wait(i)
+                    .and_then(|t| unpack(&t, &root))
                     .with_context(|| format!("unpacking {name}"))?;
             }
             Ok(())
