@@ -74,6 +74,8 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
             _ => 1024,
         })
         .sum();
+    let t0 = std::time::Instant::now();
+    let phase = |what: &str| tracing::debug!("run: {what} at {:.2}s", t0.elapsed().as_secs_f64());
     let scratch = super::scratch::Scratch::new(size, dir)?;
     let base_tar = scratch.path().join("base.tar");
     let script_file = dir.join("run.sh");
@@ -83,6 +85,7 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
         base.write(&mut w)?;
         std::io::Write::flush(&mut w)?;
     }
+    phase("base tar written");
     crate::paths::write(&script_file, script)?;
     let paths_file = dir.join("paths");
     // Writable: the driver leaves the list of paths there.
@@ -95,6 +98,7 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
         .spawn(&["/bin/sh", "-c", DRIVER], Stdio::piped(), "run layer")
         .map_err(anyhow::Error::new)
         .and_then(|child| super::rootfs::read_tar_of(child, "run layer"));
+    phase("script run, changes read back");
     let paths = std::fs::read(&paths_file);
     drop(scratch);
     let _ = std::fs::remove_file(&script_file);
@@ -104,7 +108,9 @@ pub fn run(tools: &ToolsEnv, base: &Tree, script: &str, epoch: u64, dir: &Path) 
     super::rootfs::drop_volatile(&mut after, true);
     after.fix_hardlinks();
     after.clamp(epoch);
-    Ok(diff(base, &after, epoch))
+    let d = diff(base, &after, epoch);
+    phase("difference taken");
+    Ok(d)
 }
 
 /// The tree after the script: `base` without the paths that are no longer
