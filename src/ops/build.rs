@@ -629,7 +629,12 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
         }
         StepKind::Rootfs => {
             let suite = recipe.base.suite.as_str();
+            let t0 = Instant::now();
             let repo = pinned_repo(cx, &facts.rootfs_debs, suite)?;
+            tracing::debug!(
+                "rootfs: local repository made in {:.2}s",
+                t0.elapsed().as_secs_f64()
+            );
             let (tools, tools_check) = tools_of(cx);
             let pkgs = rootfs::build(recipe, &tools, repo.path(), epoch, dir)?;
             tools_check.wait()?;

@@ -418,9 +418,17 @@ impl Store {
         extra: serde_json::Value,
     ) -> Result<Meta, StoreError> {
         let t0 = std::time::Instant::now();
-        let trees = list_trees(&pending.dir).map_err(|e| self.io("list output trees", e))?;
-        let mut files = BTreeMap::new();
-        sum_tree(&pending.dir, &pending.dir, &mut files).map_err(|e| self.io("hash outputs", e))?;
+        // The outputs go to the disk while they are hashed (the kernel
+        // writes, this thread reads): `commit_checked`'s sync then finds
+        // them written. A failure here is found again by that sync.
+        let (trees, files) = std::thread::scope(|s| {
+            s.spawn(|| sync_tree(&pending.dir));
+            let trees = list_trees(&pending.dir).map_err(|e| self.io("list output trees", e))?;
+            let mut files = BTreeMap::new();
+            sum_tree(&pending.dir, &pending.dir, &mut files)
+                .map_err(|e| self.io("hash outputs", e))?;
+            Ok::<_, StoreError>((trees, files))
+        })?;
         let hashed = t0.elapsed().as_secs_f64();
         let meta = Meta {
             version: META_VERSION,
@@ -435,7 +443,13 @@ impl Store {
             extra,
         };
         tracing::debug!("commit {}: outputs hashed in {hashed:.2}s", step.label);
-        self.commit_checked(pending, meta)
+        let r = self.commit_checked(pending, meta);
+        tracing::debug!(
+            "commit {}: synced and in place at {:.2}s",
+            step.label,
+            t0.elapsed().as_secs_f64()
+        );
+        r
     }
 
     /// Finish a step whose outputs were already checked against `meta`
