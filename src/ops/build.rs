@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
@@ -149,6 +149,9 @@ struct Ctx<'a> {
     store: &'a Store,
     rep: &'a dyn Reporter,
     subst: Option<&'a super::cache::Substituter>,
+    /// The rootfs's local repository, when it was made ahead (while the
+    /// tools were unpacked); the rootfs step makes it otherwise.
+    repo: std::sync::Mutex<Option<tempfile::TempDir>>,
 }
 
 /// Put the pinned .debs in the store (unless there) and make a local
@@ -366,9 +369,27 @@ pub fn build(
         store,
         rep,
         subst: subst.as_ref(),
+        repo: Default::default(),
     };
     let cx = &cx;
-    let ahead = ahead(plan.steps.len(), cx.subst.is_none());
+    // Without substituters, the layers that need nothing of the steps
+    // before them (files, fetch, pip: all but run layers) are made while
+    // the rootfs is installed, which keeps one core of two busy at most.
+    let independent = if cx.subst.is_none() {
+        independent_layers(recipe, &plan, store)
+    } else {
+        Vec::new()
+    };
+    let ahead = if independent.is_empty() {
+        ahead(plan.steps.len(), cx.subst.is_none())
+    } else {
+        let mut i = 0;
+        Slots::full(plan.steps.len(), || {
+            i += 1;
+            (!independent.contains(&(i - 1))).then_some(None)
+        })
+    };
+    let stop = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     std::thread::scope(|sc| -> Result<()> {
         // Steps in a cache are taken side by side, ahead of the loop below
@@ -380,21 +401,40 @@ pub fn build(
             }
         }
         // The rootfs is installed by the tools: when both are missing, the
-        // rootfs's pinned .debs are fetched while the tools are unpacked.
+        // rootfs's pinned .debs are fetched, and their local repository
+        // made, while the tools are unpacked.
         let mut prefetch = None;
         if !store.has(&tools_step.key)
             && plan.steps.get(1).is_some_and(|s| {
                 !store.has(&s.key) && !cx.subst.is_some_and(|c| c.may_have(s.key.as_str()))
             })
         {
-            prefetch = Some(sc.spawn(|| fetch_pins(cx, &resolved.facts.rootfs_debs)));
+            prefetch = Some(sc.spawn(|| -> Result<()> {
+                let suite = recipe.base.suite.as_str();
+                let repo = pinned_repo(cx, &resolved.facts.rootfs_debs, suite)?;
+                *cx.repo.lock().unwrap_or_else(|e| e.into_inner()) = Some(repo);
+                Ok(())
+            }));
         }
+        // Stops the worker below early when the loop ends with an error.
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
         for (i, step) in plan.steps.iter().enumerate() {
             if step.kind != StepKind::Tools
                 && let Some(h) = prefetch.take()
             {
                 h.join()
                     .map_err(|_| anyhow::anyhow!("fetching the rootfs's .debs panicked"))??;
+            }
+            if step.kind == StepKind::Rootfs && !independent.is_empty() {
+                let (steps, ahead, stop) = (&plan.steps, &ahead, &stop);
+                let independent = &independent;
+                sc.spawn(move || build_ahead(cx, steps, independent, ahead, stop));
             }
             rep.step_started(step);
             if let Some(r) = ahead.wait(i) {
@@ -519,6 +559,43 @@ fn ahead(n: usize, done: bool) -> Ahead {
     Slots::full(n, || done.then_some(None))
 }
 
+/// The layer steps (by index) that need no step before them and that the
+/// store lacks: files, fetch and pip layers (a run layer runs in the tree
+/// made so far).
+fn independent_layers(recipe: &Recipe, plan: &Plan, store: &Store) -> Vec<usize> {
+    plan.steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.kind == StepKind::Layer && !store.has(&s.key))
+        .filter(|(_, s)| {
+            s.layers
+                .first()
+                .and_then(|n| recipe.layer(n))
+                .is_some_and(|l| {
+                    matches!(
+                        l.kind,
+                        LayerKind::Files { .. } | LayerKind::Fetch { .. } | LayerKind::Pip { .. }
+                    )
+                })
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// A worker making the `independent` steps, in plan order, into their
+/// slots. One that fails leaves its slot empty-handed (`None`): the loop
+/// makes it again and says why it failed, in its turn.
+fn build_ahead(cx: &Ctx, steps: &[Step], independent: &[usize], ahead: &Ahead, stop: &AtomicBool) {
+    for &i in independent {
+        let r = if stop.load(Ordering::Relaxed) {
+            None
+        } else {
+            ensure(cx, &steps[i], None).ok()
+        };
+        ahead.put(i, r);
+    }
+}
+
 /// A worker taking steps from the substituters, in plan order.
 fn substitute_ahead(cx: &Ctx, steps: &[Step], next: &AtomicUsize, ahead: &Ahead) {
     loop {
@@ -629,12 +706,11 @@ fn run_step(cx: &Ctx, step: &Step, dir: &Path) -> Result<serde_json::Value> {
         }
         StepKind::Rootfs => {
             let suite = recipe.base.suite.as_str();
-            let t0 = Instant::now();
-            let repo = pinned_repo(cx, &facts.rootfs_debs, suite)?;
-            tracing::debug!(
-                "rootfs: local repository made in {:.2}s",
-                t0.elapsed().as_secs_f64()
-            );
+            let ready = cx.repo.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let repo = match ready {
+                Some(r) => r,
+                None => pinned_repo(cx, &facts.rootfs_debs, suite)?,
+            };
             let (tools, tools_check) = tools_of(cx);
             let pkgs = rootfs::build(recipe, &tools, repo.path(), epoch, dir)?;
             tools_check.wait()?;

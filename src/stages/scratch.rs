@@ -33,7 +33,7 @@ impl Scratch {
             .with_context(|| format!("cannot make a scratch directory in {}", base.display()))?;
         let lock = crate::paths::open(dir.path())?;
         lock.lock()?;
-        tracing::debug!("image: scratch raw disk in {}", dir.path().display());
+        tracing::debug!("scratch space in {}", dir.path().display());
         Ok(Scratch { dir, _lock: lock })
     }
 

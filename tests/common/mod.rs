@@ -144,7 +144,11 @@ pub fn boot(
     want: &str,
     limit: Duration,
 ) -> (Option<f64>, String) {
-    let w = work(&format!("boot-{fw:?}-{}", std::process::id()));
+    // One directory per boot: tests of one binary boot side by side, and
+    // `work` empties the directory it names.
+    static BOOTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = BOOTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let w = work(&format!("boot-{fw:?}-{}-{n}", std::process::id()));
     let overlay = w.join("overlay.qcow2");
     let st = Command::new("qemu-img")
         .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
