@@ -431,7 +431,9 @@ pub fn build(
                 h.join()
                     .map_err(|_| anyhow::anyhow!("fetching the rootfs's .debs panicked"))??;
             }
-            if step.kind == StepKind::Rootfs && !independent.is_empty() {
+            // Started with the first step after the tools (the rootfs):
+            // every slot it fills is waited for after that.
+            if i == 1 && !independent.is_empty() {
                 let (steps, ahead, stop) = (&plan.steps, &ahead, &stop);
                 let independent = &independent;
                 sc.spawn(move || build_ahead(cx, steps, independent, ahead, stop));
