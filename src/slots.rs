@@ -11,13 +11,13 @@ pub struct Slots<T> {
 impl<T> Slots<T> {
     /// `n` empty slots.
     pub fn new(n: usize) -> Slots<T> {
-        Slots::full(n, || None)
+        Slots::full(n, |_| None)
     }
 
-    /// `n` slots, each holding what `fill` gives (`None`: empty).
-    pub fn full(n: usize, mut fill: impl FnMut() -> Option<T>) -> Slots<T> {
+    /// `n` slots, slot `i` holding what `fill(i)` gives (`None`: empty).
+    pub fn full(n: usize, fill: impl FnMut(usize) -> Option<T>) -> Slots<T> {
         Slots {
-            slots: Mutex::new((0..n).map(|_| fill()).collect()),
+            slots: Mutex::new((0..n).map(fill).collect()),
             cv: Condvar::new(),
         }
     }
@@ -56,7 +56,7 @@ mod tests {
             });
             assert_eq!((0..3).map(|i| s.wait(i)).collect::<Vec<_>>(), [0, 10, 20]);
         });
-        let full = Slots::full(2, || Some("x"));
-        assert_eq!(full.wait(1), "x");
+        let full = Slots::full(2, |i| Some(i + 1));
+        assert_eq!(full.wait(1), 2);
     }
 }

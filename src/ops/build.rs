@@ -380,15 +380,7 @@ pub fn build(
     } else {
         Vec::new()
     };
-    let ahead = if independent.is_empty() {
-        ahead(plan.steps.len(), cx.subst.is_none())
-    } else {
-        let mut i = 0;
-        Slots::full(plan.steps.len(), || {
-            i += 1;
-            (!independent.contains(&(i - 1))).then_some(None)
-        })
-    };
+    let ahead = ahead(plan.steps.len(), cx.subst.is_none(), &independent);
     let stop = AtomicBool::new(false);
     let next = AtomicUsize::new(0);
     std::thread::scope(|sc| -> Result<()> {
@@ -556,9 +548,10 @@ const SUBSTITUTE_JOBS: usize = 3;
 /// not taken; the loop reuses or builds it).
 type Ahead = Slots<Option<Made>>;
 
-/// `done`: nothing is taken ahead (no substituters), every slot filled.
-fn ahead(n: usize, done: bool) -> Ahead {
-    Slots::full(n, || done.then_some(None))
+/// `done`: nothing is taken ahead (no substituters), every slot filled
+/// but those of the steps in `built_ahead` (see [`build_ahead`]).
+fn ahead(n: usize, done: bool, built_ahead: &[usize]) -> Ahead {
+    Slots::full(n, |i| (done && !built_ahead.contains(&i)).then_some(None))
 }
 
 /// The layer steps (by index) that need no step before them and that the
