@@ -177,6 +177,7 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
             "no PostgreSQL cluster at build time: {found:?}"
         );
     }
+    template_cluster(&root, &pg[0].file_name().to_string_lossy());
     let mut keys = Vec::new();
     files_matching(
         &root,
@@ -368,6 +369,64 @@ fn maas_homeserver_is_reproducible_and_holds_what_it_should() {
         "a cluster on the root filesystem: {made:?}"
     );
     std::fs::remove_dir_all(&root).unwrap();
+}
+
+/// The image's template cluster (recipes/layers/postgresql.toml) has no
+/// identity of its own: system identifier, mock-authentication nonce and
+/// clocks zero, no WAL. Two copies made ready as the first-boot script
+/// does (`pg-identity new`, pg_resetwal) get two identifiers, and start
+/// with the role and the database the first-boot script expects.
+fn template_cluster(root: &Path, version: &str) {
+    let tpl = root.join("usr/lib/mimg/postgresql-template");
+    let data = tpl.join(format!("data/{version}/main"));
+    let control = std::fs::read(data.join("global/pg_control")).unwrap();
+    assert_eq!(
+        &control[..8],
+        &[0u8; 8],
+        "the template has a system identifier"
+    );
+    assert_eq!(
+        u64::from_le_bytes(control[24..32].try_into().unwrap()),
+        0,
+        "the template's pg_control holds a time"
+    );
+    let mut wal = Vec::new();
+    files_matching(&data.join("pg_wal"), &|_| true, &mut wal);
+    assert!(wal.is_empty(), "the template holds WAL: {wal:?}");
+    let script = format!(
+        r#"cp -a {t}/data/{v}/main /tmp/c
+runuser -u postgres -- python3 {t}/pg-identity.py new /tmp/c
+runuser -u postgres -- /usr/lib/postgresql/{v}/bin/pg_resetwal -D /tmp/c >/dev/null
+runuser -u postgres -- /usr/lib/postgresql/{v}/bin/pg_controldata /tmp/c | sed -n 's/^Database system identifier: *//p'
+touch /tmp/c/postgresql.conf
+printf '%s
+' "SELECT rolname FROM pg_roles WHERE rolname = 'matrix-synapse';"     "SELECT datname, datcollate FROM pg_database WHERE datname = 'synapse';" |
+    runuser -u postgres -- /usr/lib/postgresql/{v}/bin/postgres --single -D /tmp/c     -c dynamic_shared_memory_type=sysv postgres
+# A second run is refused: a live cluster keeps its identifier.
+! runuser -u postgres -- python3 {t}/pg-identity.py new /tmp/c
+"#,
+        t = "/usr/lib/mimg/postgresql-template",
+        v = version
+    );
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let o = inside(root, &["sh", "-ec", &script]);
+        assert!(o.status.success(), "a copy of the template did not start");
+        let out = stdout(&o);
+        let id = out.lines().next().unwrap_or("").trim().to_string();
+        assert!(
+            !id.is_empty() && id != "0",
+            "the copy has no identifier: {out}"
+        );
+        assert!(
+            out.contains(r#"rolname = "matrix-synapse""#)
+                && out.contains(r#"datname = "synapse""#)
+                && out.contains(r#"datcollate = "C""#),
+            "the role or the database is missing: {out}"
+        );
+        ids.push(id);
+    }
+    assert_ne!(ids[0], ids[1], "two copies got one system identifier");
 }
 
 /// `mimg-firstboot` in the image root (as root, no network, waiting 2 s for

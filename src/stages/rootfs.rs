@@ -203,8 +203,9 @@ pub fn drop_volatile(tree: &mut Tree, keep_hash_pyc: bool) {
             DROP_PREFIXES.iter().any(|d| p.starts_with(d)) && !(is_dir && keep_dir(&p));
         let ssh_key = p.starts_with("etc/ssh/ssh_host_");
         let snakeoil_link = matches!(&e.kind, Kind::Symlink(t) if t.contains("ssl-cert-snakeoil"));
-        // A PostgreSQL cluster has a random system identifier: it is made at
-        // first boot on the data disk, never at build time.
+        // A PostgreSQL cluster has a random identity (system identifier,
+        // authentication nonce): a VM's lives on its data disk. The image's
+        // template (recipes/layers/postgresql.toml) is elsewhere, with none.
         let pg_cluster = (p.starts_with("var/lib/postgresql/") || p.starts_with("etc/postgresql/"))
             && p.split('/').count() >= 4;
         let cache_file = (p.starts_with("var/cache/")
