@@ -296,8 +296,9 @@ def main():
             report = json.loads(out)
             said = report.get("boot_report", [])
             boot = {"seconds": report["checks"][0]["seconds"], "accel": report["accel"].upper(), "network": report["checks"][0]["detail"],
-                    "total": next((l for l in said if not l.startswith("blame ")), None),
-                    "blame": [l[len("blame "):] for l in said if l.startswith("blame ")][:5]}
+                    "total": next((l for l in said if not l.startswith(("blame ", "cpu "))), None),
+                    "blame": [l[len("blame "):] for l in said if l.startswith("blame ")][:5],
+                    "cpu": [l[len("cpu "):] for l in said if l.startswith("cpu ")]}
         med_mimg, med_bare = statistics.median(mimg_runs), statistics.median(bare_runs)
         versions = {
             "mimg": subprocess.run([MIMG, "--version"], capture_output=True, text=True).stdout.strip(),
@@ -325,6 +326,7 @@ def main():
             "boot_network": boot and boot["network"],
             "boot_systemd_total": boot and boot["total"],
             "boot_blame_top5": boot and boot["blame"],
+            "boot_cpu": boot and boot["cpu"],
             "minimal_cold_seconds": round(statistics.median(minimal_runs), 1),
             "substitute_ratio": subst and round(statistics.median(subst[2]) / med_mimg, 3),
             "substitute": subst and {"push_seconds": round(subst[0], 1), "pushed_mib": round(subst[1] / 2**20, 1),
@@ -353,6 +355,7 @@ def main():
         print(f"minimal cold {results['raw']['minimal_cold_seconds']} s")
         if boot:
             print(f"boot: {boot['total']}; slowest units: {'; '.join(boot['blame'])}")
+            print(f"boot CPU time: {'; '.join(boot['cpu'])}")
         if subst:
             sb = results["substitute"]
             print(f"cache: push {sb['pushed_mib']} MiB in {sb['push_seconds']} s; runner B's builds from it {sb['build_seconds']} s (same image: {sb['same_image']})")

@@ -126,10 +126,10 @@ pub fn test(
         checks.extend(acceptance::run_checks(&client, overlay, vm.guest));
     }
     // The boot report follows first boot within seconds: wait for it a
-    // little, for the record (`mimg-boot:` lines).
+    // little, for the record (`mimg-boot:` lines, the CPUs' total last).
     let seen = Instant::now();
     while healthy.is_ok()
-        && !vm.serial().contains("mimg-boot: blame")
+        && !vm.serial().contains("mimg-boot: cpu total")
         && seen.elapsed() < Duration::from_secs(30)
         && vm.running()
     {
