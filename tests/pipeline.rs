@@ -1350,6 +1350,51 @@ fn a_run_layer_has_no_network_and_its_failure_says_so() {
     );
 }
 
+/// Run layers that see no other run layer's output are made side by side
+/// while the build goes on (src/ops/build.rs, `deferrable`): both are
+/// built and in the image's steps, and one that fails there fails the
+/// build with its own layer's name and error.
+#[test]
+fn run_layers_made_side_by_side_are_built_and_say_their_errors() {
+    let a = minimal();
+    let w = work("run-side-by-side");
+    let recipes = w.join("recipes");
+    cp("-a", &repo().join("recipes"), &recipes);
+    let layers = |second: &str| {
+        format!(
+            "extends = \"minimal\"\n\n[[layer]]\nname = \"one\"\nkind = \"run\"\nsees = []\nscript = \"echo one > /etc/side-one\"\n\n[[layer]]\nname = \"two\"\nkind = \"run\"\nsees = [\"files\"]\nscript = \"{second}\"\n"
+        )
+    };
+    std::fs::write(
+        recipes.join("side.toml"),
+        layers("echo two > /etc/side-two"),
+    )
+    .unwrap();
+    let (_, steps) = build_json("side", &recipes, &a.store, &w.join("out"));
+    let built = built_labels(&steps);
+    assert!(
+        built.contains(&"layer:one") && built.contains(&"layer:two") && built.contains(&"image"),
+        "{steps:?}"
+    );
+    std::fs::write(
+        recipes.join("side.toml"),
+        layers("echo the second layer fails >&2; exit 3"),
+    )
+    .unwrap();
+    let mut c = mimg();
+    c.args(["build", "side", "--recipes"])
+        .arg(&recipes)
+        .arg("--out")
+        .arg(w.join("out"))
+        .env("MIMG_STORE", &a.store);
+    let o = run(c);
+    assert!(!o.status.success(), "the failing run layer went unnoticed");
+    let err = stderr(&o);
+    assert!(err.contains("layer `two`"), "{err}");
+    assert!(err.contains("its script failed (exit status 3)"), "{err}");
+    assert!(err.contains("the second layer fails"), "{err}");
+}
+
 /// The Debian mirror as mimg finds it (`MIMG_DEBIAN_MIRROR`, else the
 /// first deb822 source of the host), for the test's own mmdebstrap.
 fn debian_mirror() -> String {

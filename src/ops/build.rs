@@ -416,7 +416,21 @@ pub fn build(
             }
         }
         let _stop = Stop(&stop);
+        // Run layers made on a thread of their own (see `deferrable`),
+        // waited for before the first step that needs them.
+        let mut deferred: Vec<usize> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
+            if !deferred.is_empty() && needs_run_layers(recipe, step) {
+                for d in std::mem::take(&mut deferred) {
+                    let dstep = &plan.steps[d];
+                    let r = match ahead.wait(d) {
+                        Some(r) => r,
+                        // It failed there: made again here, which says why.
+                        None => ensure(cx, dstep, None)?,
+                    };
+                    tally(dstep, r);
+                }
+            }
             if step.kind != StepKind::Tools
                 && let Some(h) = prefetch.take()
             {
@@ -433,6 +447,19 @@ pub fn build(
             rep.step_started(step);
             if let Some(r) = ahead.wait(i) {
                 tally(step, r);
+                continue;
+            }
+            if cx.subst.is_none() && !store.has(&step.key) && deferrable(recipe, step) {
+                let (ahead, stop) = (&ahead, &stop);
+                sc.spawn(move || {
+                    let r = if stop.load(Ordering::Relaxed) {
+                        None
+                    } else {
+                        ensure(cx, step, None).ok()
+                    };
+                    ahead.put(i, r);
+                });
+                deferred.push(i);
                 continue;
             }
             let copy_out = (step.kind == StepKind::Image).then_some(("disk.qcow2", &*copied));
@@ -459,6 +486,8 @@ pub fn build(
             h.join()
                 .map_err(|_| anyhow::anyhow!("fetching the rootfs's .debs panicked"))??;
         }
+        // The image, last, waited for every deferred run layer.
+        debug_assert!(deferred.is_empty());
         Ok(())
     })?;
     tracing::debug!("build: steps done at {:.2}s", t0.elapsed().as_secs_f64());
@@ -575,6 +604,38 @@ fn independent_layers(recipe: &Recipe, plan: &Plan, store: &Store) -> Vec<usize>
         })
         .map(|(i, _)| i)
         .collect()
+}
+
+/// A run layer whose tree holds no other run layer's output (`sees`
+/// without `run`): all it runs over is made by the time the loop reaches
+/// it, and no step needs it until `needs_run_layers` says so, so it is made
+/// on a thread of its own while the loop goes on (the next such layer, the
+/// image's pieces). recipes/layers/postgresql.toml's template and the
+/// bytecode layer are made side by side so.
+fn deferrable(recipe: &Recipe, step: &Step) -> bool {
+    step.kind == StepKind::Layer
+        && step
+            .layers
+            .first()
+            .and_then(|n| recipe.layer(n))
+            .is_some_and(|l| matches!(&l.kind, LayerKind::Run { sees: Some(k), .. } if !k.iter().any(|k| k == "run")))
+}
+
+/// Whether a step uses what earlier run layers made: the image, and a run
+/// layer whose tree holds them (no `sees`, or `sees` with `run`).
+fn needs_run_layers(recipe: &Recipe, step: &Step) -> bool {
+    match step.kind {
+        StepKind::Layer => step
+            .layers
+            .first()
+            .and_then(|n| recipe.layer(n))
+            .is_some_and(|l| match &l.kind {
+                LayerKind::Run { sees: None, .. } => true,
+                LayerKind::Run { sees: Some(k), .. } => k.iter().any(|k| k == "run"),
+                _ => false,
+            }),
+        _ => true,
+    }
 }
 
 /// A worker making the `independent` steps, in plan order, into their
