@@ -1216,6 +1216,20 @@ fn build_json(
     (v["sha256"].as_str().unwrap().to_string(), steps)
 }
 
+/// A build of `recipe` that must fail (`why` says what it means if it does
+/// not); its standard error.
+fn failed_build(recipe: &str, recipes: &Path, store: &Path, out: &Path, why: &str) -> String {
+    let mut c = mimg();
+    c.args(["build", recipe, "--recipes"])
+        .arg(recipes)
+        .arg("--out")
+        .arg(out)
+        .env("MIMG_STORE", store);
+    let o = run(c);
+    assert!(!o.status.success(), "{why}");
+    stderr(&o)
+}
+
 fn built_labels(steps: &[(String, bool)]) -> Vec<&str> {
     steps.iter().filter(|s| s.1).map(|s| s.0.as_str()).collect()
 }
@@ -1328,15 +1342,13 @@ fn a_run_layer_has_no_network_and_its_failure_says_so() {
         ),
     )
     .unwrap();
-    let mut c = mimg();
-    c.args(["build", "reach", "--recipes"])
-        .arg(&recipes)
-        .arg("--out")
-        .arg(w.join("out"))
-        .env("MIMG_STORE", &a.store);
-    let o = run(c);
-    assert!(!o.status.success(), "the run layer reached the host");
-    let err = stderr(&o);
+    let err = failed_build(
+        "reach",
+        &recipes,
+        &a.store,
+        &w.join("out"),
+        "the run layer reached the host",
+    );
     assert!(err.contains("layer `reach`"), "{err}");
     assert!(err.contains("no network"), "{err}");
     assert!(err.contains("its script failed (exit status 1)"), "{err}");
@@ -1381,15 +1393,13 @@ fn run_layers_made_side_by_side_are_built_and_say_their_errors() {
         layers("echo the second layer fails >&2; exit 3"),
     )
     .unwrap();
-    let mut c = mimg();
-    c.args(["build", "side", "--recipes"])
-        .arg(&recipes)
-        .arg("--out")
-        .arg(w.join("out"))
-        .env("MIMG_STORE", &a.store);
-    let o = run(c);
-    assert!(!o.status.success(), "the failing run layer went unnoticed");
-    let err = stderr(&o);
+    let err = failed_build(
+        "side",
+        &recipes,
+        &a.store,
+        &w.join("out"),
+        "the failing run layer went unnoticed",
+    );
     assert!(err.contains("layer `two`"), "{err}");
     assert!(err.contains("its script failed (exit status 3)"), "{err}");
     assert!(err.contains("the second layer fails"), "{err}");
