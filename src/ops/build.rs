@@ -420,7 +420,10 @@ pub fn build(
         // waited for before the first step that needs them.
         let mut deferred: Vec<usize> = Vec::new();
         for (i, step) in plan.steps.iter().enumerate() {
-            if !deferred.is_empty() && needs_run_layers(recipe, step) {
+            if deferred
+                .iter()
+                .any(|&d| needs(recipe, step, &plan.steps[d]))
+            {
                 for d in std::mem::take(&mut deferred) {
                     let dstep = &plan.steps[d];
                     let r = match ahead.wait(d) {
@@ -451,14 +454,7 @@ pub fn build(
             }
             if cx.subst.is_none() && !store.has(&step.key) && deferrable(recipe, step) {
                 let (ahead, stop) = (&ahead, &stop);
-                sc.spawn(move || {
-                    let r = if stop.load(Ordering::Relaxed) {
-                        None
-                    } else {
-                        ensure(cx, step, None).ok()
-                    };
-                    ahead.put(i, r);
-                });
+                sc.spawn(move || make_into(cx, step, i, ahead, stop));
                 deferred.push(i);
                 continue;
             }
@@ -590,65 +586,69 @@ fn independent_layers(recipe: &Recipe, plan: &Plan, store: &Store) -> Vec<usize>
     plan.steps
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.kind == StepKind::Layer && !store.has(&s.key))
+        .filter(|(_, s)| !store.has(&s.key))
         .filter(|(_, s)| {
-            s.layers
-                .first()
-                .and_then(|n| recipe.layer(n))
-                .is_some_and(|l| {
-                    matches!(
-                        l.kind,
-                        LayerKind::Files { .. } | LayerKind::Fetch { .. } | LayerKind::Pip { .. }
-                    )
-                })
+            layer_kind(recipe, s).is_some_and(|k| {
+                matches!(
+                    k,
+                    LayerKind::Files { .. } | LayerKind::Fetch { .. } | LayerKind::Pip { .. }
+                )
+            })
         })
         .map(|(i, _)| i)
         .collect()
 }
 
+/// What a layer step makes (none for the tools, the rootfs and the image).
+fn layer_kind<'r>(recipe: &'r Recipe, step: &Step) -> Option<&'r LayerKind> {
+    if step.kind != StepKind::Layer {
+        return None;
+    }
+    step.layers
+        .first()
+        .and_then(|n| recipe.layer(n))
+        .map(|l| &l.kind)
+}
+
 /// A run layer whose tree holds no other run layer's output (`sees`
 /// without `run`): all it runs over is made by the time the loop reaches
-/// it, and no step needs it until `needs_run_layers` says so, so it is made
-/// on a thread of its own while the loop goes on (the next such layer, the
+/// it, and no step needs it until [`needs`] says so, so it is made on a
+/// thread of its own while the loop goes on (the next such layer, the
 /// image's pieces). recipes/layers/postgresql.toml's template and the
 /// bytecode layer are made side by side so.
 fn deferrable(recipe: &Recipe, step: &Step) -> bool {
-    step.kind == StepKind::Layer
-        && step
-            .layers
-            .first()
-            .and_then(|n| recipe.layer(n))
-            .is_some_and(|l| matches!(&l.kind, LayerKind::Run { sees: Some(k), .. } if !k.iter().any(|k| k == "run")))
+    layer_kind(recipe, step).is_some_and(|k| matches!(k, LayerKind::Run { .. }) && !k.run_sees(k))
 }
 
-/// Whether a step uses what earlier run layers made: the image, and a run
-/// layer whose tree holds them (no `sees`, or `sees` with `run`).
-fn needs_run_layers(recipe: &Recipe, step: &Step) -> bool {
-    match step.kind {
-        StepKind::Layer => step
-            .layers
-            .first()
-            .and_then(|n| recipe.layer(n))
-            .is_some_and(|l| match &l.kind {
-                LayerKind::Run { sees: None, .. } => true,
-                LayerKind::Run { sees: Some(k), .. } => k.iter().any(|k| k == "run"),
-                _ => false,
-            }),
-        _ => true,
+/// Whether `step` uses what the run layer step `run` made: the image
+/// does, and a run layer whose tree holds it.
+fn needs(recipe: &Recipe, step: &Step, run: &Step) -> bool {
+    if step.kind == StepKind::Image {
+        return true;
+    }
+    match (layer_kind(recipe, step), layer_kind(recipe, run)) {
+        (Some(k), Some(r)) => k.run_sees(r),
+        _ => false,
     }
 }
 
+/// Make step `i` into its slot; one that fails (or that `stop` keeps from
+/// starting) leaves it empty-handed (`None`): the loop makes it again and
+/// says why it failed, in its turn.
+fn make_into(cx: &Ctx, step: &Step, i: usize, ahead: &Ahead, stop: &AtomicBool) {
+    let r = if stop.load(Ordering::Relaxed) {
+        None
+    } else {
+        ensure(cx, step, None).ok()
+    };
+    ahead.put(i, r);
+}
+
 /// A worker making the `independent` steps, in plan order, into their
-/// slots. One that fails leaves its slot empty-handed (`None`): the loop
-/// makes it again and says why it failed, in its turn.
+/// slots (see [`make_into`]).
 fn build_ahead(cx: &Ctx, steps: &[Step], independent: &[usize], ahead: &Ahead, stop: &AtomicBool) {
     for &i in independent {
-        let r = if stop.load(Ordering::Relaxed) {
-            None
-        } else {
-            ensure(cx, &steps[i], None).ok()
-        };
-        ahead.put(i, r);
+        make_into(cx, &steps[i], i, ahead, stop);
     }
 }
 
